@@ -1,0 +1,126 @@
+"""Payment gating and call lookup (SPEC §3.1)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Header
+
+from app.api.deps import ServicesDep, require
+from app.api.schemas import (
+    CallRead,
+    CallRecordingRead,
+    ExposureRead,
+    PaymentEnd,
+    PaymentResult,
+    PaymentStart,
+    SegmentRead,
+    TimelineEntry,
+)
+from app.domain.roles import Role
+from app.domain.states import PauseBehavior
+from app.services.gating import outcome_body
+from app.services.tokens import Principal
+
+router = APIRouter(prefix="/v1/calls", tags=["calls"])
+
+IvrDep = Annotated[Principal, Depends(require(Role.IVR))]
+CallReaderDep = Annotated[Principal, Depends(require(Role.IVR, Role.SUPERVISOR, Role.DPO))]
+_PROBLEM = {"content": {"application/problem+json": {}}}
+
+
+@router.post(
+    "/{provider}/{provider_call_id}/payment/start",
+    response_model=PaymentResult,
+    responses={503: {"description": "Pause not confirmed: do not collect", **_PROBLEM}},
+)
+async def payment_start(
+    provider: str,
+    provider_call_id: str,
+    services: ServicesDep,
+    _: IvrDep,
+    body: Annotated[PaymentStart | None, Body()] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> dict[str, object]:
+    body = body or PaymentStart()
+    outcome = await services.gate.start(
+        provider,
+        provider_call_id,
+        reference=body.reference,
+        behavior=body.pause_behavior or PauseBehavior.SILENCE,
+        idempotency_key=idempotency_key,
+    )
+    return outcome_body(outcome)
+
+
+@router.post(
+    "/{provider}/{provider_call_id}/payment/end",
+    response_model=PaymentResult,
+    responses={409: {"description": "No payment opened", **_PROBLEM}, 502: {"description": "Resume not confirmed", **_PROBLEM}},
+)
+async def payment_end(
+    provider: str,
+    provider_call_id: str,
+    services: ServicesDep,
+    _: IvrDep,
+    body: Annotated[PaymentEnd | None, Body()] = None,
+) -> dict[str, object]:
+    body = body or PaymentEnd()
+    outcome = await services.gate.end(provider, provider_call_id, outcome=body.outcome)
+    return outcome_body(outcome)
+
+
+@router.get("/{provider}/{provider_call_id}", response_model=CallRead)
+async def get_call(provider: str, provider_call_id: str, services: ServicesDep, _: CallReaderDep) -> CallRead:
+    detail = await services.calls.detail(provider, provider_call_id)
+    call = detail.call
+    return CallRead(
+        provider=call.provider,
+        provider_call_id=call.provider_call_id,
+        state=call.state,
+        service_area=call.service_area,
+        direction=call.direction,
+        started_at=call.started_at,
+        answered_at=call.answered_at,
+        ended_at=call.ended_at,
+        record_retention_until=call.record_retention_until,
+        recordings=[
+            CallRecordingRead(
+                id=r.id,
+                provider_recording_id=r.provider_recording_id,
+                state=r.state,
+                started_at=r.started_at,
+                ended_at=r.ended_at,
+                duration_s=r.duration_s,
+                quarantined=r.quarantined,
+                retention_until=r.retention_until,
+            )
+            for r in detail.recordings
+        ],
+        segments=[
+            SegmentRead(
+                id=s.id,
+                state=s.state,
+                reference=s.reference,
+                pause_behavior=s.pause_behavior,
+                opened_at=s.opened_at,
+                paused_at=s.paused_at,
+                closed_at=s.closed_at,
+                closed_by=s.closed_by,
+                outcome=s.outcome,
+            )
+            for s in detail.segments
+        ],
+        exposures=[
+            ExposureRead(
+                kind=e.kind, recording_id=e.recording_id, segment_id=e.segment_id, started_at=e.started_at, ended_at=e.ended_at
+            )
+            for e in detail.exposures
+        ],
+        timeline=[
+            TimelineEntry(
+                at=t.at, entity=t.entity, entity_id=t.entity_id, from_state=t.from_state, to_state=t.to_state, cause=t.cause
+            )
+            for t in detail.transitions
+        ],
+    )

@@ -1,0 +1,261 @@
+"""The ``recgate`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.config import Settings, get_settings
+from app.domain.roles import Role
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help="recgate: payment-safe call recording.")
+tokens_cli = typer.Typer(no_args_is_help=True, help="API tokens: create, list, revoke.")
+cli.add_typer(tokens_cli, name="tokens")
+
+
+def _token_service(settings: Settings):  # type: ignore[no-untyped-def]
+    from app.services.tokens import TokenService
+    from app.storage.db import create_engine, session_factory
+
+    engine = create_engine(settings.database_url)
+    from app.domain.clock import utcnow
+
+    return engine, TokenService(session_factory(engine), utcnow)
+
+
+@cli.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    from app.storage.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    typer.echo("database is at the latest schema")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (RECGATE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (RECGATE_PORT).")] = None,
+) -> None:
+    """Run the HTTP service."""
+    import uvicorn
+
+    from app.logging import configure_logging
+    from app.main import create_app
+
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
+
+
+@tokens_cli.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option(help="A unique name for the token's holder.")],
+    role: Annotated[Role, typer.Option(help="The role the token carries.")],
+) -> None:
+    """Create a token. It is printed once, alone on the last line, and stored only as a hash."""
+    from app.errors import AppError
+
+    async def run() -> str:
+        engine, service = _token_service(get_settings())
+        try:
+            return await service.create(name, role)
+        finally:
+            await engine.dispose()
+
+    try:
+        token = asyncio.run(run())
+    except AppError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"token {name!r} with role {role.value} created; it is shown only now:")
+    typer.echo(token)
+
+
+@tokens_cli.command("list")
+def tokens_list() -> None:
+    """List tokens (never their values)."""
+
+    async def run() -> None:
+        engine, service = _token_service(get_settings())
+        try:
+            for info in await service.list():
+                status = f"revoked {info.revoked_at.isoformat()}" if info.revoked_at else "active"
+                typer.echo(f"{info.name}\t{info.role.value}\t{info.created_at.isoformat()}\t{status}")
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+@tokens_cli.command("revoke")
+def tokens_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
+    """Revoke a token by name; it stops working at once."""
+    from app.errors import AppError
+
+    async def run() -> None:
+        engine, service = _token_service(get_settings())
+        try:
+            await service.revoke(name)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(run())
+    except AppError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"token {name!r} revoked")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@cli.command()
+def demo() -> None:
+    """Run one simulated call with a card payment through the service and print its timeline."""
+    import httpx
+    import uvicorn
+
+    from app.main import create_app
+    from app.services.tokens import TokenService
+    from app.simulator import SimulatedCall, format_timeline
+    from app.storage.migrate import upgrade
+
+    workdir = Path(tempfile.mkdtemp(prefix="recgate-demo-"))
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    port = _free_port()
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{workdir / 'demo.db'}",
+        media_dir=workdir / "media",
+        generic_webhook_secret=secret,  # type: ignore[arg-type]
+        sim_enabled=True,
+        host="127.0.0.1",
+        port=port,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    upgrade(settings.database_url)
+
+    async def run() -> None:
+        app = create_app(settings)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.02)
+        try:
+            tokens = TokenService(app.state.services.sessions, app.state.services.clock)
+            ivr = await tokens.create("demo-ivr", Role.IVR)
+            reader = await tokens.create("demo-supervisor", Role.SUPERVISOR)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                key = settings.generic_secret_key
+                assert key is not None
+                call = SimulatedCall(client, key, ivr)
+                typer.echo(f"recgate demo on http://127.0.0.1:{port} (simulated PBX, database {workdir / 'demo.db'})")
+                typer.echo(f"call {call.call_id}: started, answered, recording {call.recording_id} started")
+                await call.event("call.started")
+                await call.event("call.answered")
+                await call.event("recording.started")
+                started = time.perf_counter()
+                response = await call.payment("start", {"reference": "demo-payment"})
+                elapsed = (time.perf_counter() - started) * 1000
+                body = response.json()
+                typer.echo(
+                    f"IVR payment start → HTTP {response.status_code}, state {body['state']}, "
+                    f"safe_to_collect {body['safe_to_collect']} ({elapsed:.0f} ms)"
+                )
+                typer.echo("… caller keys card details; nothing is recorded …")
+                response = await call.payment("end", {"outcome": "authorised"})
+                typer.echo(f"IVR payment end → HTTP {response.status_code}, state {response.json()['state']}")
+                await call.event("recording.stopped")
+                await call.event("call.ended")
+                await call.event("recording.completed", duration_s=95)
+                detail = await client.get(
+                    f"/v1/calls/sim/{call.call_id}", headers={"authorization": f"Bearer {reader}"}
+                )
+                detail.raise_for_status()
+                data = detail.json()
+                typer.echo("")
+                typer.echo("timeline:")
+                for line in format_timeline(data):
+                    typer.echo("  " + line)
+                typer.echo("")
+                typer.echo(
+                    f"call {data['state']}; recording {data['recordings'][0]['state']}, "
+                    f"kept until {data['recordings'][0]['retention_until']}; exposures: {len(data['exposures'])}"
+                )
+        finally:
+            server.should_exit = True
+            await serving
+
+    asyncio.run(run())
+
+
+@cli.command()
+def simulate(
+    calls: Annotated[int, typer.Option(help="How many calls to drive.")] = 20,
+    concurrency: Annotated[int, typer.Option(help="Calls in flight at once.")] = 5,
+    url: Annotated[str, typer.Option(help="Base URL of a running recgate.")] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option(envvar="RECGATE_IVR_TOKEN", help="An ivr token.")] = None,
+) -> None:
+    """Drive N simulated calls with payments through a running service (sim provider)."""
+    import httpx
+
+    from app.simulator import SimulatedCall
+
+    settings = get_settings()
+    key = settings.generic_secret_key
+    if key is None or token is None:
+        typer.echo("error: needs RECGATE_GENERIC_WEBHOOK_SECRET and an ivr token (--token)", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> None:
+        limit = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+            async def one() -> dict[str, object]:
+                async with limit:
+                    return await SimulatedCall(client, key, token).run()
+
+            began = time.perf_counter()
+            results = await asyncio.gather(*(one() for _ in range(calls)))
+            took = time.perf_counter() - began
+        safe = sum(1 for r in results if r["safe_to_collect"])
+        typer.echo(json.dumps({"calls": calls, "safe_to_collect": safe, "seconds": round(took, 3)}))
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    try:
+        cli()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,130 @@
+"""Settings (SPEC §5): environment variables with the ``RECGATE_`` prefix, and a ``.env`` file."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SERVICE_AREAS = (
+    "council_tax",
+    "benefits",
+    "environmental",
+    "adult_social_care",
+    "highways",
+    "other",
+)
+_PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "whsec_changeme", ""}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECGATE_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = "sqlite+aiosqlite:///./var/recgate.db"
+    media_dir: Path = Path("./var/media")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_base_url: str = "http://127.0.0.1:8000"
+    log_format: Literal["json", "console"] = "console"
+    log_level: str = "INFO"
+
+    service_areas: list[str] = Field(default_factory=lambda: list(DEFAULT_SERVICE_AREAS))
+
+    # Payment gating
+    pause_timeout_ms: int = Field(default=2000, ge=50, le=60_000)
+    max_pause_s: int = Field(default=900, ge=1)
+    resume_retry_interval_s: float = Field(default=5.0, gt=0, le=10.0)
+    provider_request_timeout_s: float = Field(default=1.5, gt=0)
+
+    # Generic provider
+    generic_webhook_secret: SecretStr | None = None
+    generic_control_url: str | None = None
+    webhook_tolerance_s: int = 300
+
+    # Built-in simulator (demo, tests, benchmarks)
+    sim_enabled: bool = True
+    sim_pause_latency_ms: int = Field(default=20, ge=0)
+
+    # Twilio
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_api_base: str = "https://api.twilio.com"
+
+    # Asterisk ARI
+    ari_url: str | None = None
+    ari_user: str | None = None
+    ari_password: SecretStr | None = None
+    ari_app: str = "recgate"
+
+    # rtpengine
+    rtpengine_ng: str | None = None
+
+    # Retention
+    retention_media_months: int = Field(default=18, ge=1)
+    retention_record_months: int = Field(default=72, ge=1)
+    sweep_interval_s: int = Field(default=300, ge=1)
+
+    metrics_public: bool = False
+    background_jobs: bool = True
+
+    @field_validator("generic_webhook_secret")
+    @classmethod
+    def _secret_is_standard_webhooks(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        body = raw.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("must be whsec_<base64>") from exc
+        if len(key) < 16:
+            raise ValueError("must decode to at least 16 bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _no_placeholders_in_production(self) -> Settings:
+        if self.env != "production":
+            return self
+        for name in ("generic_webhook_secret", "twilio_auth_token", "ari_password"):
+            secret = getattr(self, name)
+            if secret is not None and secret.get_secret_value().lower() in _PLACEHOLDERS:
+                raise ValueError(f"RECGATE_{name.upper()} is a placeholder; set a real secret")
+        if self.record_months_below_media:
+            raise ValueError("RECGATE_RETENTION_RECORD_MONTHS must be >= media months")
+        return self
+
+    @property
+    def record_months_below_media(self) -> bool:
+        return self.retention_record_months < self.retention_media_months
+
+    @property
+    def generic_secret_key(self) -> bytes | None:
+        if self.generic_webhook_secret is None:
+            return None
+        raw = self.generic_webhook_secret.get_secret_value().removeprefix("whsec_")
+        return base64.b64decode(raw)
+
+    @property
+    def enabled_providers(self) -> list[str]:
+        providers: list[str] = []
+        if self.generic_webhook_secret is not None:
+            providers.append("generic")
+        if self.sim_enabled:
+            providers.append("sim")
+        return providers
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,65 @@
+"""The normalised PBX event model.
+
+Each provider adapter parses its own payloads into :class:`PbxEvent` at the edge; nothing past
+``app/telephony`` knows a provider's field names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class EventType(StrEnum):
+    CALL_STARTED = "call.started"
+    CALL_ANSWERED = "call.answered"
+    CALL_TRANSFERRED = "call.transferred"
+    CALL_ENDED = "call.ended"
+    RECORDING_STARTED = "recording.started"
+    RECORDING_PAUSED = "recording.paused"
+    RECORDING_RESUMED = "recording.resumed"
+    RECORDING_STOPPED = "recording.stopped"
+    RECORDING_COMPLETED = "recording.completed"
+    RECORDING_FAILED = "recording.failed"
+
+    @property
+    def is_recording(self) -> bool:
+        return self.value.startswith("recording.")
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What an event says about the call. Every field but the id may be unknown."""
+
+    provider_call_id: str
+    from_number: str | None = None
+    to_number: str | None = None
+    direction: str | None = None
+    service_area: str | None = None
+    agent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingInfo:
+    """What an event says about one recording."""
+
+    provider_recording_id: str
+    media_url: str | None = None
+    duration_s: float | None = None
+    media_format: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PbxEvent:
+    """One call or recording lifecycle event, whatever provider it came from."""
+
+    provider: str
+    event_id: str
+    type: EventType
+    occurred_at: datetime
+    call: CallInfo
+    recording: RecordingInfo | None = None
+    # Provider extras the services may need (e.g. the number of files a recording was split in).
+    extras: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,51 @@
+"""The FastAPI application: create_app() and its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+
+from app.api import calls, ops, webhooks
+from app.config import Settings, get_settings
+from app.domain.clock import Clock, utcnow
+from app.errors import install_error_handlers
+from app.jobs.watchdog import run_watchdog
+from app.services.container import Services
+
+WATCHDOG_INTERVAL_S = 1.0
+
+
+def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastAPI:
+    """Build the app. Services are created when it starts and closed when it stops."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.build(settings, clock)
+        app.state.services = services
+        watchdog = None
+        if settings.background_jobs:
+            watchdog = asyncio.create_task(run_watchdog(services.gate, WATCHDOG_INTERVAL_S), name="watchdog")
+        try:
+            yield
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+                with suppress(asyncio.CancelledError):
+                    await watchdog
+            await services.close()
+
+    app = FastAPI(
+        title="recgate",
+        version="0.1.0",
+        summary="Keeps card details out of call recordings; keeps recordings only as long as allowed.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(calls.router)
+    app.include_router(webhooks.router)
+    return app

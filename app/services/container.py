@@ -1,0 +1,72 @@
+"""Wires settings, storage, providers and services together for one running app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.domain.clock import Clock, utcnow
+from app.services.calls import CallQueries
+from app.services.concurrency import BackgroundTasks, CallLocks
+from app.services.gating import PaymentGate
+from app.services.health import HealthService
+from app.services.ingest import IngestService
+from app.services.metrics import Metrics
+from app.services.tokens import TokenService
+from app.storage.db import create_engine, session_factory
+from app.telephony.base import RecordingController
+from app.telephony.registry import build_controllers
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Clock
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    http: httpx.AsyncClient
+    metrics: Metrics
+    controllers: dict[str, RecordingController]
+    tasks: BackgroundTasks
+    gate: PaymentGate
+    ingest: IngestService
+    tokens: TokenService
+    calls: CallQueries
+    health: HealthService
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock = utcnow) -> Services:
+        engine = create_engine(settings.database_url)
+        sessions = session_factory(engine)
+        # One shared client for every provider call; explicit timeouts, no redirects to follow.
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.provider_request_timeout_s, connect=min(1.0, settings.provider_request_timeout_s)),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            follow_redirects=False,
+        )
+        metrics = Metrics()
+        controllers = build_controllers(settings, http, clock)
+        tasks = BackgroundTasks()
+        return cls(
+            settings=settings,
+            clock=clock,
+            engine=engine,
+            sessions=sessions,
+            http=http,
+            metrics=metrics,
+            controllers=controllers,
+            tasks=tasks,
+            gate=PaymentGate(sessions, settings, clock, metrics, controllers, CallLocks(), tasks),
+            ingest=IngestService(sessions, settings, clock, metrics),
+            tokens=TokenService(sessions, clock),
+            calls=CallQueries(sessions),
+            health=HealthService(sessions, settings, clock, controllers),
+        )
+
+    async def close(self) -> None:
+        await self.tasks.close()
+        await self.http.aclose()
+        await self.engine.dispose()

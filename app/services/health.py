@@ -1,0 +1,87 @@
+"""Readiness checks, the ops status summary and the gauges behind /metrics (SPEC §3.5)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.domain.clock import Clock
+from app.storage.repositories import (
+    CallRepository,
+    ExposureRepository,
+    HealthRepository,
+    SegmentRepository,
+)
+from app.telephony.base import RecordingController
+
+_DB_CHECK_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    status: str  # pass | warn | fail
+    checks: dict[str, list[dict[str, Any]]]
+
+
+class HealthService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        clock: Clock,
+        controllers: dict[str, RecordingController],
+    ) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.clock = clock
+        self.controllers = controllers
+        self.last_sweep_at: str | None = None
+
+    async def readiness(self) -> Readiness:
+        now = self.clock()
+        checks: dict[str, list[dict[str, Any]]] = {}
+        statuses: list[str] = []
+        overdue: int | None = None
+        try:
+            async with asyncio.timeout(_DB_CHECK_TIMEOUT_S):
+                async with self.sessions() as session:
+                    repo = HealthRepository(session)
+                    await repo.ping()
+                    overdue = await repo.retention_overdue(now)
+            db = {"status": "pass", "time": now.isoformat()}
+        except Exception:  # any failure to reach the database makes us not ready
+            db = {"status": "fail", "time": now.isoformat(), "output": "database unreachable"}
+        checks["database:connection"] = [db]
+        statuses.append(db["status"])
+        for provider in self.settings.enabled_providers:
+            controller = self.controllers.get(provider)
+            if controller is None:
+                entry = {"status": "warn", "output": "webhooks accepted but no recording control configured"}
+            else:
+                entry = {"status": "pass", "output": controller.describe()}
+            checks[f"provider:{provider}"] = [entry]
+            statuses.append(entry["status"])
+        if overdue is not None:
+            entry = {"status": "pass" if overdue == 0 else "warn", "observedValue": overdue, "observedUnit": "recordings"}
+            checks["retention:overdue"] = [entry]
+            statuses.append(str(entry["status"]))
+        status = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+        return Readiness(status=status, checks=checks)
+
+    async def summary(self) -> dict[str, Any]:
+        now = self.clock()
+        day_ago = now - timedelta(hours=24)
+        async with self.sessions() as session:
+            return {
+                "active_calls": await CallRepository(session).count_active(),
+                "open_segments": await SegmentRepository(session).count_open(),
+                "pause_failures_24h": await SegmentRepository(session).count_pause_failures_since(day_ago),
+                "exposures_24h": await ExposureRepository(session).count_since(day_ago),
+                "retention_overdue": await HealthRepository(session).retention_overdue(now),
+                "last_sweep_at": self.last_sweep_at,
+            }

@@ -1,0 +1,309 @@
+"""Webhook ingestion: inbox, then apply the normalised event to the call and its recordings.
+
+Every event is merged as a set of facts (earliest start, earliest end, latest pause report …)
+so the final state does not depend on arrival order, and a duplicate changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.domain.clock import Clock
+from app.domain.events import EventType, PbxEvent
+from app.domain.retention import add_months
+from app.domain.scrub import scrub, scrub_text
+from app.domain.states import (
+    LIVE_RECORDING_STATES,
+    PROTECTED_SEGMENT_STATES,
+    CallState,
+    ClosedBy,
+    ExposureKind,
+    RecordingState,
+    SegmentState,
+)
+from app.services.metrics import Metrics
+from app.services.transitions import (
+    record_call_created,
+    set_call_state,
+    set_recording_state,
+    set_segment_state,
+)
+from app.storage.models import Call, Exposure, PaymentSegment, Recording
+from app.storage.repositories import (
+    CallRepository,
+    EventRepository,
+    ExposureRepository,
+    RecordingRepository,
+    SegmentRepository,
+    TransitionRepository,
+)
+
+log = logging.getLogger("recgate.ingest")
+
+_R = RecordingState
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    duplicate: bool
+    # A recording of this call is live and unpaused while a payment is open: pause it now.
+    needs_pause: bool = False
+
+
+def _earliest(current: datetime | None, candidate: datetime | None) -> datetime | None:
+    if candidate is None:
+        return current
+    return candidate if current is None or candidate < current else current
+
+
+class IngestService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics
+
+    async def ingest(self, event: PbxEvent, payload: dict[str, Any]) -> IngestResult:
+        """Store ``event`` in the inbox and apply it, in one transaction.
+
+        ``payload`` is the provider's raw payload; it is scrubbed before it is stored.
+        """
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            inserted = await EventRepository(session).insert_inbox(
+                provider=event.provider,
+                event_id=event.event_id,
+                type_=event.type.value,
+                provider_call_id=event.call.provider_call_id,
+                occurred_at=event.occurred_at,
+                received_at=now,
+                payload=scrub(payload),
+            )
+            if not inserted:
+                self.metrics.webhook_events.inc(provider=event.provider, type=event.type.value, outcome="duplicate")
+                return IngestResult(duplicate=True)
+            call, created = await CallRepository(session).get_or_create_locked(
+                event.provider, event.call.provider_call_id, now
+            )
+            if created:
+                record_call_created(TransitionRepository(session), call, f"{event.provider}:{event.type.value}", now)
+            applier = _Applier(session, self.settings, self.metrics, call, event, now)
+            needs_pause = await applier.apply()
+        self.metrics.webhook_events.inc(provider=event.provider, type=event.type.value, outcome="applied")
+        return IngestResult(duplicate=False, needs_pause=needs_pause)
+
+    async def dead_letter(self, provider: str, event_id: str | None, reason: str, body: bytes) -> None:
+        """Keep a signed but malformed payload, scrubbed, for operators."""
+        text = body.decode("utf-8", errors="replace")
+        try:
+            stored = json.dumps(scrub(json.loads(text)))
+        except json.JSONDecodeError:
+            stored = scrub_text(text)
+        async with self.sessions() as session, session.begin():
+            EventRepository(session).add_dead_letter(
+                provider=provider,
+                event_id=event_id,
+                reason=scrub_text(reason),
+                payload=stored,
+                received_at=self.clock(),
+            )
+        self.metrics.webhook_events.inc(provider=provider, type="unknown", outcome="malformed")
+        log.warning("malformed %s webhook dead-lettered: %s", provider, scrub_text(reason))
+
+
+class _Applier:
+    """Applies one event to one locked call inside the ingest transaction."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        metrics: Metrics,
+        call: Call,
+        event: PbxEvent,
+        now: datetime,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.metrics = metrics
+        self.call = call
+        self.event = event
+        self.now = now
+        self.transitions = TransitionRepository(session)
+        self.cause = f"{event.provider}:{event.type.value}"
+
+    async def apply(self) -> bool:
+        self._merge_call_facts()
+        needs_pause = False
+        if self.event.type == EventType.CALL_ENDED:
+            await self._end_call()
+        if self.event.recording is not None:
+            needs_pause = await self._merge_recording()
+        return needs_pause
+
+    def _merge_call_facts(self) -> None:
+        call, event, at = self.call, self.event, self.event.occurred_at
+        call.started_at = _earliest(call.started_at, at)
+        if event.type == EventType.CALL_ANSWERED:
+            call.answered_at = _earliest(call.answered_at, at)
+        info = event.call
+        area = info.service_area
+        if area is not None and area not in self.settings.service_areas:
+            area = "other"
+        newer = call.details_at is None or at >= call.details_at
+        for column, value in (
+            ("from_number", info.from_number),
+            ("to_number", info.to_number),
+            ("direction", info.direction),
+            ("service_area", area),
+            ("agent_id", info.agent_id),
+        ):
+            # Fill what is unknown; overwrite only from a newer event (a transfer's new agent).
+            if value is not None and (getattr(call, column) is None or newer):
+                setattr(call, column, value)
+        if newer:
+            call.details_at = at
+        call.updated_at = self.now
+
+    async def _end_call(self) -> None:
+        call, at = self.call, self.event.occurred_at
+        call.ended_at = _earliest(call.ended_at, at)
+        assert call.ended_at is not None
+        call.record_retention_until = add_months(call.ended_at, self.settings.retention_record_months)
+        set_call_state(self.transitions, call, CallState.ENDED, self.cause, self.now)
+        segments = SegmentRepository(self.session)
+        segment = await segments.open_for_call(call.id)
+        if segment is not None:
+            set_segment_state(self.transitions, segment, SegmentState.CLOSED, self.cause, self.now)
+            segment.closed_at = self.now
+            segment.closed_by = ClosedBy.CALL_END.value
+            segment.next_resume_at = None
+        for exposure in await ExposureRepository(self.session).open_for_call(call.id):
+            exposure.ended_at = max(exposure.started_at, call.ended_at)
+        # The PBX stops every recording with the call, whether or not it says so.
+        for recording in await RecordingRepository(self.session).live_for_call(call.id):
+            self._merge_recording_end(recording)
+
+    async def _merge_recording(self) -> bool:
+        info = self.event.recording
+        assert info is not None
+        recording, _ = await RecordingRepository(self.session).get_or_create(
+            self.call.id, info.provider_recording_id, _R.PENDING.value, self.now
+        )
+        at, kind = self.event.occurred_at, self.event.type
+        if info.media_url:
+            recording.media_url = info.media_url
+        if info.duration_s is not None:
+            recording.duration_s = info.duration_s
+        if info.media_format:
+            recording.media_format = info.media_format.lower()
+        if info.sha256:
+            recording.media_sha256 = info.sha256
+        if kind == EventType.RECORDING_STARTED:
+            recording.started_at = _earliest(recording.started_at, at)
+        elif kind == EventType.RECORDING_STOPPED:
+            recording.stopped_at = _earliest(recording.stopped_at, at)
+        elif kind == EventType.RECORDING_COMPLETED:
+            recording.completed_at = _earliest(recording.completed_at, at)
+        elif kind == EventType.RECORDING_FAILED:
+            recording.failed_at = _earliest(recording.failed_at, at)
+        latest_pause_report = False
+        if kind in (EventType.RECORDING_PAUSED, EventType.RECORDING_RESUMED) and (
+            recording.pbx_pause_event_at is None or at >= recording.pbx_pause_event_at
+        ):
+            recording.pbx_pause_event_at = at
+            recording.pbx_paused = kind == EventType.RECORDING_PAUSED
+            latest_pause_report = True
+        if self.call.ended_at is not None:
+            recording.stopped_at = _earliest(recording.stopped_at, self.call.ended_at)
+        self._merge_recording_end(recording)
+        if recording.state not in LIVE_RECORDING_STATES:
+            return False
+        return await self._guard_live_recording(recording, latest_pause_report)
+
+    def _merge_recording_end(self, recording: Recording) -> None:
+        if self.call.ended_at is not None:
+            recording.stopped_at = _earliest(recording.stopped_at, self.call.ended_at)
+        ended = None
+        for moment in (recording.stopped_at, recording.completed_at, recording.failed_at):
+            ended = _earliest(ended, moment)
+        if ended is not None and ended != recording.ended_at:
+            recording.ended_at = ended
+            recording.retention_until = add_months(ended, self.settings.retention_media_months)
+        if recording.completed_at is not None:
+            target = _R.AVAILABLE
+        elif recording.failed_at is not None:
+            target = _R.FAILED
+        elif recording.stopped_at is not None:
+            target = _R.STOPPED
+        else:
+            return
+        if recording.state != _R.DELETED.value:
+            set_recording_state(self.transitions, recording, target, self.cause, self.now)
+
+    async def _guard_live_recording(self, recording: Recording, latest_pause_report: bool) -> bool:
+        """Keep a live recording's state in step with what the PBX says and any open payment.
+
+        Returns True when the recording must be paused now.
+        """
+        segment = await SegmentRepository(self.session).open_for_call(self.call.id)
+        protected = segment is not None and segment.state in PROTECTED_SEGMENT_STATES
+        state = _R(recording.state)
+        kind = self.event.type
+        if latest_pause_report and kind == EventType.RECORDING_RESUMED and state in (_R.PAUSED, _R.PAUSING):
+            set_recording_state(self.transitions, recording, _R.RECORDING, self.cause, self.now)
+            if protected:
+                assert segment is not None
+                self._expose(ExposureKind.UNEXPECTED_RESUME, recording, segment, self.event.occurred_at)
+        elif latest_pause_report and kind == EventType.RECORDING_PAUSED and state in (_R.PENDING, _R.RECORDING):
+            set_recording_state(self.transitions, recording, _R.PAUSED, self.cause, self.now)
+        elif state == _R.PENDING and recording.started_at is not None:
+            set_recording_state(self.transitions, recording, _R.RECORDING, self.cause, self.now)
+        if not protected or recording.state not in (_R.PENDING.value, _R.RECORDING.value):
+            return False
+        assert segment is not None
+        if (
+            segment.call_level
+            and segment.state == SegmentState.PAUSED.value
+            and segment.paused_at is not None
+            and recording.started_at is not None
+            and recording.started_at <= segment.paused_at
+        ):
+            # It was live when the PBX confirmed a pause of everything on the call.
+            set_recording_state(self.transitions, recording, _R.PAUSED, "covered by call-level pause", self.now)
+            link = await SegmentRepository(self.session).link_recording(segment.id, recording.id)
+            link.paused_at = segment.paused_at
+            return False
+        if segment.state in (SegmentState.PAUSED.value, SegmentState.PAUSE_FAILED.value) and kind != EventType.RECORDING_RESUMED:
+            # Card details may be being spoken: this recording may hold them until it is paused.
+            since = max(filter(None, (recording.started_at, segment.paused_at, segment.opened_at)))
+            self._expose(ExposureKind.LATE_RECORDING, recording, segment, since)
+        return True
+
+    def _expose(self, kind: ExposureKind, recording: Recording, segment: PaymentSegment, since: datetime) -> None:
+        recording.quarantined = True
+        ExposureRepository(self.session).add(
+            Exposure(
+                call_id=self.call.id,
+                recording_id=recording.id,
+                segment_id=segment.id,
+                kind=kind.value,
+                started_at=since,
+                detail=f"reported by {self.cause}",
+            )
+        )
+        self.metrics.exposures.inc(kind=kind.value)
+        log.warning("exposure %s on a %s call recording; recording quarantined", kind.value, self.event.provider)

@@ -1,0 +1,210 @@
+"""ORM models. Tables are plural, classes singular; every ``*_at`` is timezone-aware UTC."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored and read back as timezone-aware UTC on every backend.
+
+    SQLite keeps no zone, so values are normalised to UTC on the way in and tagged UTC on the
+    way out; comparisons in SQL then hold on both backends.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: recgate stores UTC only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON()}
+
+
+def _uuid() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+class Call(Base):
+    __tablename__ = "calls"
+    __table_args__ = (sa.UniqueConstraint("provider", "provider_call_id", name="uq_calls_key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    provider: Mapped[str] = mapped_column(sa.String(32))
+    provider_call_id: Mapped[str] = mapped_column(sa.String(255))
+    state: Mapped[str] = mapped_column(sa.String(16))
+    service_area: Mapped[str | None] = mapped_column(sa.String(64))
+    from_number: Mapped[str | None] = mapped_column(sa.String(64))
+    to_number: Mapped[str | None] = mapped_column(sa.String(64))
+    direction: Mapped[str | None] = mapped_column(sa.String(16))
+    agent_id: Mapped[str | None] = mapped_column(sa.String(128))
+    # Occurred-at of the event that last set the descriptive fields, so a late event cannot
+    # overwrite a newer one (e.g. the agent after a transfer).
+    details_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    answered_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    record_retention_until: Mapped[datetime | None] = mapped_column(index=True)
+    personal_erased_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Recording(Base):
+    __tablename__ = "recordings"
+    __table_args__ = (
+        sa.UniqueConstraint("call_id", "provider_recording_id", name="uq_recordings_key"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    call_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("calls.id", ondelete="RESTRICT"), index=True)
+    provider_recording_id: Mapped[str] = mapped_column(sa.String(255))
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    started_at: Mapped[datetime | None]
+    stopped_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    # Latest PBX-reported pause/resume: (occurred_at, paused?) so reordering cannot flip it.
+    pbx_pause_event_at: Mapped[datetime | None]
+    pbx_paused: Mapped[bool | None]
+    duration_s: Mapped[float | None]
+    media_url: Mapped[str | None] = mapped_column(sa.String(2048))
+    media_format: Mapped[str | None] = mapped_column(sa.String(16))
+    media_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    media_files: Mapped[int] = mapped_column(default=1)
+    quarantined: Mapped[bool] = mapped_column(default=False)
+    retention_until: Mapped[datetime | None] = mapped_column(index=True)
+    deleted_at: Mapped[datetime | None]
+    deleted_reason: Mapped[str | None] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class PaymentSegment(Base):
+    __tablename__ = "payment_segments"
+    __table_args__ = (sa.Index("ix_payment_segments_call_state", "call_id", "state"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    call_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("calls.id", ondelete="RESTRICT"))
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    reference: Mapped[str | None] = mapped_column(sa.String(255))
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
+    pause_behavior: Mapped[str] = mapped_column(sa.String(16))
+    # Paused through a call-level command (no recording known yet): resume the same way.
+    call_level: Mapped[bool] = mapped_column(default=False)
+    outcome: Mapped[str | None] = mapped_column(sa.String(16))
+    opened_at: Mapped[datetime]
+    paused_at: Mapped[datetime | None]
+    resume_requested_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    closed_by: Mapped[str | None] = mapped_column(sa.String(16))
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+    resume_attempts: Mapped[int] = mapped_column(default=0)
+    next_resume_at: Mapped[datetime | None]
+    overlong_alerted_at: Mapped[datetime | None]
+
+
+class SegmentRecording(Base):
+    """Which recordings a segment paused, and when: the pause offsets into each recording."""
+
+    __tablename__ = "segment_recordings"
+
+    segment_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("payment_segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    recording_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("recordings.id", ondelete="CASCADE"), primary_key=True
+    )
+    paused_at: Mapped[datetime | None]
+    resumed_at: Mapped[datetime | None]
+
+
+class StateTransition(Base):
+    __tablename__ = "state_transitions"
+    __table_args__ = (sa.Index("ix_state_transitions_entity", "entity", "entity_id"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True)
+    entity: Mapped[str] = mapped_column(sa.String(16))
+    entity_id: Mapped[uuid.UUID]
+    call_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    from_state: Mapped[str | None] = mapped_column(sa.String(16))
+    to_state: Mapped[str] = mapped_column(sa.String(16))
+    cause: Mapped[str] = mapped_column(sa.String(255))
+    at: Mapped[datetime]
+
+
+class Exposure(Base):
+    __tablename__ = "exposures"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    call_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("calls.id", ondelete="RESTRICT"), index=True)
+    recording_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("recordings.id", ondelete="SET NULL"), index=True
+    )
+    segment_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("payment_segments.id", ondelete="SET NULL")
+    )
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    detail: Mapped[str | None] = mapped_column(sa.String(500))
+
+
+class InboundEvent(Base):
+    """The webhook inbox: one row per provider event, unique on provider + event id."""
+
+    __tablename__ = "inbound_events"
+    __table_args__ = (sa.UniqueConstraint("provider", "event_id", name="uq_inbound_events_key"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(sa.String(32))
+    event_id: Mapped[str] = mapped_column(sa.String(255))
+    type: Mapped[str] = mapped_column(sa.String(64))
+    provider_call_id: Mapped[str] = mapped_column(sa.String(255))
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]]
+
+
+class DeadLetter(Base):
+    """A signed webhook that could not be understood, kept (scrubbed) for operators."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(sa.String(32))
+    event_id: Mapped[str | None] = mapped_column(sa.String(255))
+    reason: Mapped[str] = mapped_column(sa.String(1000))
+    payload: Mapped[str] = mapped_column(sa.Text)
+    received_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    name: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    role: Mapped[str] = mapped_column(sa.String(16))
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]

@@ -1,0 +1,85 @@
+"""The provider control protocol every telephony adapter implements (SPEC §4).
+
+An adapter pauses or resumes a call's recordings and returns the state the provider
+*confirmed*, or raises one of the typed errors below. Retrying within the pause deadline is
+the gating service's job, not the adapter's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import StrEnum
+
+from app.domain.states import PauseBehavior
+
+
+class ProviderError(Exception):
+    """Base of the errors an adapter raises."""
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider could not be reached or answered with a transient error: retry."""
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the command: retrying will not help."""
+
+
+class RecordingGone(ProviderError):
+    """The recording (or call) no longer exists on the provider: nothing is being recorded."""
+
+
+class ConfirmedState(StrEnum):
+    PAUSED = "paused"
+    RECORDING = "recording"
+    # The provider says nothing is being recorded on the call (e.g. Twilio error 21220).
+    NOT_RECORDING = "not_recording"
+    GONE = "gone"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingRef:
+    """A recording the command is for: recgate's id and the provider's, when known."""
+
+    recording_id: uuid.UUID | None
+    provider_recording_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlTarget:
+    """What to pause or resume. With no recordings, whatever the provider records on the call."""
+
+    provider_call_id: str
+    recordings: tuple[RecordingRef, ...] = ()
+
+    @property
+    def call_level(self) -> bool:
+        return not self.recordings
+
+
+@dataclass(frozen=True, slots=True)
+class ControlOutcome:
+    """The provider's confirmed answer for one recording (or the call, when the id is None)."""
+
+    provider_recording_id: str | None
+    state: ConfirmedState
+
+
+class RecordingController(ABC):
+    """One provider's recording control."""
+
+    name: str
+
+    @abstractmethod
+    async def pause(self, target: ControlTarget, behavior: PauseBehavior) -> list[ControlOutcome]:
+        """Pause every recording in ``target``; return what the provider confirmed."""
+
+    @abstractmethod
+    async def resume(self, target: ControlTarget) -> list[ControlOutcome]:
+        """Resume every recording in ``target``; return what the provider confirmed."""
+
+    def describe(self) -> str:
+        """A short, secret-free description for the readiness check."""
+        return self.name

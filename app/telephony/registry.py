@@ -1,0 +1,24 @@
+"""Builds the enabled provider controllers from settings."""
+
+from __future__ import annotations
+
+import httpx
+
+from app.config import Settings
+from app.domain.clock import Clock
+from app.telephony.base import RecordingController
+from app.telephony.generic import GenericController
+from app.telephony.sim import SimPbx
+
+
+def build_controllers(
+    settings: Settings, client: httpx.AsyncClient, clock: Clock
+) -> dict[str, RecordingController]:
+    """One controller per enabled provider, keyed by provider name."""
+    controllers: dict[str, RecordingController] = {}
+    key = settings.generic_secret_key
+    if key is not None and settings.generic_control_url:
+        controllers["generic"] = GenericController(client, settings.generic_control_url, key, clock)
+    if settings.sim_enabled:
+        controllers["sim"] = SimPbx(latency_s=settings.sim_pause_latency_ms / 1000)
+    return controllers
