@@ -1,0 +1,307 @@
+"""Payment gating over HTTP, with respx standing in for the generic PBX's control URL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import respx
+
+from app.domain.roles import Role
+from app.telephony.signing import verify
+from tests.conftest import CONTROL_URL, Harness, event
+
+PAUSE = f"{CONTROL_URL}/calls/c-123/recording/pause"
+RESUME = f"{CONTROL_URL}/calls/c-123/recording/resume"
+
+
+@pytest.fixture
+async def pbx() -> AsyncIterator[respx.MockRouter]:
+    async with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+async def live_call(h: Harness, recording_id: str | None = "r-1") -> None:
+    for type_ in ("call.started", "call.answered"):
+        assert (await h.send_event(event(type_))).status_code == 200
+    if recording_id:
+        assert (await h.send_event(event("recording.started", recording_id=recording_id))).status_code == 200
+
+
+async def get_call(h: Harness, call_id: str = "c-123") -> dict:
+    response = await h.client.get(f"/v1/calls/generic/{call_id}", headers=h.auth(Role.SUPERVISOR))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_happy_path_pauses_confirms_and_resumes(harness: Harness, pbx: respx.MockRouter) -> None:
+    pause = pbx.post(PAUSE).respond(200, json={"state": "paused"})
+    resume = pbx.post(RESUME).respond(200, json={"state": "recording"})
+    await live_call(harness)
+
+    start = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start",
+        json={"reference": "PAY-1", "pause_behavior": "skip"},
+        headers=harness.auth(Role.IVR),
+    )
+    assert start.status_code == 200, start.text
+    body = start.json()
+    assert body["safe_to_collect"] is True and body["state"] == "paused"
+    assert [r["state"] for r in body["recordings"]] == ["paused"]
+
+    # The control request is signed like a webhook and carries the IVR's pause behaviour.
+    sent = pause.calls.last.request
+    assert json.loads(sent.content) == {"behavior": "skip"}
+    key = harness.services.settings.generic_secret_key
+    assert key is not None
+    from datetime import UTC, datetime
+
+    verify(key, sent.headers, sent.content, datetime.now(UTC))
+
+    end = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/end", json={"outcome": "authorised"}, headers=harness.auth(Role.IVR)
+    )
+    assert end.status_code == 200, end.text
+    assert end.json()["state"] == "closed"
+    assert [r["state"] for r in end.json()["recordings"]] == ["recording"]
+    assert pause.call_count == 1 and resume.call_count == 1
+
+    call = await get_call(harness)
+    assert call["segments"][0]["state"] == "closed" and call["segments"][0]["closed_by"] == "ivr"
+    assert call["segments"][0]["paused_at"] is not None
+    assert call["exposures"] == []
+
+
+async def test_pbx_error_fails_closed_with_503(harness: Harness, pbx: respx.MockRouter) -> None:
+    pause = pbx.post(PAUSE).respond(500, json={"error": "boom"})
+    await live_call(harness)
+
+    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+
+    assert start.status_code == 503
+    assert start.headers["content-type"].startswith("application/problem+json")
+    problem = start.json()
+    assert problem["safe_to_collect"] is False and problem["state"] == "pause_failed"
+    assert pause.call_count >= 2, "a 5xx is transient: it is retried within the deadline"
+    call = await get_call(harness)
+    assert call["segments"][0]["state"] == "pause_failed"
+    assert call["recordings"][0]["state"] == "recording"
+    assert call["recordings"][0]["quarantined"] is True
+    assert [e["kind"] for e in call["exposures"]] == ["pause_failed"]
+
+
+async def test_slow_pbx_times_out_with_503(harness: Harness, pbx: respx.MockRouter) -> None:
+    async def too_slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(200, json={"state": "paused"})
+
+    pbx.post(PAUSE).mock(side_effect=too_slow)
+    await live_call(harness)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+
+    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+
+    assert start.status_code == 503
+    assert start.json()["safe_to_collect"] is False
+    assert loop.time() - began < 2.0, "the IVR is answered at the pause deadline, not when the PBX is"
+    assert (await get_call(harness))["segments"][0]["state"] == "pause_failed"
+
+
+async def test_pbx_answering_200_without_pausing_is_not_confirmation(harness: Harness, pbx: respx.MockRouter) -> None:
+    pbx.post(PAUSE).respond(200, json={"state": "recording"})
+    await live_call(harness)
+    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    assert start.status_code == 503
+    assert start.json()["state"] == "pause_failed"
+
+
+async def test_transient_failure_then_success_is_confirmed(harness: Harness, pbx: respx.MockRouter) -> None:
+    pause = pbx.post(PAUSE)
+    pause.side_effect = [httpx.Response(503), httpx.ConnectError("refused"), httpx.Response(200, json={"state": "paused"})]
+    await live_call(harness)
+    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    assert start.status_code == 200, start.text
+    assert start.json()["safe_to_collect"] is True
+    assert pause.call_count == 3
+
+
+async def test_repeated_starts_send_one_pause(harness: Harness, pbx: respx.MockRouter) -> None:
+    pause = pbx.post(PAUSE).respond(200, json={"state": "paused"})
+    await live_call(harness)
+    url = "/v1/calls/generic/c-123/payment/start"
+
+    concurrent = await asyncio.gather(*(harness.client.post(url, headers=harness.auth(Role.IVR)) for _ in range(5)))
+    again = await harness.client.post(url, headers=harness.auth(Role.IVR))
+
+    assert {r.status_code for r in (*concurrent, again)} == {200}
+    assert len({r.json()["segment_id"] for r in (*concurrent, again)}) == 1
+    assert pause.call_count == 1
+
+
+async def test_idempotency_key_replays_the_first_answer(harness: Harness, pbx: respx.MockRouter) -> None:
+    pause = pbx.post(PAUSE).respond(200, json={"state": "paused"})
+    pbx.post(RESUME).respond(200, json={"state": "recording"})
+    await live_call(harness)
+    headers = {**harness.auth(Role.IVR), "Idempotency-Key": "ivr-attempt-1"}
+    first = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=headers)
+    await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
+    # A retry of the same start arriving late must not pause the call again.
+    late = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=headers)
+    assert late.status_code == 200
+    assert late.json()["segment_id"] == first.json()["segment_id"]
+    assert pause.call_count == 1
+
+
+async def test_ivr_before_pbx_pauses_at_call_level(harness: Harness, pbx: respx.MockRouter) -> None:
+    pause = pbx.post(PAUSE).respond(200, json={"state": "paused"})
+    resume = pbx.post(RESUME).respond(200, json={"state": "recording"})
+
+    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+
+    assert start.status_code == 200, start.text
+    assert start.json()["safe_to_collect"] is True and start.json()["recordings"] == []
+    assert pause.call_count == 1
+    # The PBX's first events arrive afterwards: the call and recording join the open payment.
+    await harness.send_event(event("call.started", at="2026-01-01T00:00:00+00:00"))
+    await harness.send_event(event("recording.started", recording_id="r-1", at="2026-01-01T00:00:00+00:00"))
+    await harness.services.tasks.drain()
+    call = await get_call(harness)
+    assert call["recordings"][0]["state"] == "paused"
+    assert call["exposures"] == [], "a recording live before the call-level pause was covered by it"
+
+    end = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
+    assert end.status_code == 200 and end.json()["state"] == "closed"
+    assert resume.call_count == 1
+    assert (await get_call(harness))["recordings"][0]["state"] == "recording"
+
+
+async def test_pbx_with_nothing_recording_is_safe(harness: Harness, pbx: respx.MockRouter) -> None:
+    pbx.post(PAUSE).respond(200, json={"state": "not_recording"})
+    start = await harness.client.post("/v1/calls/generic/c-9/payment/start".replace("c-9", "c-123"), headers=harness.auth(Role.IVR))
+    assert start.status_code == 200
+    assert start.json()["safe_to_collect"] is True
+
+
+async def test_recording_started_during_payment_is_paused_at_once(harness: Harness, pbx: respx.MockRouter) -> None:
+    pause = pbx.post(PAUSE).respond(200, json={"state": "paused"})
+    pbx.post(RESUME).respond(200, json={"state": "recording"})
+    await live_call(harness)
+    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    assert start.status_code == 200
+
+    # A second recording (e.g. a conference recording) starts while card details are taken.
+    response = await harness.send_event(event("recording.started", recording_id="r-2"))
+    assert response.status_code == 200
+    await harness.services.tasks.drain()
+
+    assert pause.call_count == 2
+    call = await get_call(harness)
+    states = {r["provider_recording_id"]: (r["state"], r["quarantined"]) for r in call["recordings"]}
+    assert states == {"r-1": ("paused", False), "r-2": ("paused", True)}
+    [exposure] = call["exposures"]
+    assert exposure["kind"] == "late_recording" and exposure["ended_at"] is not None
+
+    end = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
+    assert end.status_code == 200
+    assert {r["state"] for r in end.json()["recordings"]} == {"recording"}
+
+
+async def test_unexpected_resume_during_payment_is_an_exposure(harness: Harness, pbx: respx.MockRouter) -> None:
+    pause = pbx.post(PAUSE).respond(200, json={"state": "paused"})
+    await live_call(harness)
+    await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+
+    await harness.send_event(event("recording.resumed", recording_id="r-1"))
+    await harness.services.tasks.drain()
+
+    call = await get_call(harness)
+    assert [e["kind"] for e in call["exposures"]] == ["unexpected_resume"]
+    assert call["recordings"][0]["state"] == "paused", "recgate pauses it again"
+    assert call["recordings"][0]["quarantined"] is True
+    assert pause.call_count == 2
+
+
+async def test_end_without_start_is_409(harness: Harness) -> None:
+    response = await harness.client.post("/v1/calls/generic/c-404/payment/end", headers=harness.auth(Role.IVR))
+    assert response.status_code == 409
+    assert response.json()["type"].endswith("/no-open-payment")
+
+
+async def test_repeated_end_returns_the_same_body(harness: Harness, pbx: respx.MockRouter) -> None:
+    pbx.post(PAUSE).respond(200, json={"state": "paused"})
+    resume = pbx.post(RESUME).respond(200, json={"state": "recording"})
+    await live_call(harness)
+    await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    first = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
+    second = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    assert resume.call_count == 1
+
+
+async def test_resume_failure_is_502_and_retried_in_background(harness: Harness, pbx: respx.MockRouter) -> None:
+    pbx.post(PAUSE).respond(200, json={"state": "paused"})
+    resume = pbx.post(RESUME)
+    resume.side_effect = [httpx.Response(500)] * 50
+    await live_call(harness)
+    await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+
+    end = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
+    assert end.status_code == 502
+    assert end.json()["state"] == "resume_failed"
+    assert (await get_call(harness))["segments"][0]["state"] == "resume_failed"
+
+    # The PBX recovers; the background retry (due after the retry interval) confirms it.
+    resume.side_effect = None
+    resume.return_value = httpx.Response(200, json={"state": "recording"})
+    from datetime import timedelta
+
+    gate = harness.services.gate
+    real_clock = gate.clock
+    gate.clock = lambda: real_clock() + timedelta(seconds=harness.services.settings.resume_retry_interval_s + 1)
+    assert await gate.retry_due_resumes() == 1
+    gate.clock = real_clock
+    call = await get_call(harness)
+    assert call["segments"][0]["state"] == "closed"
+    assert call["recordings"][0]["state"] == "recording"
+
+
+async def test_pbx_rejecting_is_not_retried(harness: Harness, pbx: respx.MockRouter) -> None:
+    pause = pbx.post(PAUSE).respond(403, json={"error": "forbidden"})
+    await live_call(harness)
+    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    assert start.status_code == 503
+    assert pause.call_count == 1
+
+
+async def test_call_end_closes_an_open_segment(harness: Harness, pbx: respx.MockRouter) -> None:
+    pbx.post(PAUSE).respond(200, json={"state": "paused"})
+    await live_call(harness)
+    await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    await harness.send_event(event("call.ended"))
+    call = await get_call(harness)
+    assert call["state"] == "ended"
+    assert call["segments"][0]["state"] == "closed" and call["segments"][0]["closed_by"] == "call_end"
+    assert call["recordings"][0]["state"] == "stopped"
+    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    assert start.status_code == 409
+
+
+async def test_unknown_provider_is_404_problem(harness: Harness) -> None:
+    response = await harness.client.post("/v1/calls/nope/c-1/payment/start", headers=harness.auth(Role.IVR))
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_sim_provider_gates_a_payment(harness: Harness) -> None:
+    sim = harness.services.controllers["sim"]
+    await harness.send_event(event("recording.started", call_id="s-1", recording_id="r-1"), provider="sim")
+    start = await harness.client.post("/v1/calls/sim/s-1/payment/start", headers=harness.auth(Role.IVR))
+    assert start.status_code == 200 and start.json()["safe_to_collect"] is True
+    sim.mode = "hang"  # type: ignore[attr-defined]
+    end = await harness.client.post("/v1/calls/sim/s-1/payment/end", headers=harness.auth(Role.IVR))
+    assert end.status_code == 502

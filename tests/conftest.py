@@ -1,0 +1,174 @@
+"""Shared fixtures: a migrated database per backend, the app, tokens, a signed-webhook helper.
+
+The same API tests run on SQLite and on PostgreSQL. The schema is built by the Alembic
+migrations, once per session; each test then gets an empty database (a copy of the migrated
+SQLite file, or truncated PostgreSQL tables), so tests can use real concurrency and commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.config import Settings
+from app.domain.roles import Role
+from app.main import create_app
+from app.services.container import Services
+from app.storage.migrate import upgrade
+from app.telephony.signing import signed_headers
+
+SECRET = "whsec_" + base64.b64encode(b"recgate-test-secret-0123456789ab").decode()
+CONTROL_URL = "http://127.0.0.1:9/pbx"
+POSTGRES_URL = os.environ.get("RECGATE_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, built by the migrations, dropped after."""
+    if not POSTGRES_URL:
+        if os.environ.get("RECGATE_TEST_REQUIRE_POSTGRES"):
+            pytest.fail("RECGATE_TEST_REQUIRE_POSTGRES is set but RECGATE_TEST_POSTGRES_URL is not")
+        pytest.skip("PostgreSQL tests skipped: set RECGATE_TEST_POSTGRES_URL to run them")
+    server = make_url(POSTGRES_URL)
+    name = f"recgate_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(statement: str) -> None:
+        engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(sa.text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "recgate.db"
+        shutil.copyfile(template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    url: str = request.getfixturevalue("postgres_database")
+
+    async def truncate() -> None:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as conn:
+                tables = (
+                    await conn.execute(
+                        sa.text("SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'")
+                    )
+                ).scalars().all()
+                await conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(truncate())
+    yield url
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        media_dir=tmp_path / "media",
+        generic_webhook_secret=SECRET,  # type: ignore[arg-type]
+        generic_control_url=CONTROL_URL,
+        pause_timeout_ms=400,
+        provider_request_timeout_s=1.0,
+        sim_pause_latency_ms=0,
+        background_jobs=False,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@dataclass
+class Harness:
+    """The running app, an HTTP client for it, and a token per role."""
+
+    client: httpx.AsyncClient
+    services: Services
+    tokens: dict[Role, str]
+
+    def auth(self, role: Role) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.tokens[role]}"}
+
+    async def send_event(self, event: dict[str, Any], provider: str = "generic", msg_id: str | None = None,
+                         headers: dict[str, str] | None = None) -> httpx.Response:
+        body = json.dumps(event).encode()
+        signed = signed_headers(self.services.settings.generic_secret_key or b"", body, datetime.now(UTC), msg_id)
+        signed["content-type"] = "application/json"
+        signed.update(headers or {})
+        return await self.client.post(f"/v1/webhooks/{provider}", content=body, headers=signed)
+
+    async def count(self, table: str) -> int:
+        async with self.services.engine.connect() as conn:
+            return int((await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one())
+
+
+@pytest.fixture
+def make_harness(settings: Settings) -> Callable[..., Any]:
+    """Build a harness, optionally with changed settings: ``async with make_harness(x=1) as h``."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def build(**overrides: Any) -> AsyncIterator[Harness]:
+        app = create_app(settings.model_copy(update=overrides))
+        async with app.router.lifespan_context(app):
+            services: Services = app.state.services
+            tokens = {role: await services.tokens.create(f"test-{role.value}", role) for role in Role}
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://recgate.test") as client:
+                yield Harness(client, services, tokens)
+            await services.tasks.drain()
+
+    return build
+
+
+@pytest.fixture
+async def harness(make_harness: Callable[..., Any]) -> AsyncIterator[Harness]:
+    async with make_harness() as h:
+        yield h
+
+
+def event(type_: str, call_id: str = "c-123", recording_id: str | None = None, at: str | None = None,
+          **call: Any) -> dict[str, Any]:
+    """A generic-contract event body."""
+    body: dict[str, Any] = {
+        "type": type_,
+        "occurred_at": at or datetime.now(UTC).isoformat(),
+        "call": {"id": call_id, "from": "+441632960001", "to": "+441632960999", "direction": "inbound",
+                 "service_area": "council_tax", **call},
+    }
+    if recording_id is not None:
+        body["recording"] = {"id": recording_id, "format": "wav"}
+    return body
