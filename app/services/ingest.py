@@ -163,19 +163,19 @@ class _Applier:
         area = info.service_area
         if area is not None and area not in self.settings.service_areas:
             area = "other"
-        newer = call.details_at is None or at >= call.details_at
         for column, value in (
             ("from_number", info.from_number),
             ("to_number", info.to_number),
             ("direction", info.direction),
-            ("service_area", area),
-            ("agent_id", info.agent_id),
         ):
-            # Fill what is unknown; overwrite only from a newer event (a transfer's new agent).
-            if value is not None and (getattr(call, column) is None or newer):
+            if value is not None and getattr(call, column) is None:
                 setattr(call, column, value)
-        if newer:
-            call.details_at = at
+        # A transfer changes the agent and maybe the service area: the latest report wins.
+        for column, value in (("agent_id", info.agent_id), ("service_area", area)):
+            reported_at = getattr(call, f"{column.removesuffix('_id')}_at")
+            if value is not None and (reported_at is None or at >= reported_at):
+                setattr(call, column, value)
+                setattr(call, f"{column.removesuffix('_id')}_at", at)
         call.updated_at = self.now
 
     async def _end_call(self) -> None:
@@ -193,8 +193,9 @@ class _Applier:
             segment.next_resume_at = None
         for exposure in await ExposureRepository(self.session).open_for_call(call.id):
             exposure.ended_at = max(exposure.started_at, call.ended_at)
-        # The PBX stops every recording with the call, whether or not it says so.
-        for recording in await RecordingRepository(self.session).live_for_call(call.id):
+        # The PBX stops every recording with the call, whether or not it says so. Finished
+        # recordings get the fact too, so their end time does not depend on arrival order.
+        for recording in await RecordingRepository(self.session).for_call(call.id):
             self._merge_recording_end(recording)
 
     async def _merge_recording(self) -> bool:
@@ -227,8 +228,6 @@ class _Applier:
             recording.pbx_pause_event_at = at
             recording.pbx_paused = kind == EventType.RECORDING_PAUSED
             latest_pause_report = True
-        if self.call.ended_at is not None:
-            recording.stopped_at = _earliest(recording.stopped_at, self.call.ended_at)
         self._merge_recording_end(recording)
         if recording.state not in LIVE_RECORDING_STATES:
             return False

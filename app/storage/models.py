@@ -57,9 +57,10 @@ class Call(Base):
     to_number: Mapped[str | None] = mapped_column(sa.String(64))
     direction: Mapped[str | None] = mapped_column(sa.String(16))
     agent_id: Mapped[str | None] = mapped_column(sa.String(128))
-    # Occurred-at of the event that last set the descriptive fields, so a late event cannot
-    # overwrite a newer one (e.g. the agent after a transfer).
-    details_at: Mapped[datetime | None]
+    # Occurred-at of the events that set the agent and the service area, the two fields a
+    # transfer changes, so a late event cannot overwrite a newer one.
+    agent_at: Mapped[datetime | None]
+    service_area_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     answered_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]

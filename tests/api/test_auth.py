@@ -1,0 +1,71 @@
+"""Every endpoint refuses a missing token (401) and a wrong role (403)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.domain.roles import Role
+from app.main import create_app
+from tests.conftest import Harness
+
+# Every route and who may use it (admin may use all). Webhooks authenticate by signature and
+# the probes are open; everything else must appear here.
+PROTECTED: dict[tuple[str, str], frozenset[Role]] = {
+    ("POST", "/v1/calls/{provider}/{provider_call_id}/payment/start"): frozenset({Role.IVR}),
+    ("POST", "/v1/calls/{provider}/{provider_call_id}/payment/end"): frozenset({Role.IVR}),
+    ("GET", "/v1/calls/{provider}/{provider_call_id}"): frozenset({Role.IVR, Role.SUPERVISOR, Role.DPO}),
+    ("GET", "/v1/status"): frozenset({Role.OPS}),
+    ("GET", "/metrics"): frozenset({Role.OPS}),
+}
+OPEN = {("GET", "/livez"), ("GET", "/readyz"), ("POST", "/v1/webhooks/generic"), ("POST", "/v1/webhooks/sim")}
+
+
+def _concrete(path: str) -> str:
+    return path.replace("{provider}", "generic").replace("{provider_call_id}", "c-auth")
+
+
+def test_every_route_is_classified() -> None:
+    schema = create_app().openapi()
+    routes = {(method.upper(), path) for path, ops in schema["paths"].items() for method in ops}
+    assert routes == set(PROTECTED) | OPEN, "a new endpoint needs an entry in PROTECTED or OPEN"
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(PROTECTED))
+async def test_missing_or_unknown_token_is_401(harness: Harness, method: str, path: str) -> None:
+    for headers in ({}, {"authorization": "Bearer rg_not-a-real-token"}, {"authorization": "Basic abc"}):
+        response = await harness.client.request(method, _concrete(path), headers=headers)
+        assert response.status_code == 401, f"{method} {path} with {headers or 'no header'}"
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(PROTECTED))
+async def test_wrong_role_is_403_and_right_role_passes_auth(harness: Harness, method: str, path: str) -> None:
+    allowed = PROTECTED[(method, path)] | {Role.ADMIN}
+    for role in Role:
+        response = await harness.client.request(method, _concrete(path), headers=harness.auth(role))
+        if role in allowed:
+            assert response.status_code not in (401, 403), f"{role} must be admitted to {method} {path}"
+        else:
+            assert response.status_code == 403, f"{role} must be refused {method} {path}"
+            assert response.json()["type"].endswith("/forbidden")
+
+
+async def test_revoked_token_stops_working(harness: Harness) -> None:
+    await harness.services.tokens.revoke("test-ops")
+    response = await harness.client.get("/v1/status", headers=harness.auth(Role.OPS))
+    assert response.status_code == 401
+
+
+async def test_tokens_are_stored_only_as_hashes(harness: Harness) -> None:
+    import sqlalchemy as sa
+
+    async with harness.services.engine.connect() as conn:
+        hashes = (await conn.execute(sa.text("SELECT token_hash FROM api_tokens"))).scalars().all()
+    assert len(hashes) == len(Role)
+    assert not set(hashes) & set(harness.tokens.values())
+
+
+async def test_public_metrics_need_no_token(make_harness) -> None:  # type: ignore[no-untyped-def]
+    async with make_harness(metrics_public=True) as h:
+        assert (await h.client.get("/metrics")).status_code == 200
