@@ -12,25 +12,32 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import SecretStr
 
 from app.config import Settings, get_settings
 from app.domain.roles import Role
 
-cli = typer.Typer(no_args_is_help=True, add_completion=False, help="recgate: payment-safe call recording.")
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from app.services.tokens import TokenService
+
+cli = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="recgate: payment-safe call recording."
+)
 tokens_cli = typer.Typer(no_args_is_help=True, help="API tokens: create, list, revoke.")
 cli.add_typer(tokens_cli, name="tokens")
 
 
-def _token_service(settings: Settings):  # type: ignore[no-untyped-def]
+def _token_service(settings: Settings) -> tuple[AsyncEngine, TokenService]:
+    from app.domain.clock import utcnow
     from app.services.tokens import TokenService
     from app.storage.db import create_engine, session_factory
 
     engine = create_engine(settings.database_url)
-    from app.domain.clock import utcnow
-
     return engine, TokenService(session_factory(engine), utcnow)
 
 
@@ -100,7 +107,9 @@ def tokens_list() -> None:
         try:
             for info in await service.list():
                 status = f"revoked {info.revoked_at.isoformat()}" if info.revoked_at else "active"
-                typer.echo(f"{info.name}\t{info.role.value}\t{info.created_at.isoformat()}\t{status}")
+                typer.echo(
+                    f"{info.name}\t{info.role.value}\t{info.created_at.isoformat()}\t{status}"
+                )
         finally:
             await engine.dispose()
 
@@ -150,17 +159,18 @@ def demo() -> None:
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{workdir / 'demo.db'}",
         media_dir=workdir / "media",
-        generic_webhook_secret=secret,  # type: ignore[arg-type]
+        generic_webhook_secret=SecretStr(secret),
         sim_enabled=True,
         host="127.0.0.1",
         port=port,
-        _env_file=None,  # type: ignore[call-arg]
     )
     upgrade(settings.database_url)
 
     async def run() -> None:
         app = create_app(settings)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        )
         serving = asyncio.create_task(server.serve())
         while not server.started:
             if serving.done():
@@ -174,8 +184,12 @@ def demo() -> None:
                 key = settings.generic_secret_key
                 assert key is not None
                 call = SimulatedCall(client, key, ivr)
-                typer.echo(f"recgate demo on http://127.0.0.1:{port} (simulated PBX, database {workdir / 'demo.db'})")
-                typer.echo(f"call {call.call_id}: started, answered, recording {call.recording_id} started")
+                typer.echo(
+                    f"recgate demo on http://127.0.0.1:{port} (simulated PBX, database {workdir / 'demo.db'})"
+                )
+                typer.echo(
+                    f"call {call.call_id}: started, answered, recording {call.recording_id} started"
+                )
                 await call.event("call.started")
                 await call.event("call.answered")
                 await call.event("recording.started")
@@ -189,7 +203,9 @@ def demo() -> None:
                 )
                 typer.echo("… caller keys card details; nothing is recorded …")
                 response = await call.payment("end", {"outcome": "authorised"})
-                typer.echo(f"IVR payment end → HTTP {response.status_code}, state {response.json()['state']}")
+                typer.echo(
+                    f"IVR payment end → HTTP {response.status_code}, state {response.json()['state']}"
+                )
                 await call.event("recording.stopped")
                 await call.event("call.ended")
                 await call.event("recording.completed", duration_s=95)
@@ -218,8 +234,12 @@ def demo() -> None:
 def simulate(
     calls: Annotated[int, typer.Option(help="How many calls to drive.")] = 20,
     concurrency: Annotated[int, typer.Option(help="Calls in flight at once.")] = 5,
-    url: Annotated[str, typer.Option(help="Base URL of a running recgate.")] = "http://127.0.0.1:8000",
-    token: Annotated[str | None, typer.Option(envvar="RECGATE_IVR_TOKEN", help="An ivr token.")] = None,
+    url: Annotated[
+        str, typer.Option(help="Base URL of a running recgate.")
+    ] = "http://127.0.0.1:8000",
+    token: Annotated[
+        str | None, typer.Option(envvar="RECGATE_IVR_TOKEN", help="An ivr token.")
+    ] = None,
 ) -> None:
     """Drive N simulated calls with payments through a running service (sim provider)."""
     import httpx
@@ -229,7 +249,9 @@ def simulate(
     settings = get_settings()
     key = settings.generic_secret_key
     if key is None or token is None:
-        typer.echo("error: needs RECGATE_GENERIC_WEBHOOK_SECRET and an ivr token (--token)", err=True)
+        typer.echo(
+            "error: needs RECGATE_GENERIC_WEBHOOK_SECRET and an ivr token (--token)", err=True
+        )
         raise typer.Exit(2)
 
     async def run() -> None:

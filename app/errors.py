@@ -104,7 +104,9 @@ class ServiceUnavailable(AppError):
     status, slug, title = 503, "unavailable", "Service unavailable"
 
 
-def _problem(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+def _problem(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
 
 

@@ -28,7 +28,9 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
         app.state.services = services
         watchdog = None
         if settings.background_jobs:
-            watchdog = asyncio.create_task(run_watchdog(services.gate, WATCHDOG_INTERVAL_S), name="watchdog")
+            watchdog = asyncio.create_task(
+                run_watchdog(services.gate, WATCHDOG_INTERVAL_S), name="watchdog"
+            )
         try:
             yield
         finally:

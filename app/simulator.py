@@ -49,7 +49,9 @@ class SimulatedCall:
         raw = json.dumps(body).encode()
         headers = signed_headers(self.key, raw, self.clock())
         headers["content-type"] = "application/json"
-        response = await self.client.post(f"/v1/webhooks/{self.provider}", content=raw, headers=headers)
+        response = await self.client.post(
+            f"/v1/webhooks/{self.provider}", content=raw, headers=headers
+        )
         response.raise_for_status()
         return response
 
@@ -74,7 +76,11 @@ class SimulatedCall:
         await self.event("recording.stopped")
         await self.event("call.ended")
         await self.event("recording.completed", duration_s=60)
-        return {"start": start.status_code, "safe_to_collect": start.json().get("safe_to_collect"), "end": end.status_code}
+        return {
+            "start": start.status_code,
+            "safe_to_collect": start.json().get("safe_to_collect"),
+            "end": end.status_code,
+        }
 
 
 def format_timeline(call: dict[str, Any]) -> list[str]:

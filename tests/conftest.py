@@ -84,11 +84,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         try:
             async with engine.begin() as conn:
                 tables = (
-                    await conn.execute(
-                        sa.text("SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'")
+                    (
+                        await conn.execute(
+                            sa.text(
+                                "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"
+                            )
+                        )
                     )
-                ).scalars().all()
-                await conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+                    .scalars()
+                    .all()
+                )
+                await conn.execute(
+                    sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+                )
         finally:
             await engine.dispose()
 
@@ -122,10 +130,17 @@ class Harness:
     def auth(self, role: Role) -> dict[str, str]:
         return {"authorization": f"Bearer {self.tokens[role]}"}
 
-    async def send_event(self, event: dict[str, Any], provider: str = "generic", msg_id: str | None = None,
-                         headers: dict[str, str] | None = None) -> httpx.Response:
+    async def send_event(
+        self,
+        event: dict[str, Any],
+        provider: str = "generic",
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         body = json.dumps(event).encode()
-        signed = signed_headers(self.services.settings.generic_secret_key or b"", body, datetime.now(UTC), msg_id)
+        signed = signed_headers(
+            self.services.settings.generic_secret_key or b"", body, datetime.now(UTC), msg_id
+        )
         signed["content-type"] = "application/json"
         signed.update(headers or {})
         return await self.client.post(f"/v1/webhooks/{provider}", content=body, headers=signed)
@@ -145,9 +160,13 @@ def make_harness(settings: Settings) -> Callable[..., Any]:
         app = create_app(settings.model_copy(update=overrides))
         async with app.router.lifespan_context(app):
             services: Services = app.state.services
-            tokens = {role: await services.tokens.create(f"test-{role.value}", role) for role in Role}
+            tokens = {
+                role: await services.tokens.create(f"test-{role.value}", role) for role in Role
+            }
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url="http://recgate.test") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://recgate.test"
+            ) as client:
                 yield Harness(client, services, tokens)
             await services.tasks.drain()
 
@@ -160,14 +179,25 @@ async def harness(make_harness: Callable[..., Any]) -> AsyncIterator[Harness]:
         yield h
 
 
-def event(type_: str, call_id: str = "c-123", recording_id: str | None = None, at: str | None = None,
-          **call: Any) -> dict[str, Any]:
+def event(
+    type_: str,
+    call_id: str = "c-123",
+    recording_id: str | None = None,
+    at: str | None = None,
+    **call: Any,
+) -> dict[str, Any]:
     """A generic-contract event body."""
     body: dict[str, Any] = {
         "type": type_,
         "occurred_at": at or datetime.now(UTC).isoformat(),
-        "call": {"id": call_id, "from": "+441632960001", "to": "+441632960999", "direction": "inbound",
-                 "service_area": "council_tax", **call},
+        "call": {
+            "id": call_id,
+            "from": "+441632960001",
+            "to": "+441632960999",
+            "direction": "inbound",
+            "service_area": "council_tax",
+            **call,
+        },
     }
     if recording_id is not None:
         body["recording"] = {"id": recording_id, "format": "wav"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header
 
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
 IvrDep = Annotated[Principal, Depends(require(Role.IVR))]
 CallReaderDep = Annotated[Principal, Depends(require(Role.IVR, Role.SUPERVISOR, Role.DPO))]
-_PROBLEM = {"content": {"application/problem+json": {}}}
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
 @router.post(
@@ -56,7 +56,10 @@ async def payment_start(
 @router.post(
     "/{provider}/{provider_call_id}/payment/end",
     response_model=PaymentResult,
-    responses={409: {"description": "No payment opened", **_PROBLEM}, 502: {"description": "Resume not confirmed", **_PROBLEM}},
+    responses={
+        409: {"description": "No payment opened", **_PROBLEM},
+        502: {"description": "Resume not confirmed", **_PROBLEM},
+    },
 )
 async def payment_end(
     provider: str,
@@ -71,7 +74,9 @@ async def payment_end(
 
 
 @router.get("/{provider}/{provider_call_id}", response_model=CallRead)
-async def get_call(provider: str, provider_call_id: str, services: ServicesDep, _: CallReaderDep) -> CallRead:
+async def get_call(
+    provider: str, provider_call_id: str, services: ServicesDep, _: CallReaderDep
+) -> CallRead:
     detail = await services.calls.detail(provider, provider_call_id)
     call = detail.call
     return CallRead(
@@ -113,13 +118,22 @@ async def get_call(provider: str, provider_call_id: str, services: ServicesDep, 
         ],
         exposures=[
             ExposureRead(
-                kind=e.kind, recording_id=e.recording_id, segment_id=e.segment_id, started_at=e.started_at, ended_at=e.ended_at
+                kind=e.kind,
+                recording_id=e.recording_id,
+                segment_id=e.segment_id,
+                started_at=e.started_at,
+                ended_at=e.ended_at,
             )
             for e in detail.exposures
         ],
         timeline=[
             TimelineEntry(
-                at=t.at, entity=t.entity, entity_id=t.entity_id, from_state=t.from_state, to_state=t.to_state, cause=t.cause
+                at=t.at,
+                entity=t.entity,
+                entity_id=t.entity_id,
+                from_state=t.from_state,
+                to_state=t.to_state,
+                cause=t.cause,
             )
             for t in detail.transitions
         ],

@@ -43,7 +43,15 @@ async def metrics(request: Request, services: ServicesDep) -> PlainTextResponse:
     summary = await services.health.summary()
     gauges = {
         "recgate_active_calls": ("Calls in progress.", float(summary["active_calls"])),
-        "recgate_open_payment_segments": ("Payment segments not yet closed.", float(summary["open_segments"])),
-        "recgate_retention_overdue": ("Recordings past their media deadline.", float(summary["retention_overdue"])),
+        "recgate_open_payment_segments": (
+            "Payment segments not yet closed.",
+            float(summary["open_segments"]),
+        ),
+        "recgate_retention_overdue": (
+            "Recordings past their media deadline.",
+            float(summary["retention_overdue"]),
+        ),
     }
-    return PlainTextResponse(services.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(
+        services.metrics.render(gauges), media_type="text/plain; version=0.0.4"
+    )

@@ -42,9 +42,13 @@ async def _signed_json_webhook(request: Request, services: Services, provider: s
         raise ProviderNotEnabled(f"Webhooks for {provider!r} are not enabled.")
     body = await _read_body(request)
     try:
-        event_id = verify(key, request.headers, body, services.clock(), settings.webhook_tolerance_s)
+        event_id = verify(
+            key, request.headers, body, services.clock(), settings.webhook_tolerance_s
+        )
     except SignatureError as exc:
-        services.metrics.webhook_events.inc(provider=provider, type="unknown", outcome="bad_signature")
+        services.metrics.webhook_events.inc(
+            provider=provider, type="unknown", outcome="bad_signature"
+        )
         log.warning("%s webhook refused: %s", provider, exc)
         raise BadSignature() from exc
     try:

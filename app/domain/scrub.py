@@ -12,19 +12,26 @@ from typing import Any
 
 REDACTED = "[REDACTED]"
 
-# A run of digits possibly broken by single spaces or dashes; the length check and Luhn are
-# applied to the digits alone, so "4111 1111-1111 1111" is caught as well as "4111111111111111".
-_DIGIT_RUN = re.compile(r"(?<![\d])\d(?:[ -]?\d){12,}(?![\d])")
+# A run of ASCII digits possibly broken by spaces or dashes ("4111 1111-1111 1111",
+# "4111 - 1111 - 1111 - 1111"); the length check and Luhn are applied to the digits alone.
+# [0-9] rather than \d: a Unicode digit next to a card number must not hide it.
+_SEPARATOR = re.compile(r"[ -]+")
+_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]{0,3}[0-9]){12,}(?![0-9])")
+_CARD_WORD = (
+    r"cvv2?|cvc2?|cv2|cid|csc|cav2|security[ _-]?code|card[ _-]?verification"
+    r"(?:[ _-]?(?:value|code|number))?|card[ _-]?security[ _-]?code"
+)
+# A card word standing alone ("card_cvv" counts, "acid" does not), then punctuation or a few
+# filler words ("CVV: 123", "CVV-123", "CVV123", "cvv code is 123", '"cvv": "123"').
 _SECURITY_CODE = re.compile(
-    r"(?P<word>\b(?:cvv2?|cvc2?|cv2|cid|csc|cav2|security[ _-]?code|card[ _-]?verification"
-    r"(?:[ _-]?(?:value|code|number))?|card[ _-]?security[ _-]?code)\b[\"']?\s*[:=]?\s*[\"']?)"
-    r"(?P<code>\d{3,4})(?!\d)",
+    rf"(?P<word>(?<![a-z0-9])(?:{_CARD_WORD})(?![a-z])"
+    r"(?:[\s\"':=#.\-]|(?:code|number|num|no|is|was)(?![a-z])){0,8})"
+    r"(?P<code>[0-9]{3,4})(?![0-9])",
     re.IGNORECASE,
 )
-_CARD_KEY = re.compile(
-    r"^(?:cvv2?|cvc2?|cv2|cid|csc|cav2|security_?code|card_?verification\w*|card_?security_?code)$",
-    re.IGNORECASE,
-)
+_CODE_KEY_WORDS = frozenset({"cvv", "cvv2", "cvc", "cvc2", "cv2", "csc", "cav2"})
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_KEY_SPLIT = re.compile(r"[^a-z0-9]+")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -40,28 +47,64 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _has_card_window(digits: str) -> bool:
+    """True when some 13-19 digit stretch of ``digits`` passes Luhn."""
+    for length in range(19, 12, -1):
+        for start in range(0, len(digits) - length + 1):
+            if luhn_ok(digits[start : start + length]):
+                return True
+    return False
+
+
+def _has_card_in_groups(groups: list[str]) -> bool:
+    """True when consecutive groups of a separated run make a Luhn-valid 13-19 digit number:
+    "12 4111 1111 1111 1111" or "4111111111111111 123" hide a card next to other digits."""
+    for first in range(len(groups)):
+        digits = ""
+        for group in groups[first:]:
+            digits += group
+            if len(digits) > 19:
+                break
+            if len(digits) >= 13 and luhn_ok(digits):
+                return True
+    return False
+
+
 def _card_numbers(text: str) -> str:
     def replace(match: re.Match[str]) -> str:
         run = match.group(0)
-        digits = run.replace(" ", "").replace("-", "")
-        if len(digits) <= 19:
-            return REDACTED if luhn_ok(digits) else run
-        # A longer run may hold a card number with other digits either side; try each window.
-        for length in range(19, 12, -1):
-            for start in range(0, len(digits) - length + 1):
-                if luhn_ok(digits[start : start + length]):
-                    return REDACTED
+        groups = _SEPARATOR.split(run)
+        digits = "".join(groups)
+        if len(digits) > 19:
+            # A longer run may hold a card number with other digits either side.
+            return REDACTED if _has_card_window(digits) else run
+        if luhn_ok(digits) or (len(groups) > 1 and _has_card_in_groups(groups)):
+            return REDACTED
         return run
 
     return _DIGIT_RUN.sub(replace, text)
+
+
+def _names_security_code(key: str) -> bool:
+    """True for keys such as "cvv", "CVV2", "card_cvv", "cardCvv", "security-code"."""
+    words = [w for w in _KEY_SPLIT.split(_CAMEL_BOUNDARY.sub("_", key).lower()) if w]
+    compact = "".join(words)
+    return (
+        compact == "cid"
+        or not _CODE_KEY_WORDS.isdisjoint(words)
+        or "securitycode" in compact
+        or "cardverification" in compact
+    )
 
 
 def scrub_text(text: str) -> str:
     """Return ``text`` with card numbers and labelled security codes redacted."""
     if not any(ch.isdigit() for ch in text):
         return text
-    text = _SECURITY_CODE.sub(lambda m: m.group("word") + REDACTED, text)
-    return _card_numbers(text)
+    # Card numbers first: a card word just before a card number must not take its first digits
+    # as a security code and leave the rest too short to be recognised.
+    text = _card_numbers(text)
+    return _SECURITY_CODE.sub(lambda m: m.group("word") + REDACTED, text)
 
 
 def scrub(value: Any, key: str | None = None) -> Any:
@@ -73,7 +116,7 @@ def scrub(value: Any, key: str | None = None) -> Any:
         return [scrub(v, key) for v in value]
     if isinstance(value, bool) or value is None:
         return value
-    if key is not None and _CARD_KEY.match(key) and isinstance(value, int | str):
+    if key is not None and _names_security_code(key) and isinstance(value, int | str):
         return REDACTED if str(value).strip().isdigit() else scrub_text(str(value))
     if isinstance(value, int):
         text = str(value)

@@ -6,7 +6,12 @@ not in the table is a conflict, a repeated one is a no-op.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import TypeVar
+
+
+_E = TypeVar("_E", bound=StrEnum)
 
 
 class RecordingState(StrEnum):
@@ -87,7 +92,9 @@ ALLOWED_CALL_TRANSITIONS: dict[CallState, frozenset[CallState]] = {
 }
 
 LIVE_RECORDING_STATES = frozenset({_R.PENDING, _R.RECORDING, _R.PAUSING, _R.PAUSED, _R.RESUMING})
-OPEN_SEGMENT_STATES = frozenset({_S.PAUSING, _S.PAUSED, _S.PAUSE_FAILED, _S.RESUMING, _S.RESUME_FAILED})
+OPEN_SEGMENT_STATES = frozenset(
+    {_S.PAUSING, _S.PAUSED, _S.PAUSE_FAILED, _S.RESUMING, _S.RESUME_FAILED}
+)
 # While a segment is in one of these, card details may be spoken: every recording must be paused.
 PROTECTED_SEGMENT_STATES = frozenset({_S.PAUSING, _S.PAUSED, _S.PAUSE_FAILED})
 
@@ -103,11 +110,7 @@ class IllegalTransition(Exception):
 
 
 def check_transition(
-    entity: str,
-    table: dict[StrEnum, frozenset[StrEnum]] | dict[RecordingState, frozenset[RecordingState]]
-    | dict[SegmentState, frozenset[SegmentState]] | dict[CallState, frozenset[CallState]],
-    current: StrEnum,
-    target: StrEnum,
+    entity: str, table: Mapping[_E, frozenset[_E]], current: _E, target: _E
 ) -> bool:
     """Return True when ``current → target`` is a change, False when it is a repeat.
 
@@ -115,7 +118,6 @@ def check_transition(
     """
     if current == target:
         return False
-    allowed: frozenset[StrEnum] = table[current]  # type: ignore[index,assignment]
-    if target not in allowed:
+    if target not in table[current]:
         raise IllegalTransition(entity, str(current), str(target))
     return True

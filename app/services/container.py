@@ -43,7 +43,10 @@ class Services:
         sessions = session_factory(engine)
         # One shared client for every provider call; explicit timeouts, no redirects to follow.
         http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.provider_request_timeout_s, connect=min(1.0, settings.provider_request_timeout_s)),
+            timeout=httpx.Timeout(
+                settings.provider_request_timeout_s,
+                connect=min(1.0, settings.provider_request_timeout_s),
+            ),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             follow_redirects=False,
         )

@@ -137,9 +137,13 @@ class PaymentGate:
         async with self.locks.hold(provider, provider_call_id):
             async with self.sessions() as session, session.begin():
                 now = self.clock()
-                call, created = await CallRepository(session).get_or_create_locked(provider, provider_call_id, now)
+                call, created = await CallRepository(session).get_or_create_locked(
+                    provider, provider_call_id, now
+                )
                 if created:
-                    record_call_created(TransitionRepository(session), call, "ivr: payment start", now)
+                    record_call_created(
+                        TransitionRepository(session), call, "ivr: payment start", now
+                    )
                 if call.state == CallState.ENDED.value:
                     raise CallEnded("The call has ended; no payment can be taken on it.")
                 segments = SegmentRepository(session)
@@ -151,7 +155,9 @@ class PaymentGate:
                 if segment is not None and segment.state == _S.RESUME_FAILED.value:
                     # A new payment on a call whose last resume is unconfirmed: the new
                     # segment pauses everything again, so the old one is done with.
-                    set_segment_state(transitions, segment, _S.CLOSED, "superseded by a new payment", now)
+                    set_segment_state(
+                        transitions, segment, _S.CLOSED, "superseded by a new payment", now
+                    )
                     segment.closed_at, segment.closed_by = now, ClosedBy.IVR.value
                     segment = None
                 if segment is not None and segment.state in (_S.RESUMING.value,):
@@ -173,17 +179,26 @@ class PaymentGate:
                     )
                     session.add(segment)
                     transitions.add(
-                        entity="segment", entity_id=segment.id, call_id=call.id, from_state=None,
-                        to_state=_S.PAUSING.value, cause="ivr: payment start", at=now,
+                        entity="segment",
+                        entity_id=segment.id,
+                        call_id=call.id,
+                        from_state=None,
+                        to_state=_S.PAUSING.value,
+                        cause="ivr: payment start",
+                        at=now,
                     )
                 segment_id = segment.id
                 behavior = PauseBehavior(segment.pause_behavior)
-            outcome = await self._pause_until_confirmed(controller, provider_call_id, segment_id, behavior)
+            outcome = await self._pause_until_confirmed(
+                controller, provider_call_id, segment_id, behavior
+            )
         if outcome.safe_to_collect:
             self.metrics.pause_confirm_seconds.observe(asyncio.get_running_loop().time() - began)
         return self._answer_start(outcome)
 
-    async def end(self, provider: str, provider_call_id: str, *, outcome: str | None = None) -> SegmentOutcome:
+    async def end(
+        self, provider: str, provider_call_id: str, *, outcome: str | None = None
+    ) -> SegmentOutcome:
         """Close the payment segment and resume the recordings it paused.
 
         Raises :class:`NoOpenPayment` (409) when no segment was ever opened and
@@ -195,19 +210,31 @@ class PaymentGate:
             async with self.sessions() as session, session.begin():
                 now = self.clock()
                 call = await CallRepository(session).get(provider, provider_call_id, lock=True)
-                segment = None if call is None else await SegmentRepository(session).latest_for_call(call.id)
+                segment = (
+                    None
+                    if call is None
+                    else await SegmentRepository(session).latest_for_call(call.id)
+                )
                 if call is None or segment is None:
                     raise NoOpenPayment("No payment was started on this call.")
                 if segment.state == _S.CLOSED.value:
                     return await self._outcome(session, segment)
                 transitions = TransitionRepository(session)
                 if segment.state == _S.PAUSING.value:
-                    set_segment_state(transitions, segment, _S.PAUSE_FAILED, "payment ended before pause confirmed", now)
+                    set_segment_state(
+                        transitions,
+                        segment,
+                        _S.PAUSE_FAILED,
+                        "payment ended before pause confirmed",
+                        now,
+                    )
                 segment.outcome = outcome or segment.outcome
                 segment.resume_requested_at = now
                 set_segment_state(transitions, segment, _S.RESUMING, "ivr: payment end", now)
                 segment_id = segment.id
-            result = await self._resume_until_confirmed(controller, provider_call_id, segment_id, ClosedBy.IVR)
+            result = await self._resume_until_confirmed(
+                controller, provider_call_id, segment_id, ClosedBy.IVR
+            )
         if result.state != _S.CLOSED.value:
             raise ResumeNotConfirmed(
                 "Recording resume was not confirmed; recgate keeps retrying.",
@@ -223,12 +250,24 @@ class PaymentGate:
         async with self.locks.hold(provider, provider_call_id):
             async with self.sessions() as session, session.begin():
                 call = await CallRepository(session).get(provider, provider_call_id, lock=True)
-                segment = None if call is None else await SegmentRepository(session).open_for_call(call.id)
+                segment = (
+                    None
+                    if call is None
+                    else await SegmentRepository(session).open_for_call(call.id)
+                )
                 if segment is None or segment.state != _S.RESUME_FAILED.value:
                     return
-                set_segment_state(TransitionRepository(session), segment, _S.RESUMING, "background resume retry", self.clock())
+                set_segment_state(
+                    TransitionRepository(session),
+                    segment,
+                    _S.RESUMING,
+                    "background resume retry",
+                    self.clock(),
+                )
                 segment_id = segment.id
-            await self._resume_until_confirmed(controller, provider_call_id, segment_id, ClosedBy.IVR)
+            await self._resume_until_confirmed(
+                controller, provider_call_id, segment_id, ClosedBy.IVR
+            )
 
     async def enforce_pause(self, provider: str, provider_call_id: str) -> None:
         """Pause any recording that went live while a payment is open (late start, resume).
@@ -250,18 +289,24 @@ class PaymentGate:
             attempt += 1
 
     def spawn_enforce_pause(self, provider: str, provider_call_id: str) -> None:
-        self.tasks.spawn(self.enforce_pause(provider, provider_call_id), name=f"enforce-pause:{provider}")
+        self.tasks.spawn(
+            self.enforce_pause(provider, provider_call_id), name=f"enforce-pause:{provider}"
+        )
 
     async def alert_overlong_segments(self) -> int:
         """Flag payment segments open longer than ``RECGATE_MAX_PAUSE_S``; never resume them."""
         now = self.clock()
         async with self.sessions() as session, session.begin():
-            overlong = await SegmentRepository(session).overlong(now - timedelta(seconds=self.settings.max_pause_s))
+            overlong = await SegmentRepository(session).overlong(
+                now - timedelta(seconds=self.settings.max_pause_s)
+            )
             for segment in overlong:
                 segment.overlong_alerted_at = now
                 log.warning(
                     "payment segment %s open for more than %ss (state %s): check the IVR",
-                    segment.id, self.settings.max_pause_s, segment.state,
+                    segment.id,
+                    self.settings.max_pause_s,
+                    segment.state,
                 )
         return len(overlong)
 
@@ -275,7 +320,11 @@ class PaymentGate:
     # ---- pause ------------------------------------------------------------------------
 
     async def _pause_until_confirmed(
-        self, controller: RecordingController, provider_call_id: str, segment_id: uuid.UUID, behavior: PauseBehavior
+        self,
+        controller: RecordingController,
+        provider_call_id: str,
+        segment_id: uuid.UUID,
+        behavior: PauseBehavior,
     ) -> SegmentOutcome:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.pause_timeout_ms / 1000
@@ -289,7 +338,13 @@ class PaymentGate:
                 pending = [r for r in live if r.state in _UNPAUSED]
                 if not pending and not (first_round and not live):
                     now = self.clock()
-                    set_segment_state(TransitionRepository(session), segment, _S.PAUSED, "every recording confirmed paused", now)
+                    set_segment_state(
+                        TransitionRepository(session),
+                        segment,
+                        _S.PAUSED,
+                        "every recording confirmed paused",
+                        now,
+                    )
                     segment.paused_at = now
                     return await self._outcome(session, segment)
                 target = await self._mark(session, segment, pending, _R.PAUSING, "payment start")
@@ -320,57 +375,87 @@ class PaymentGate:
             set_segment_state(transitions, segment, _S.PAUSE_FAILED, reason, now)
             segment.last_error = reason[:500]
             exposures = ExposureRepository(session)
-            unconfirmed = [r for r in await RecordingRepository(session).live_for_call(call.id) if r.state in _UNPAUSED]
+            unconfirmed = [
+                r
+                for r in await RecordingRepository(session).live_for_call(call.id)
+                if r.state in _UNPAUSED
+            ]
             for recording in unconfirmed:
                 if recording.state == _R.PAUSING.value:
-                    set_recording_state(transitions, recording, _R.RECORDING, "pause not confirmed", now)
+                    set_recording_state(
+                        transitions, recording, _R.RECORDING, "pause not confirmed", now
+                    )
                 recording.quarantined = True
-            for recording_id in [r.id for r in unconfirmed] or [None]:
+            recording_ids: list[uuid.UUID | None] = [r.id for r in unconfirmed] or [None]
+            for recording_id in recording_ids:
                 exposures.add(
                     Exposure(
-                        call_id=call.id, recording_id=recording_id, segment_id=segment.id,
-                        kind=ExposureKind.PAUSE_FAILED.value, started_at=segment.opened_at, detail=reason[:500],
+                        call_id=call.id,
+                        recording_id=recording_id,
+                        segment_id=segment.id,
+                        kind=ExposureKind.PAUSE_FAILED.value,
+                        started_at=segment.opened_at,
+                        detail=reason[:500],
                     )
                 )
                 self.metrics.exposures.inc(kind=ExposureKind.PAUSE_FAILED.value)
-            log.error("pause not confirmed on a %s call: %s; IVR told not to collect", call.provider, reason)
+            log.error(
+                "pause not confirmed on a %s call: %s; IVR told not to collect",
+                call.provider,
+                reason,
+            )
             return await self._outcome(session, segment)
 
-    async def _enforce_once(self, controller: RecordingController, provider: str, provider_call_id: str) -> bool:
+    async def _enforce_once(
+        self, controller: RecordingController, provider: str, provider_call_id: str
+    ) -> bool:
         async with self.sessions() as session, session.begin():
             call = await CallRepository(session).get(provider, provider_call_id, lock=True)
-            segment = None if call is None else await SegmentRepository(session).open_for_call(call.id)
+            segment = (
+                None if call is None else await SegmentRepository(session).open_for_call(call.id)
+            )
             if call is None or segment is None or segment.state not in PROTECTED_SEGMENT_STATES:
                 return True
             if segment.state == _S.PAUSING.value:
                 return True  # the payment start in progress pauses it
             pending = [
-                r for r in await RecordingRepository(session).live_for_call(call.id)
+                r
+                for r in await RecordingRepository(session).live_for_call(call.id)
                 if r.state in (_R.PENDING.value, _R.RECORDING.value)
             ]
             if not pending:
                 return True
-            target = await self._mark(session, segment, pending, _R.PAUSING, "recording live during payment")
+            target = await self._mark(
+                session, segment, pending, _R.PAUSING, "recording live during payment"
+            )
             segment_id, behavior = segment.id, PauseBehavior(segment.pause_behavior)
         try:
-            outcomes = await self._send(controller, "pause", target, self.settings.pause_timeout_ms / 1000, behavior)
+            outcomes = await self._send(
+                controller, "pause", target, self.settings.pause_timeout_ms / 1000, behavior
+            )
         except _CommandFailed as exc:
             async with self.sessions() as session, session.begin():
                 segment, call = await self._locked_segment(session, segment_id)
                 now = self.clock()
                 for recording in await RecordingRepository(session).live_for_call(call.id):
                     if recording.state == _R.PAUSING.value:
-                        set_recording_state(TransitionRepository(session), recording, _R.RECORDING, exc.message, now)
+                        set_recording_state(
+                            TransitionRepository(session), recording, _R.RECORDING, exc.message, now
+                        )
             return False
         async with self.sessions() as session, session.begin():
             segment, call = await self._locked_segment(session, segment_id)
             await self._apply(session, call, segment, outcomes, "late pause confirmed")
-        return False if any(o.state == ConfirmedState.RECORDING for o in outcomes) else True
+        return not any(o.state == ConfirmedState.RECORDING for o in outcomes)
 
     # ---- resume -----------------------------------------------------------------------
 
     async def _resume_until_confirmed(
-        self, controller: RecordingController, provider_call_id: str, segment_id: uuid.UUID, closed_by: ClosedBy
+        self,
+        controller: RecordingController,
+        provider_call_id: str,
+        segment_id: uuid.UUID,
+        closed_by: ClosedBy,
     ) -> SegmentOutcome:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.pause_timeout_ms / 1000
@@ -380,9 +465,16 @@ class PaymentGate:
                 segment, call = await self._locked_segment(session, segment_id)
                 if segment.state != _S.RESUMING.value:
                     return await self._outcome(session, segment)
-                linked = {link.recording_id for link in await SegmentRepository(session).links_for_call(call.id)
-                          if link.segment_id == segment.id}
-                live = [r for r in await RecordingRepository(session).live_for_call(call.id) if r.id in linked]
+                linked = {
+                    link.recording_id
+                    for link in await SegmentRepository(session).links_for_call(call.id)
+                    if link.segment_id == segment.id
+                }
+                live = [
+                    r
+                    for r in await RecordingRepository(session).live_for_call(call.id)
+                    if r.id in linked
+                ]
                 # A pause that timed out may still have landed: resume those too, once.
                 resumable = {_R.PAUSED.value, _R.PAUSING.value, _R.RESUMING.value}
                 if first_round:
@@ -391,14 +483,28 @@ class PaymentGate:
                 call_level = first_round and segment.call_level and not live
                 if not pending and not call_level:
                     now = self.clock()
-                    set_segment_state(TransitionRepository(session), segment, _S.CLOSED, f"{closed_by.value}: resumed", now)
-                    segment.closed_at, segment.closed_by, segment.next_resume_at = now, closed_by.value, None
+                    set_segment_state(
+                        TransitionRepository(session),
+                        segment,
+                        _S.CLOSED,
+                        f"{closed_by.value}: resumed",
+                        now,
+                    )
+                    segment.closed_at, segment.closed_by, segment.next_resume_at = (
+                        now,
+                        closed_by.value,
+                        None,
+                    )
                     for exposure in await ExposureRepository(session).open_for_call(call.id):
                         if exposure.segment_id == segment.id:
                             exposure.ended_at = now
                     return await self._outcome(session, segment)
                 target = await self._mark(
-                    session, segment, [r for r in pending if r.state != _R.RECORDING.value], _R.RESUMING, "payment end",
+                    session,
+                    segment,
+                    [r for r in pending if r.state != _R.RECORDING.value],
+                    _R.RESUMING,
+                    "payment end",
                     extra=[r for r in pending if r.state == _R.RECORDING.value],
                 )
             remaining = deadline - loop.time()
@@ -428,7 +534,11 @@ class PaymentGate:
             segment.last_error = reason[:500]
             segment.resume_attempts += 1
             segment.next_resume_at = now + timedelta(seconds=self.settings.resume_retry_interval_s)
-            log.error("resume not confirmed on a %s call: %s; retrying in the background", call.provider, reason)
+            log.error(
+                "resume not confirmed on a %s call: %s; retrying in the background",
+                call.provider,
+                reason,
+            )
             return await self._outcome(session, segment)
 
     # ---- shared -----------------------------------------------------------------------
@@ -442,11 +552,14 @@ class PaymentGate:
     def _answer_start(self, outcome: SegmentOutcome) -> SegmentOutcome:
         if outcome.state == _S.PAUSE_FAILED.value:
             raise PauseNotConfirmed(
-                "Recording pause was not confirmed: do not take card details.", **outcome_body(outcome)
+                "Recording pause was not confirmed: do not take card details.",
+                **outcome_body(outcome),
             )
         return outcome
 
-    async def _locked_segment(self, session: AsyncSession, segment_id: uuid.UUID) -> tuple[PaymentSegment, Call]:
+    async def _locked_segment(
+        self, session: AsyncSession, segment_id: uuid.UUID
+    ) -> tuple[PaymentSegment, Call]:
         segment = await SegmentRepository(session).by_id(segment_id)
         assert segment is not None
         call = await CallRepository(session).by_id(segment.call_id)
@@ -501,7 +614,9 @@ class PaymentGate:
             return [ControlOutcome(rid, ConfirmedState.GONE) for rid in ids]
         except TimeoutError as exc:
             outcome = "timeout"
-            raise _CommandFailed(f"{action} timed out after {timeout_s:.2f}s", retryable=True) from exc
+            raise _CommandFailed(
+                f"{action} timed out after {timeout_s:.2f}s", retryable=True
+            ) from exc
         except ProviderUnavailable as exc:
             outcome = "unavailable"
             raise _CommandFailed(str(exc), retryable=True) from exc
@@ -509,7 +624,9 @@ class PaymentGate:
             outcome = "rejected"
             raise _CommandFailed(str(exc)) from exc
         finally:
-            self.metrics.pause_commands.inc(provider=controller.name, action=action, outcome=outcome)
+            self.metrics.pause_commands.inc(
+                provider=controller.name, action=action, outcome=outcome
+            )
 
     async def _apply(
         self,
@@ -532,7 +649,9 @@ class PaymentGate:
             recording = by_provider_id.get(outcome.provider_recording_id)
             if recording is None:
                 # The provider named a recording recgate had not heard of yet (Twilio.CURRENT).
-                recording, _ = await recordings.get_or_create(call.id, outcome.provider_recording_id, _R.PENDING.value, now)
+                recording, _ = await recordings.get_or_create(
+                    call.id, outcome.provider_recording_id, _R.PENDING.value, now
+                )
                 by_provider_id[recording.provider_recording_id] = recording
             if recording.state not in LIVE_RECORDING_STATES:
                 continue
@@ -541,21 +660,28 @@ class PaymentGate:
                 set_recording_state(transitions, recording, _R.PAUSED, cause, now)
                 link.paused_at = link.paused_at or now
                 for exposure in open_exposures:
-                    if exposure.recording_id == recording.id and exposure.kind != ExposureKind.PAUSE_FAILED.value:
+                    if (
+                        exposure.recording_id == recording.id
+                        and exposure.kind != ExposureKind.PAUSE_FAILED.value
+                    ):
                         exposure.ended_at = now
             elif outcome.state == ConfirmedState.RECORDING:
                 set_recording_state(transitions, recording, _R.RECORDING, cause, now)
                 link.resumed_at = now
             else:
                 recording.stopped_at = recording.stopped_at or now
-                set_recording_state(transitions, recording, _R.STOPPED, f"provider: {outcome.state.value}", now)
+                set_recording_state(
+                    transitions, recording, _R.STOPPED, f"provider: {outcome.state.value}", now
+                )
 
     async def _outcome(self, session: AsyncSession, segment: PaymentSegment) -> SegmentOutcome:
         recordings = await RecordingRepository(session).for_call(segment.call_id)
         return SegmentOutcome(
             segment_id=segment.id,
             state=segment.state,
-            recordings=[RecordingStatus(r.id, r.provider_recording_id, r.state) for r in recordings],
+            recordings=[
+                RecordingStatus(r.id, r.provider_recording_id, r.state) for r in recordings
+            ],
         )
 
 

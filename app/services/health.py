@@ -58,16 +58,24 @@ class HealthService:
             db = {"status": "fail", "time": now.isoformat(), "output": "database unreachable"}
         checks["database:connection"] = [db]
         statuses.append(db["status"])
+        entry: dict[str, Any]
         for provider in self.settings.enabled_providers:
             controller = self.controllers.get(provider)
             if controller is None:
-                entry = {"status": "warn", "output": "webhooks accepted but no recording control configured"}
+                entry = {
+                    "status": "warn",
+                    "output": "webhooks accepted but no recording control configured",
+                }
             else:
                 entry = {"status": "pass", "output": controller.describe()}
             checks[f"provider:{provider}"] = [entry]
             statuses.append(entry["status"])
         if overdue is not None:
-            entry = {"status": "pass" if overdue == 0 else "warn", "observedValue": overdue, "observedUnit": "recordings"}
+            entry = {
+                "status": "pass" if overdue == 0 else "warn",
+                "observedValue": overdue,
+                "observedUnit": "recordings",
+            }
             checks["retention:overdue"] = [entry]
             statuses.append(str(entry["status"]))
         status = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
@@ -80,7 +88,9 @@ class HealthService:
             return {
                 "active_calls": await CallRepository(session).count_active(),
                 "open_segments": await SegmentRepository(session).count_open(),
-                "pause_failures_24h": await SegmentRepository(session).count_pause_failures_since(day_ago),
+                "pause_failures_24h": await SegmentRepository(session).count_pause_failures_since(
+                    day_ago
+                ),
                 "exposures_24h": await ExposureRepository(session).count_since(day_ago),
                 "retention_overdue": await HealthRepository(session).retention_overdue(now),
                 "last_sweep_at": self.last_sweep_at,

@@ -93,19 +93,27 @@ class IngestService:
                 payload=scrub(payload),
             )
             if not inserted:
-                self.metrics.webhook_events.inc(provider=event.provider, type=event.type.value, outcome="duplicate")
+                self.metrics.webhook_events.inc(
+                    provider=event.provider, type=event.type.value, outcome="duplicate"
+                )
                 return IngestResult(duplicate=True)
             call, created = await CallRepository(session).get_or_create_locked(
                 event.provider, event.call.provider_call_id, now
             )
             if created:
-                record_call_created(TransitionRepository(session), call, f"{event.provider}:{event.type.value}", now)
+                record_call_created(
+                    TransitionRepository(session), call, f"{event.provider}:{event.type.value}", now
+                )
             applier = _Applier(session, self.settings, self.metrics, call, event, now)
             needs_pause = await applier.apply()
-        self.metrics.webhook_events.inc(provider=event.provider, type=event.type.value, outcome="applied")
+        self.metrics.webhook_events.inc(
+            provider=event.provider, type=event.type.value, outcome="applied"
+        )
         return IngestResult(duplicate=False, needs_pause=needs_pause)
 
-    async def dead_letter(self, provider: str, event_id: str | None, reason: str, body: bytes) -> None:
+    async def dead_letter(
+        self, provider: str, event_id: str | None, reason: str, body: bytes
+    ) -> None:
         """Keep a signed but malformed payload, scrubbed, for operators."""
         text = body.decode("utf-8", errors="replace")
         try:
@@ -182,7 +190,9 @@ class _Applier:
         call, at = self.call, self.event.occurred_at
         call.ended_at = _earliest(call.ended_at, at)
         assert call.ended_at is not None
-        call.record_retention_until = add_months(call.ended_at, self.settings.retention_record_months)
+        call.record_retention_until = add_months(
+            call.ended_at, self.settings.retention_record_months
+        )
         set_call_state(self.transitions, call, CallState.ENDED, self.cause, self.now)
         segments = SegmentRepository(self.session)
         segment = await segments.open_for_call(call.id)
@@ -262,12 +272,22 @@ class _Applier:
         protected = segment is not None and segment.state in PROTECTED_SEGMENT_STATES
         state = _R(recording.state)
         kind = self.event.type
-        if latest_pause_report and kind == EventType.RECORDING_RESUMED and state in (_R.PAUSED, _R.PAUSING):
+        if (
+            latest_pause_report
+            and kind == EventType.RECORDING_RESUMED
+            and state in (_R.PAUSED, _R.PAUSING)
+        ):
             set_recording_state(self.transitions, recording, _R.RECORDING, self.cause, self.now)
             if protected:
                 assert segment is not None
-                self._expose(ExposureKind.UNEXPECTED_RESUME, recording, segment, self.event.occurred_at)
-        elif latest_pause_report and kind == EventType.RECORDING_PAUSED and state in (_R.PENDING, _R.RECORDING):
+                self._expose(
+                    ExposureKind.UNEXPECTED_RESUME, recording, segment, self.event.occurred_at
+                )
+        elif (
+            latest_pause_report
+            and kind == EventType.RECORDING_PAUSED
+            and state in (_R.PENDING, _R.RECORDING)
+        ):
             set_recording_state(self.transitions, recording, _R.PAUSED, self.cause, self.now)
         elif state == _R.PENDING and recording.started_at is not None:
             set_recording_state(self.transitions, recording, _R.RECORDING, self.cause, self.now)
@@ -282,17 +302,24 @@ class _Applier:
             and recording.started_at <= segment.paused_at
         ):
             # It was live when the PBX confirmed a pause of everything on the call.
-            set_recording_state(self.transitions, recording, _R.PAUSED, "covered by call-level pause", self.now)
+            set_recording_state(
+                self.transitions, recording, _R.PAUSED, "covered by call-level pause", self.now
+            )
             link = await SegmentRepository(self.session).link_recording(segment.id, recording.id)
             link.paused_at = segment.paused_at
             return False
-        if segment.state in (SegmentState.PAUSED.value, SegmentState.PAUSE_FAILED.value) and kind != EventType.RECORDING_RESUMED:
+        if (
+            segment.state in (SegmentState.PAUSED.value, SegmentState.PAUSE_FAILED.value)
+            and kind != EventType.RECORDING_RESUMED
+        ):
             # Card details may be being spoken: this recording may hold them until it is paused.
             since = max(filter(None, (recording.started_at, segment.paused_at, segment.opened_at)))
             self._expose(ExposureKind.LATE_RECORDING, recording, segment, since)
         return True
 
-    def _expose(self, kind: ExposureKind, recording: Recording, segment: PaymentSegment, since: datetime) -> None:
+    def _expose(
+        self, kind: ExposureKind, recording: Recording, segment: PaymentSegment, since: datetime
+    ) -> None:
         recording.quarantined = True
         ExposureRepository(self.session).add(
             Exposure(
@@ -305,4 +332,8 @@ class _Applier:
             )
         )
         self.metrics.exposures.inc(kind=kind.value)
-        log.warning("exposure %s on a %s call recording; recording quarantined", kind.value, self.event.provider)
+        log.warning(
+            "exposure %s on a %s call recording; recording quarantined",
+            kind.value,
+            self.event.provider,
+        )

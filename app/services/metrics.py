@@ -15,7 +15,10 @@ def _fmt_labels(labels: Labels, extra: tuple[tuple[str, str], ...] = ()) -> str:
     items = labels + extra
     if not items:
         return ""
-    escaped = (f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in items)
+    escaped = (
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in items
+    )
     return "{" + ",".join(escaped) + "}"
 
 
@@ -60,7 +63,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.webhook_events = Counter(
-            "recgate_webhook_events_total", "Webhook events received, by provider, type and outcome."
+            "recgate_webhook_events_total",
+            "Webhook events received, by provider, type and outcome.",
         )
         self.pause_commands = Counter(
             "recgate_pause_commands_total", "Pause/resume commands sent to providers, by outcome."
@@ -77,7 +81,12 @@ class Metrics:
 
     def render(self, gauges: dict[str, tuple[str, float]]) -> str:
         lines: list[str] = []
-        for metric in (self.webhook_events, self.pause_commands, self.exposures, self.retention_deleted):
+        for metric in (
+            self.webhook_events,
+            self.pause_commands,
+            self.exposures,
+            self.retention_deleted,
+        ):
             lines += metric.render()
         lines += self.pause_confirm_seconds.render()
         for name, (help_, value) in gauges.items():

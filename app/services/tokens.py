@@ -16,7 +16,7 @@ from app.errors import Conflict, NotFound
 from app.storage.models import ApiToken
 from app.storage.repositories import TokenRepository
 
-TOKEN_PREFIX = "rg_"
+TOKEN_PREFIX = "rg_"  # noqa: S105 - a public prefix, not a secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,13 @@ class TokenService:
             if await repo.by_name(name) is not None:
                 raise Conflict(f"A token named {name!r} exists already.")
             repo.add(
-                ApiToken(id=uuid.uuid4(), name=name, role=role.value, token_hash=hash_token(token), created_at=self.clock())
+                ApiToken(
+                    id=uuid.uuid4(),
+                    name=name,
+                    role=role.value,
+                    token_hash=hash_token(token),
+                    created_at=self.clock(),
+                )
             )
         return token
 

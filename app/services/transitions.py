@@ -5,7 +5,10 @@ Each change is checked against the domain transition table and stored with its t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from enum import StrEnum
+from typing import TypeVar
 
 from app.domain.states import (
     ALLOWED_CALL_TRANSITIONS,
@@ -21,12 +24,16 @@ from app.errors import IllegalStateTransition
 from app.storage.models import Call, PaymentSegment, Recording
 from app.storage.repositories import TransitionRepository
 
+_E = TypeVar("_E", bound=StrEnum)
 
-def _guard(entity: str, table: object, current: str, target: str, enum: type) -> bool:
+
+def _guard(entity: str, table: Mapping[_E, frozenset[_E]], current: _E, target: _E) -> bool:
     try:
-        return check_transition(entity, table, enum(current), enum(target))  # type: ignore[arg-type]
+        return check_transition(entity, table, current, target)
     except IllegalTransition as exc:
-        raise IllegalStateTransition(str(exc), entity=entity, current=current, target=target) from exc
+        raise IllegalStateTransition(
+            str(exc), entity=entity, current=exc.current, target=exc.target
+        ) from exc
 
 
 def set_recording_state(
@@ -37,7 +44,9 @@ def set_recording_state(
     now: datetime,
 ) -> bool:
     """Move ``recording`` to ``target``; False when it already was there."""
-    if not _guard("recording", ALLOWED_RECORDING_TRANSITIONS, recording.state, target, RecordingState):
+    if not _guard(
+        "recording", ALLOWED_RECORDING_TRANSITIONS, RecordingState(recording.state), target
+    ):
         return False
     transitions.add(
         entity="recording",
@@ -61,7 +70,7 @@ def set_segment_state(
     now: datetime,
 ) -> bool:
     """Move ``segment`` to ``target``; False when it already was there."""
-    if not _guard("segment", ALLOWED_SEGMENT_TRANSITIONS, segment.state, target, SegmentState):
+    if not _guard("segment", ALLOWED_SEGMENT_TRANSITIONS, SegmentState(segment.state), target):
         return False
     transitions.add(
         entity="segment",
@@ -80,7 +89,7 @@ def set_call_state(
     transitions: TransitionRepository, call: Call, target: CallState, cause: str, now: datetime
 ) -> bool:
     """Move ``call`` to ``target``; False when it already was there."""
-    if not _guard("call", ALLOWED_CALL_TRANSITIONS, call.state, target, CallState):
+    if not _guard("call", ALLOWED_CALL_TRANSITIONS, CallState(call.state), target):
         return False
     transitions.add(
         entity="call",
@@ -96,8 +105,16 @@ def set_call_state(
     return True
 
 
-def record_call_created(transitions: TransitionRepository, call: Call, cause: str, now: datetime) -> None:
+def record_call_created(
+    transitions: TransitionRepository, call: Call, cause: str, now: datetime
+) -> None:
     """Store the first transition of a call recgate has just learned of."""
     transitions.add(
-        entity="call", entity_id=call.id, call_id=call.id, from_state=None, to_state=call.state, cause=cause, at=now
+        entity="call",
+        entity_id=call.id,
+        call_id=call.id,
+        from_state=None,
+        to_state=call.state,
+        cause=cause,
+        at=now,
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
+
+from alembic import command
 
 
 def _alembic_dir() -> Path:
@@ -18,7 +19,9 @@ def _alembic_dir() -> Path:
     for candidate in candidates:
         if candidate and (Path(candidate) / "env.py").is_file():
             return Path(candidate)
-    raise FileNotFoundError("alembic/ not found: run from the project directory or set RECGATE_ALEMBIC_DIR")
+    raise FileNotFoundError(
+        "alembic/ not found: run from the project directory or set RECGATE_ALEMBIC_DIR"
+    )
 
 
 def alembic_config(database_url: str) -> Config:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -37,7 +37,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON()}
 
 
 def _uuid() -> uuid.UUID:
@@ -77,7 +77,9 @@ class Recording(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
-    call_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("calls.id", ondelete="RESTRICT"), index=True)
+    call_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("calls.id", ondelete="RESTRICT"), index=True
+    )
     provider_recording_id: Mapped[str] = mapped_column(sa.String(255))
     state: Mapped[str] = mapped_column(sa.String(16), index=True)
     started_at: Mapped[datetime | None]
@@ -144,7 +146,9 @@ class StateTransition(Base):
     __tablename__ = "state_transitions"
     __table_args__ = (sa.Index("ix_state_transitions_entity", "entity", "entity_id"),)
 
-    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     entity: Mapped[str] = mapped_column(sa.String(16))
     entity_id: Mapped[uuid.UUID]
     call_id: Mapped[uuid.UUID] = mapped_column(index=True)
@@ -158,7 +162,9 @@ class Exposure(Base):
     __tablename__ = "exposures"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
-    call_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("calls.id", ondelete="RESTRICT"), index=True)
+    call_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("calls.id", ondelete="RESTRICT"), index=True
+    )
     recording_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("recordings.id", ondelete="SET NULL"), index=True
     )
@@ -177,7 +183,9 @@ class InboundEvent(Base):
     __tablename__ = "inbound_events"
     __table_args__ = (sa.UniqueConstraint("provider", "event_id", name="uq_inbound_events_key"),)
 
-    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     provider: Mapped[str] = mapped_column(sa.String(32))
     event_id: Mapped[str] = mapped_column(sa.String(255))
     type: Mapped[str] = mapped_column(sa.String(64))
@@ -192,7 +200,9 @@ class DeadLetter(Base):
 
     __tablename__ = "dead_letters"
 
-    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     provider: Mapped[str] = mapped_column(sa.String(32))
     event_id: Mapped[str | None] = mapped_column(sa.String(255))
     reason: Mapped[str] = mapped_column(sa.String(1000))

@@ -70,7 +70,11 @@ class CallRepository:
         return await self.session.get(Call, call_id)
 
     async def count_active(self) -> int:
-        stmt = sa.select(sa.func.count()).select_from(Call).where(Call.state == CallState.IN_PROGRESS.value)
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(Call)
+            .where(Call.state == CallState.IN_PROGRESS.value)
+        )
         return int((await self.session.execute(stmt)).scalar_one())
 
 
@@ -79,7 +83,11 @@ class RecordingRepository:
         self.session = session
 
     async def for_call(self, call_id: uuid.UUID) -> Sequence[Recording]:
-        stmt = sa.select(Recording).where(Recording.call_id == call_id).order_by(Recording.created_at, Recording.id)
+        stmt = (
+            sa.select(Recording)
+            .where(Recording.call_id == call_id)
+            .order_by(Recording.created_at, Recording.id)
+        )
         return (await self.session.execute(stmt)).scalars().all()
 
     async def live_for_call(self, call_id: uuid.UUID) -> list[Recording]:
@@ -171,16 +179,22 @@ class SegmentRepository:
         return (await self.session.execute(stmt)).scalars().all()
 
     async def count_open(self) -> int:
-        stmt = sa.select(sa.func.count()).select_from(PaymentSegment).where(
-            PaymentSegment.state.in_([s.value for s in OPEN_SEGMENT_STATES])
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(PaymentSegment)
+            .where(PaymentSegment.state.in_([s.value for s in OPEN_SEGMENT_STATES]))
         )
         return int((await self.session.execute(stmt)).scalar_one())
 
     async def count_pause_failures_since(self, since: datetime) -> int:
-        stmt = sa.select(sa.func.count()).select_from(StateTransition).where(
-            StateTransition.entity == "segment",
-            StateTransition.to_state == "pause_failed",
-            StateTransition.at >= since,
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(StateTransition)
+            .where(
+                StateTransition.entity == "segment",
+                StateTransition.to_state == "pause_failed",
+                StateTransition.at >= since,
+            )
         )
         return int((await self.session.execute(stmt)).scalar_one())
 
@@ -246,7 +260,11 @@ class ExposureRepository:
         self.session.add(exposure)
 
     async def for_call(self, call_id: uuid.UUID) -> Sequence[Exposure]:
-        stmt = sa.select(Exposure).where(Exposure.call_id == call_id).order_by(Exposure.started_at, Exposure.id)
+        stmt = (
+            sa.select(Exposure)
+            .where(Exposure.call_id == call_id)
+            .order_by(Exposure.started_at, Exposure.id)
+        )
         return (await self.session.execute(stmt)).scalars().all()
 
     async def open_for_call(self, call_id: uuid.UUID) -> Sequence[Exposure]:
@@ -298,7 +316,13 @@ class EventRepository:
         return int((await self.session.execute(stmt)).scalar_one())
 
     def add_dead_letter(
-        self, *, provider: str, event_id: str | None, reason: str, payload: str, received_at: datetime
+        self,
+        *,
+        provider: str,
+        event_id: str | None,
+        reason: str,
+        payload: str,
+        received_at: datetime,
     ) -> None:
         self.session.add(
             DeadLetter(
@@ -311,7 +335,11 @@ class EventRepository:
         )
 
     async def dead_letters(self) -> Sequence[DeadLetter]:
-        return (await self.session.execute(sa.select(DeadLetter).order_by(DeadLetter.id))).scalars().all()
+        return (
+            (await self.session.execute(sa.select(DeadLetter).order_by(DeadLetter.id)))
+            .scalars()
+            .all()
+        )
 
 
 class TokenRepository:
@@ -322,14 +350,22 @@ class TokenRepository:
         self.session.add(token)
 
     async def by_hash(self, token_hash: str) -> ApiToken | None:
-        stmt = sa.select(ApiToken).where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
+        stmt = sa.select(ApiToken).where(
+            ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None)
+        )
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def by_name(self, name: str) -> ApiToken | None:
-        return (await self.session.execute(sa.select(ApiToken).where(ApiToken.name == name))).scalar_one_or_none()
+        return (
+            await self.session.execute(sa.select(ApiToken).where(ApiToken.name == name))
+        ).scalar_one_or_none()
 
     async def all(self) -> Sequence[ApiToken]:
-        return (await self.session.execute(sa.select(ApiToken).order_by(ApiToken.created_at))).scalars().all()
+        return (
+            (await self.session.execute(sa.select(ApiToken).order_by(ApiToken.created_at)))
+            .scalars()
+            .all()
+        )
 
 
 class HealthRepository:
@@ -341,7 +377,9 @@ class HealthRepository:
 
     async def retention_overdue(self, now: datetime) -> int:
         """Recordings past their media deadline whose media is not yet deleted."""
-        stmt = sa.select(sa.func.count()).select_from(Recording).where(
-            Recording.retention_until < now, Recording.deleted_at.is_(None)
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(Recording)
+            .where(Recording.retention_until < now, Recording.deleted_at.is_(None))
         )
         return int((await self.session.execute(stmt)).scalar_one())

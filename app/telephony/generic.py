@@ -120,7 +120,9 @@ class GenericController(RecordingController):
 
     name = "generic"
 
-    def __init__(self, client: httpx.AsyncClient, control_url: str, key: bytes, clock: Clock) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, control_url: str, key: bytes, clock: Clock
+    ) -> None:
         self.client = client
         self.control_url = control_url.rstrip("/")
         self.key = key
@@ -135,7 +137,9 @@ class GenericController(RecordingController):
     async def _command(
         self, target: ControlTarget, action: Literal["pause", "resume"], payload: dict[str, Any]
     ) -> list[ControlOutcome]:
-        url = f"{self.control_url}/calls/{quote(target.provider_call_id, safe='')}/recording/{action}"
+        url = (
+            f"{self.control_url}/calls/{quote(target.provider_call_id, safe='')}/recording/{action}"
+        )
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = signed_headers(self.key, body, self.clock())
         headers["content-type"] = "application/json"

@@ -49,10 +49,11 @@ def verify(
     signatures = headers.get("webhook-signature")
     if not msg_id or not timestamp or not signatures:
         raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature")
-    try:
-        ts = int(timestamp)
-    except ValueError as exc:
-        raise SignatureError("webhook-timestamp is not an integer") from exc
+    # Plain ASCII digits only: int() would also take "1_614_265_330" or " +1", and a huge value
+    # would overflow the float comparison below instead of failing as a bad signature.
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        raise SignatureError("webhook-timestamp is not an integer")
+    ts = int(timestamp)
     if abs(now.timestamp() - ts) > tolerance_s:
         raise SignatureError("webhook-timestamp outside the tolerance")
     expected = sign(key, msg_id, ts, body).encode()

@@ -70,5 +70,6 @@ class SimPbx(RecordingController):
         return sum(
             1
             for c in self.commands
-            if c.action == action and (provider_call_id is None or c.provider_call_id == provider_call_id)
+            if c.action == action
+            and (provider_call_id is None or c.provider_call_id == provider_call_id)
         )

@@ -13,11 +13,18 @@ from tests.conftest import Harness
 PROTECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/v1/calls/{provider}/{provider_call_id}/payment/start"): frozenset({Role.IVR}),
     ("POST", "/v1/calls/{provider}/{provider_call_id}/payment/end"): frozenset({Role.IVR}),
-    ("GET", "/v1/calls/{provider}/{provider_call_id}"): frozenset({Role.IVR, Role.SUPERVISOR, Role.DPO}),
+    ("GET", "/v1/calls/{provider}/{provider_call_id}"): frozenset(
+        {Role.IVR, Role.SUPERVISOR, Role.DPO}
+    ),
     ("GET", "/v1/status"): frozenset({Role.OPS}),
     ("GET", "/metrics"): frozenset({Role.OPS}),
 }
-OPEN = {("GET", "/livez"), ("GET", "/readyz"), ("POST", "/v1/webhooks/generic"), ("POST", "/v1/webhooks/sim")}
+OPEN = {
+    ("GET", "/livez"),
+    ("GET", "/readyz"),
+    ("POST", "/v1/webhooks/generic"),
+    ("POST", "/v1/webhooks/sim"),
+}
 
 
 def _concrete(path: str) -> str:
@@ -32,7 +39,11 @@ def test_every_route_is_classified() -> None:
 
 @pytest.mark.parametrize(("method", "path"), sorted(PROTECTED))
 async def test_missing_or_unknown_token_is_401(harness: Harness, method: str, path: str) -> None:
-    for headers in ({}, {"authorization": "Bearer rg_not-a-real-token"}, {"authorization": "Basic abc"}):
+    for headers in (
+        {},
+        {"authorization": "Bearer rg_not-a-real-token"},
+        {"authorization": "Basic abc"},
+    ):
         response = await harness.client.request(method, _concrete(path), headers=headers)
         assert response.status_code == 401, f"{method} {path} with {headers or 'no header'}"
         assert response.headers["content-type"].startswith("application/problem+json")
@@ -40,12 +51,16 @@ async def test_missing_or_unknown_token_is_401(harness: Harness, method: str, pa
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(PROTECTED))
-async def test_wrong_role_is_403_and_right_role_passes_auth(harness: Harness, method: str, path: str) -> None:
+async def test_wrong_role_is_403_and_right_role_passes_auth(
+    harness: Harness, method: str, path: str
+) -> None:
     allowed = PROTECTED[(method, path)] | {Role.ADMIN}
     for role in Role:
         response = await harness.client.request(method, _concrete(path), headers=harness.auth(role))
         if role in allowed:
-            assert response.status_code not in (401, 403), f"{role} must be admitted to {method} {path}"
+            assert response.status_code not in (401, 403), (
+                f"{role} must be admitted to {method} {path}"
+            )
         else:
             assert response.status_code == 403, f"{role} must be refused {method} {path}"
             assert response.json()["type"].endswith("/forbidden")

@@ -28,7 +28,11 @@ async def test_readyz_fails_when_the_database_is_down(settings: Any) -> None:
     from app.main import create_app
 
     # Nothing listens on loopback port 1: the database is down from the service's view.
-    app = create_app(settings.model_copy(update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none"}))
+    app = create_app(
+        settings.model_copy(
+            update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none"}
+        )
+    )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://recgate.test") as client:
@@ -51,7 +55,9 @@ async def test_status_and_metrics_reflect_activity(harness: Harness) -> None:
     async with respx.mock:
         respx.post(f"{CONTROL_URL}/calls/c-123/recording/pause").respond(500)
         await harness.send_event(event("recording.started", recording_id="r-1"))
-        await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+        await harness.client.post(
+            "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+        )
     status = (await harness.client.get("/v1/status", headers=harness.auth(Role.OPS))).json()
     assert status["active_calls"] == 1
     assert status["open_segments"] == 1
@@ -61,8 +67,14 @@ async def test_status_and_metrics_reflect_activity(harness: Harness) -> None:
 
     metrics = await harness.client.get("/metrics", headers=harness.auth(Role.OPS))
     text = metrics.text
-    assert 'recgate_webhook_events_total{outcome="applied",provider="generic",type="recording.started"} 1' in text
-    assert 'recgate_pause_commands_total{action="pause",outcome="unavailable",provider="generic"}' in text
+    assert (
+        'recgate_webhook_events_total{outcome="applied",provider="generic",type="recording.started"} 1'
+        in text
+    )
+    assert (
+        'recgate_pause_commands_total{action="pause",outcome="unavailable",provider="generic"}'
+        in text
+    )
     assert 'recgate_exposures_total{kind="pause_failed"} 1' in text
     assert "recgate_active_calls 1" in text and "recgate_open_payment_segments 1" in text
     assert "c-123" not in text, "call ids are never metric labels"
@@ -81,8 +93,14 @@ async def test_validation_error_is_problem_json_without_echoing_input(harness: H
 
 
 async def test_unknown_route_and_call_are_404_problems(harness: Harness) -> None:
-    assert (await harness.client.get("/nope")).headers["content-type"].startswith("application/problem+json")
-    missing = await harness.client.get("/v1/calls/generic/unknown", headers=harness.auth(Role.SUPERVISOR))
+    assert (
+        (await harness.client.get("/nope"))
+        .headers["content-type"]
+        .startswith("application/problem+json")
+    )
+    missing = await harness.client.get(
+        "/v1/calls/generic/unknown", headers=harness.auth(Role.SUPERVISOR)
+    )
     assert missing.status_code == 404
     assert missing.json()["type"].endswith("/not-found")
 
@@ -92,7 +110,9 @@ async def test_unhandled_error_is_500_problem_without_internals(harness: Harness
         raise RuntimeError("SELECT secret FROM internals")
 
     harness.services.calls.detail = explode  # type: ignore[method-assign]
-    response = await harness.client.get("/v1/calls/generic/c-1", headers=harness.auth(Role.SUPERVISOR))
+    response = await harness.client.get(
+        "/v1/calls/generic/c-1", headers=harness.auth(Role.SUPERVISOR)
+    )
     assert response.status_code == 500
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "SELECT" not in response.text and "internals" not in response.text

@@ -28,7 +28,9 @@ async def live_call(h: Harness, recording_id: str | None = "r-1") -> None:
     for type_ in ("call.started", "call.answered"):
         assert (await h.send_event(event(type_))).status_code == 200
     if recording_id:
-        assert (await h.send_event(event("recording.started", recording_id=recording_id))).status_code == 200
+        assert (
+            await h.send_event(event("recording.started", recording_id=recording_id))
+        ).status_code == 200
 
 
 async def get_call(h: Harness, call_id: str = "c-123") -> dict:
@@ -37,7 +39,9 @@ async def get_call(h: Harness, call_id: str = "c-123") -> dict:
     return response.json()
 
 
-async def test_happy_path_pauses_confirms_and_resumes(harness: Harness, pbx: respx.MockRouter) -> None:
+async def test_happy_path_pauses_confirms_and_resumes(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
     pause = pbx.post(PAUSE).respond(200, json={"state": "paused"})
     resume = pbx.post(RESUME).respond(200, json={"state": "recording"})
     await live_call(harness)
@@ -62,7 +66,9 @@ async def test_happy_path_pauses_confirms_and_resumes(harness: Harness, pbx: res
     verify(key, sent.headers, sent.content, datetime.now(UTC))
 
     end = await harness.client.post(
-        "/v1/calls/generic/c-123/payment/end", json={"outcome": "authorised"}, headers=harness.auth(Role.IVR)
+        "/v1/calls/generic/c-123/payment/end",
+        json={"outcome": "authorised"},
+        headers=harness.auth(Role.IVR),
     )
     assert end.status_code == 200, end.text
     assert end.json()["state"] == "closed"
@@ -79,7 +85,9 @@ async def test_pbx_error_fails_closed_with_503(harness: Harness, pbx: respx.Mock
     pause = pbx.post(PAUSE).respond(500, json={"error": "boom"})
     await live_call(harness)
 
-    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    start = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
 
     assert start.status_code == 503
     assert start.headers["content-type"].startswith("application/problem+json")
@@ -103,27 +111,43 @@ async def test_slow_pbx_times_out_with_503(harness: Harness, pbx: respx.MockRout
     loop = asyncio.get_running_loop()
     began = loop.time()
 
-    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    start = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
 
     assert start.status_code == 503
     assert start.json()["safe_to_collect"] is False
-    assert loop.time() - began < 2.0, "the IVR is answered at the pause deadline, not when the PBX is"
+    assert loop.time() - began < 2.0, (
+        "the IVR is answered at the pause deadline, not when the PBX is"
+    )
     assert (await get_call(harness))["segments"][0]["state"] == "pause_failed"
 
 
-async def test_pbx_answering_200_without_pausing_is_not_confirmation(harness: Harness, pbx: respx.MockRouter) -> None:
+async def test_pbx_answering_200_without_pausing_is_not_confirmation(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
     pbx.post(PAUSE).respond(200, json={"state": "recording"})
     await live_call(harness)
-    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    start = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
     assert start.status_code == 503
     assert start.json()["state"] == "pause_failed"
 
 
-async def test_transient_failure_then_success_is_confirmed(harness: Harness, pbx: respx.MockRouter) -> None:
+async def test_transient_failure_then_success_is_confirmed(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
     pause = pbx.post(PAUSE)
-    pause.side_effect = [httpx.Response(503), httpx.ConnectError("refused"), httpx.Response(200, json={"state": "paused"})]
+    pause.side_effect = [
+        httpx.Response(503),
+        httpx.ConnectError("refused"),
+        httpx.Response(200, json={"state": "paused"}),
+    ]
     await live_call(harness)
-    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    start = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
     assert start.status_code == 200, start.text
     assert start.json()["safe_to_collect"] is True
     assert pause.call_count == 3
@@ -134,7 +158,9 @@ async def test_repeated_starts_send_one_pause(harness: Harness, pbx: respx.MockR
     await live_call(harness)
     url = "/v1/calls/generic/c-123/payment/start"
 
-    concurrent = await asyncio.gather(*(harness.client.post(url, headers=harness.auth(Role.IVR)) for _ in range(5)))
+    concurrent = await asyncio.gather(
+        *(harness.client.post(url, headers=harness.auth(Role.IVR)) for _ in range(5))
+    )
     again = await harness.client.post(url, headers=harness.auth(Role.IVR))
 
     assert {r.status_code for r in (*concurrent, again)} == {200}
@@ -142,7 +168,9 @@ async def test_repeated_starts_send_one_pause(harness: Harness, pbx: respx.MockR
     assert pause.call_count == 1
 
 
-async def test_idempotency_key_replays_the_first_answer(harness: Harness, pbx: respx.MockRouter) -> None:
+async def test_idempotency_key_replays_the_first_answer(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
     pause = pbx.post(PAUSE).respond(200, json={"state": "paused"})
     pbx.post(RESUME).respond(200, json={"state": "recording"})
     await live_call(harness)
@@ -160,20 +188,26 @@ async def test_ivr_before_pbx_pauses_at_call_level(harness: Harness, pbx: respx.
     pause = pbx.post(PAUSE).respond(200, json={"state": "paused"})
     resume = pbx.post(RESUME).respond(200, json={"state": "recording"})
 
-    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    start = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
 
     assert start.status_code == 200, start.text
     assert start.json()["safe_to_collect"] is True and start.json()["recordings"] == []
     assert pause.call_count == 1
     # The PBX's first events arrive afterwards: the call and recording join the open payment.
     await harness.send_event(event("call.started", at="2026-01-01T00:00:00+00:00"))
-    await harness.send_event(event("recording.started", recording_id="r-1", at="2026-01-01T00:00:00+00:00"))
+    await harness.send_event(
+        event("recording.started", recording_id="r-1", at="2026-01-01T00:00:00+00:00")
+    )
     await harness.services.tasks.drain()
     call = await get_call(harness)
     assert call["recordings"][0]["state"] == "paused"
     assert call["exposures"] == [], "a recording live before the call-level pause was covered by it"
 
-    end = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
+    end = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR)
+    )
     assert end.status_code == 200 and end.json()["state"] == "closed"
     assert resume.call_count == 1
     assert (await get_call(harness))["recordings"][0]["state"] == "recording"
@@ -181,16 +215,23 @@ async def test_ivr_before_pbx_pauses_at_call_level(harness: Harness, pbx: respx.
 
 async def test_pbx_with_nothing_recording_is_safe(harness: Harness, pbx: respx.MockRouter) -> None:
     pbx.post(PAUSE).respond(200, json={"state": "not_recording"})
-    start = await harness.client.post("/v1/calls/generic/c-9/payment/start".replace("c-9", "c-123"), headers=harness.auth(Role.IVR))
+    start = await harness.client.post(
+        "/v1/calls/generic/c-9/payment/start".replace("c-9", "c-123"),
+        headers=harness.auth(Role.IVR),
+    )
     assert start.status_code == 200
     assert start.json()["safe_to_collect"] is True
 
 
-async def test_recording_started_during_payment_is_paused_at_once(harness: Harness, pbx: respx.MockRouter) -> None:
+async def test_recording_started_during_payment_is_paused_at_once(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
     pause = pbx.post(PAUSE).respond(200, json={"state": "paused"})
     pbx.post(RESUME).respond(200, json={"state": "recording"})
     await live_call(harness)
-    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    start = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
     assert start.status_code == 200
 
     # A second recording (e.g. a conference recording) starts while card details are taken.
@@ -200,20 +241,28 @@ async def test_recording_started_during_payment_is_paused_at_once(harness: Harne
 
     assert pause.call_count == 2
     call = await get_call(harness)
-    states = {r["provider_recording_id"]: (r["state"], r["quarantined"]) for r in call["recordings"]}
+    states = {
+        r["provider_recording_id"]: (r["state"], r["quarantined"]) for r in call["recordings"]
+    }
     assert states == {"r-1": ("paused", False), "r-2": ("paused", True)}
     [exposure] = call["exposures"]
     assert exposure["kind"] == "late_recording" and exposure["ended_at"] is not None
 
-    end = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
+    end = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR)
+    )
     assert end.status_code == 200
     assert {r["state"] for r in end.json()["recordings"]} == {"recording"}
 
 
-async def test_unexpected_resume_during_payment_is_an_exposure(harness: Harness, pbx: respx.MockRouter) -> None:
+async def test_unexpected_resume_during_payment_is_an_exposure(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
     pause = pbx.post(PAUSE).respond(200, json={"state": "paused"})
     await live_call(harness)
-    await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
 
     await harness.send_event(event("recording.resumed", recording_id="r-1"))
     await harness.services.tasks.drain()
@@ -226,7 +275,9 @@ async def test_unexpected_resume_during_payment_is_an_exposure(harness: Harness,
 
 
 async def test_end_without_start_is_409(harness: Harness) -> None:
-    response = await harness.client.post("/v1/calls/generic/c-404/payment/end", headers=harness.auth(Role.IVR))
+    response = await harness.client.post(
+        "/v1/calls/generic/c-404/payment/end", headers=harness.auth(Role.IVR)
+    )
     assert response.status_code == 409
     assert response.json()["type"].endswith("/no-open-payment")
 
@@ -235,22 +286,34 @@ async def test_repeated_end_returns_the_same_body(harness: Harness, pbx: respx.M
     pbx.post(PAUSE).respond(200, json={"state": "paused"})
     resume = pbx.post(RESUME).respond(200, json={"state": "recording"})
     await live_call(harness)
-    await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
-    first = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
-    second = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
+    await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
+    first = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR)
+    )
+    second = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR)
+    )
     assert first.status_code == second.status_code == 200
     assert first.json() == second.json()
     assert resume.call_count == 1
 
 
-async def test_resume_failure_is_502_and_retried_in_background(harness: Harness, pbx: respx.MockRouter) -> None:
+async def test_resume_failure_is_502_and_retried_in_background(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
     pbx.post(PAUSE).respond(200, json={"state": "paused"})
     resume = pbx.post(RESUME)
     resume.side_effect = [httpx.Response(500)] * 50
     await live_call(harness)
-    await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
 
-    end = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
+    end = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR)
+    )
     assert end.status_code == 502
     assert end.json()["state"] == "resume_failed"
     assert (await get_call(harness))["segments"][0]["state"] == "resume_failed"
@@ -262,7 +325,9 @@ async def test_resume_failure_is_502_and_retried_in_background(harness: Harness,
 
     gate = harness.services.gate
     real_clock = gate.clock
-    gate.clock = lambda: real_clock() + timedelta(seconds=harness.services.settings.resume_retry_interval_s + 1)
+    gate.clock = lambda: (
+        real_clock() + timedelta(seconds=harness.services.settings.resume_retry_interval_s + 1)
+    )
     assert await gate.retry_due_resumes() == 1
     gate.clock = real_clock
     call = await get_call(harness)
@@ -273,7 +338,9 @@ async def test_resume_failure_is_502_and_retried_in_background(harness: Harness,
 async def test_pbx_rejecting_is_not_retried(harness: Harness, pbx: respx.MockRouter) -> None:
     pause = pbx.post(PAUSE).respond(403, json={"error": "forbidden"})
     await live_call(harness)
-    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    start = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
     assert start.status_code == 503
     assert pause.call_count == 1
 
@@ -281,26 +348,38 @@ async def test_pbx_rejecting_is_not_retried(harness: Harness, pbx: respx.MockRou
 async def test_call_end_closes_an_open_segment(harness: Harness, pbx: respx.MockRouter) -> None:
     pbx.post(PAUSE).respond(200, json={"state": "paused"})
     await live_call(harness)
-    await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
     await harness.send_event(event("call.ended"))
     call = await get_call(harness)
     assert call["state"] == "ended"
-    assert call["segments"][0]["state"] == "closed" and call["segments"][0]["closed_by"] == "call_end"
+    assert (
+        call["segments"][0]["state"] == "closed" and call["segments"][0]["closed_by"] == "call_end"
+    )
     assert call["recordings"][0]["state"] == "stopped"
-    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    start = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
     assert start.status_code == 409
 
 
 async def test_unknown_provider_is_404_problem(harness: Harness) -> None:
-    response = await harness.client.post("/v1/calls/nope/c-1/payment/start", headers=harness.auth(Role.IVR))
+    response = await harness.client.post(
+        "/v1/calls/nope/c-1/payment/start", headers=harness.auth(Role.IVR)
+    )
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
 
 
 async def test_sim_provider_gates_a_payment(harness: Harness) -> None:
     sim = harness.services.controllers["sim"]
-    await harness.send_event(event("recording.started", call_id="s-1", recording_id="r-1"), provider="sim")
-    start = await harness.client.post("/v1/calls/sim/s-1/payment/start", headers=harness.auth(Role.IVR))
+    await harness.send_event(
+        event("recording.started", call_id="s-1", recording_id="r-1"), provider="sim"
+    )
+    start = await harness.client.post(
+        "/v1/calls/sim/s-1/payment/start", headers=harness.auth(Role.IVR)
+    )
     assert start.status_code == 200 and start.json()["safe_to_collect"] is True
     sim.mode = "hang"  # type: ignore[attr-defined]
     end = await harness.client.post("/v1/calls/sim/s-1/payment/end", headers=harness.auth(Role.IVR))

@@ -37,7 +37,9 @@ async def test_signed_event_is_stored_and_applied(harness: Harness) -> None:
 
 async def test_missing_signature_is_401_and_nothing_stored(harness: Harness) -> None:
     body = json.dumps(event("call.started")).encode()
-    response = await harness.client.post("/v1/webhooks/generic", content=body, headers={"content-type": "application/json"})
+    response = await harness.client.post(
+        "/v1/webhooks/generic", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 401
     assert response.headers["content-type"].startswith("application/problem+json")
     await _nothing_stored(harness)
@@ -47,8 +49,12 @@ async def test_bad_signature_is_401_and_nothing_stored(harness: Harness) -> None
     body = json.dumps(event("call.started")).encode()
     wrong_key = base64.b64decode(base64.b64encode(b"another-secret-0123456789abcdef!"))
     headers = _signed(harness, body)
-    headers["webhook-signature"] = sign(wrong_key, headers["webhook-id"], int(headers["webhook-timestamp"]), body)
-    assert (await harness.client.post("/v1/webhooks/generic", content=body, headers=headers)).status_code == 401
+    headers["webhook-signature"] = sign(
+        wrong_key, headers["webhook-id"], int(headers["webhook-timestamp"]), body
+    )
+    assert (
+        await harness.client.post("/v1/webhooks/generic", content=body, headers=headers)
+    ).status_code == 401
     await _nothing_stored(harness)
 
 
@@ -56,7 +62,9 @@ async def test_body_changed_after_signing_is_401(harness: Harness) -> None:
     body = json.dumps(event("call.started")).encode()
     headers = _signed(harness, body)
     tampered = body.replace(b"council_tax", b"benefits")
-    assert (await harness.client.post("/v1/webhooks/generic", content=tampered, headers=headers)).status_code == 401
+    assert (
+        await harness.client.post("/v1/webhooks/generic", content=tampered, headers=headers)
+    ).status_code == 401
     await _nothing_stored(harness)
 
 
@@ -84,10 +92,16 @@ async def test_duplicate_event_id_is_200_and_changes_nothing(harness: Harness) -
 
 
 async def test_signed_but_malformed_is_422_and_dead_lettered_scrubbed(harness: Harness) -> None:
-    bad = {"type": "call.exploded", "occurred_at": "yesterday", "call": {"id": "c-1"},
-           "note": "card 4111 1111 1111 1111 cvv 123"}
+    bad = {
+        "type": "call.exploded",
+        "occurred_at": "yesterday",
+        "call": {"id": "c-1"},
+        "note": "card 4111 1111 1111 1111 cvv 123",
+    }
     body = json.dumps(bad).encode()
-    response = await harness.client.post("/v1/webhooks/generic", content=body, headers=_signed(harness, body))
+    response = await harness.client.post(
+        "/v1/webhooks/generic", content=body, headers=_signed(harness, body)
+    )
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     assert await harness.count("inbound_events") == 0
@@ -99,7 +113,9 @@ async def test_signed_but_malformed_is_422_and_dead_lettered_scrubbed(harness: H
 
 async def test_recording_event_without_recording_is_422(harness: Harness) -> None:
     body = json.dumps(event("recording.started")).encode()
-    response = await harness.client.post("/v1/webhooks/generic", content=body, headers=_signed(harness, body))
+    response = await harness.client.post(
+        "/v1/webhooks/generic", content=body, headers=_signed(harness, body)
+    )
     assert response.status_code == 422
     assert await harness.count("dead_letters") == 1
 
@@ -132,7 +148,9 @@ def _at(seconds: int) -> str:
 
 def _call_events(call_id: str) -> list[dict[str, Any]]:
     completed = event("recording.completed", call_id, "r-1", _at(320))
-    completed["recording"].update({"duration_s": 312, "media_url": "https://pbx.invalid/r-1.wav", "sha256": "ab" * 32})
+    completed["recording"].update(
+        {"duration_s": 312, "media_url": "https://pbx.invalid/r-1.wav", "sha256": "ab" * 32}
+    )
     return [
         event("call.started", call_id, at=_at(0), agent_id="a-7"),
         event("call.answered", call_id, at=_at(5)),
@@ -151,29 +169,44 @@ def _call_events(call_id: str) -> list[dict[str, Any]]:
 async def _final_state(h: Harness, call_id: str) -> dict[str, Any]:
     async with h.services.engine.connect() as conn:
         call = (
-            await conn.execute(
-                sa.text(
-                    "SELECT id, state, started_at, answered_at, ended_at, agent_id, service_area, from_number,"
-                    " record_retention_until FROM calls WHERE provider_call_id = :c"
-                ),
-                {"c": call_id},
+            (
+                await conn.execute(
+                    sa.text(
+                        "SELECT id, state, started_at, answered_at, ended_at, agent_id, service_area, from_number,"
+                        " record_retention_until FROM calls WHERE provider_call_id = :c"
+                    ),
+                    {"c": call_id},
+                )
             )
-        ).mappings().one()
+            .mappings()
+            .one()
+        )
         recordings = (
-            await conn.execute(
-                sa.text(
-                    "SELECT provider_recording_id, state, started_at, ended_at, duration_s, media_sha256,"
-                    " retention_until, quarantined FROM recordings WHERE call_id = :id ORDER BY provider_recording_id"
-                ),
-                {"id": call["id"]},
+            (
+                await conn.execute(
+                    sa.text(
+                        "SELECT provider_recording_id, state, started_at, ended_at, duration_s, media_sha256,"
+                        " retention_until, quarantined FROM recordings WHERE call_id = :id ORDER BY provider_recording_id"
+                    ),
+                    {"id": call["id"]},
+                )
             )
-        ).mappings().all()
-    return {"call": {k: v for k, v in call.items() if k != "id"}, "recordings": [dict(r) for r in recordings]}
+            .mappings()
+            .all()
+        )
+    return {
+        "call": {k: v for k, v in call.items() if k != "id"},
+        "recordings": [dict(r) for r in recordings],
+    }
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
-async def test_final_state_does_not_depend_on_order_or_duplicates(harness: Harness, data: st.DataObject) -> None:
+async def test_final_state_does_not_depend_on_order_or_duplicates(
+    harness: Harness, data: st.DataObject
+) -> None:
     reference_id = "ref-" + "x" * 4
     if await harness.count("calls") == 0:
         for i, body in enumerate(_call_events(reference_id)):

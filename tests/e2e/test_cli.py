@@ -13,9 +13,15 @@ RECGATE = str(Path(sys.executable).with_name("recgate"))
 
 
 def run(args: list[str], db: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RECGATE_DATABASE_URL": f"sqlite+aiosqlite:///{db}", "RECGATE_ENV": "development"}
+    env = {
+        **os.environ,
+        "RECGATE_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
+        "RECGATE_ENV": "development",
+    }
     env.pop("RECGATE_GENERIC_WEBHOOK_SECRET", None)
-    result = subprocess.run([RECGATE, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [RECGATE, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -55,6 +61,12 @@ def test_demo_prints_a_gated_payment_timeline(tmp_path: Path) -> None:
     out = result.stdout
     assert "safe_to_collect True" in out
     assert "pausing → paused" in out and "resuming → closed" in out
-    for step in ("sim:call.started", "sim:recording.started", "ivr: payment start", "ivr: payment end", "sim:call.ended"):
+    for step in (
+        "sim:call.started",
+        "sim:recording.started",
+        "ivr: payment start",
+        "ivr: payment end",
+        "sim:call.ended",
+    ):
         assert step in out, f"timeline lacks {step}"
     assert "exposures: 0" in out
