@@ -96,13 +96,15 @@ class Settings(BaseSettings):
             secret = getattr(self, name)
             if secret is not None and secret.get_secret_value().lower() in _PLACEHOLDERS:
                 raise ValueError(f"RECGATE_{name.upper()} is a placeholder; set a real secret")
-        if self.record_months_below_media:
-            raise ValueError("RECGATE_RETENTION_RECORD_MONTHS must be >= media months")
         return self
 
-    @property
-    def record_months_below_media(self) -> bool:
-        return self.retention_record_months < self.retention_media_months
+    @model_validator(mode="after")
+    def _records_outlive_media(self) -> Settings:
+        if self.retention_record_months < self.retention_media_months:
+            raise ValueError(
+                "RECGATE_RETENTION_RECORD_MONTHS must be >= RECGATE_RETENTION_MEDIA_MONTHS"
+            )
+        return self
 
     @property
     def generic_secret_key(self) -> bytes | None:

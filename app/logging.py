@@ -13,7 +13,12 @@ class ScrubbingFilter(logging.Filter):
     """Render the message, scrub it, and drop the arguments so nothing unscrubbed remains."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:
+            # A broken log call (wrong arguments) must not raise at the call site, nor reach
+            # logging's error report on stderr with its arguments unscrubbed.
+            message = f"{record.msg} (unformattable log arguments: {record.args!r})"
         record.msg = scrub_text(message)
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
@@ -30,6 +35,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if record.exc_info and not record.exc_text:
+            # Used without ScrubbingFilter the traceback must still appear, and scrubbed.
+            record.exc_text = scrub_text(self.formatException(record.exc_info))
         if record.exc_text:
             entry["error"] = record.exc_text
         return json.dumps(entry)

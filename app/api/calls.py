@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header
+from fastapi import APIRouter, Body, Depends, Header, Path
 
 from app.api.deps import ServicesDep, require
 from app.api.schemas import (
@@ -25,6 +25,8 @@ from app.services.tokens import Principal
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
 IvrDep = Annotated[Principal, Depends(require(Role.IVR))]
+ProviderPath = Annotated[str, Path(max_length=32, pattern=r"^[a-z_]+$")]
+CallIdPath = Annotated[str, Path(min_length=1, max_length=255)]
 CallReaderDep = Annotated[Principal, Depends(require(Role.IVR, Role.SUPERVISOR, Role.DPO))]
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
@@ -35,8 +37,8 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
     responses={503: {"description": "Pause not confirmed: do not collect", **_PROBLEM}},
 )
 async def payment_start(
-    provider: str,
-    provider_call_id: str,
+    provider: ProviderPath,
+    provider_call_id: CallIdPath,
     services: ServicesDep,
     _: IvrDep,
     body: Annotated[PaymentStart | None, Body()] = None,
@@ -62,8 +64,8 @@ async def payment_start(
     },
 )
 async def payment_end(
-    provider: str,
-    provider_call_id: str,
+    provider: ProviderPath,
+    provider_call_id: CallIdPath,
     services: ServicesDep,
     _: IvrDep,
     body: Annotated[PaymentEnd | None, Body()] = None,
@@ -75,7 +77,7 @@ async def payment_end(
 
 @router.get("/{provider}/{provider_call_id}", response_model=CallRead)
 async def get_call(
-    provider: str, provider_call_id: str, services: ServicesDep, _: CallReaderDep
+    provider: ProviderPath, provider_call_id: CallIdPath, services: ServicesDep, _: CallReaderDep
 ) -> CallRead:
     detail = await services.calls.detail(provider, provider_call_id)
     call = detail.call

@@ -47,12 +47,16 @@ class HealthService:
         checks: dict[str, list[dict[str, Any]]] = {}
         statuses: list[str] = []
         overdue: int | None = None
+        overlong: int | None = None
         try:
             async with asyncio.timeout(_DB_CHECK_TIMEOUT_S):
                 async with self.sessions() as session:
                     repo = HealthRepository(session)
                     await repo.ping()
                     overdue = await repo.retention_overdue(now)
+                    overlong = await SegmentRepository(session).count_open_since_before(
+                        now - timedelta(seconds=self.settings.max_pause_s)
+                    )
             db = {"status": "pass", "time": now.isoformat()}
         except Exception:  # any failure to reach the database makes us not ready
             db = {"status": "fail", "time": now.isoformat(), "output": "database unreachable"}
@@ -77,6 +81,15 @@ class HealthService:
                 "observedUnit": "recordings",
             }
             checks["retention:overdue"] = [entry]
+            statuses.append(str(entry["status"]))
+        if overlong is not None:
+            # A recording paused for longer than policy allows: someone must look at the call.
+            entry = {
+                "status": "pass" if overlong == 0 else "warn",
+                "observedValue": overlong,
+                "observedUnit": "payment segments open too long",
+            }
+            checks["payments:overlong"] = [entry]
             statuses.append(str(entry["status"]))
         status = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
         return Readiness(status=status, checks=checks)

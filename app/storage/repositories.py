@@ -178,6 +178,18 @@ class SegmentRepository:
         )
         return (await self.session.execute(stmt)).scalars().all()
 
+    async def count_open_since_before(self, opened_before: datetime) -> int:
+        """Open segments opened before ``opened_before`` (a pause held too long)."""
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(PaymentSegment)
+            .where(
+                PaymentSegment.state.in_([s.value for s in OPEN_SEGMENT_STATES]),
+                PaymentSegment.opened_at < opened_before,
+            )
+        )
+        return int((await self.session.execute(stmt)).scalar_one())
+
     async def count_open(self) -> int:
         stmt = (
             sa.select(sa.func.count())

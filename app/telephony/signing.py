@@ -25,7 +25,9 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def signed_headers(key: bytes, body: bytes, now: datetime, msg_id: str | None = None) -> dict[str, str]:
+def signed_headers(
+    key: bytes, body: bytes, now: datetime, msg_id: str | None = None
+) -> dict[str, str]:
     """The three Standard Webhooks headers for an outbound request."""
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
     timestamp = int(now.timestamp())

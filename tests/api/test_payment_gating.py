@@ -384,3 +384,26 @@ async def test_sim_provider_gates_a_payment(harness: Harness) -> None:
     sim.mode = "hang"  # type: ignore[attr-defined]
     end = await harness.client.post("/v1/calls/sim/s-1/payment/end", headers=harness.auth(Role.IVR))
     assert end.status_code == 502
+
+
+async def test_overlong_pause_alerts_but_never_resumes(make_harness, pbx: respx.MockRouter) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    pbx.post(PAUSE).respond(200, json={"state": "paused"})
+    resume = pbx.post(RESUME).respond(200, json={"state": "recording"})
+    async with make_harness(max_pause_s=60) as h:
+        await live_call(h)
+        assert (
+            await h.client.post("/v1/calls/generic/c-123/payment/start", headers=h.auth(Role.IVR))
+        ).status_code == 200
+        gate = h.services.gate
+        assert await gate.alert_overlong_segments() == 0, "not overlong yet"
+        real = gate.clock
+        later = lambda: real() + timedelta(seconds=61)  # noqa: E731
+        gate.clock = h.services.health.clock = later
+        assert await gate.alert_overlong_segments() == 1
+        assert await gate.alert_overlong_segments() == 0, "alerted once"
+        ready = (await h.client.get("/readyz")).json()
+        assert ready["checks"]["payments:overlong"][0]["status"] == "warn"
+        assert resume.call_count == 0, "a long pause is never resumed by itself"
+        assert (await get_call(h))["segments"][0]["state"] == "paused"

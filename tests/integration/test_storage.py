@@ -1,0 +1,73 @@
+"""Storage guarantees: SQLite pragmas, UTC timestamps, migrations build the schema."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from app.storage.db import create_engine
+from app.storage.models import UTCDateTime
+
+
+async def test_sqlite_runs_in_wal_with_foreign_keys(sqlite_template: Path, tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    path.write_bytes(sqlite_template.read_bytes())
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.text("PRAGMA journal_mode"))).scalar_one() == "wal"
+            assert (await conn.execute(sa.text("PRAGMA foreign_keys"))).scalar_one() == 1
+            with pytest.raises(sa.exc.IntegrityError):
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO recordings (id, call_id, provider_recording_id, state, media_files,"
+                        " quarantined, created_at, updated_at) VALUES ('a', 'no-such-call', 'r', 'pending',"
+                        " 1, 0, '2026-01-01', '2026-01-01')"
+                    )
+                )
+    finally:
+        await engine.dispose()
+
+
+async def test_timestamps_round_trip_as_utc(database_url: str) -> None:
+    engine = create_engine(database_url)
+    table = sa.Table("ts_probe", sa.MetaData(), sa.Column("at", UTCDateTime()))
+    london_summer = datetime(2026, 7, 1, 12, 0, tzinfo=timezone(timedelta(hours=1)))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(table.create)
+            await conn.execute(table.insert().values(at=london_summer))
+            stored = (await conn.execute(sa.select(table.c.at))).scalar_one()
+            await conn.run_sync(table.drop)
+    finally:
+        await engine.dispose()
+    assert stored == datetime(2026, 7, 1, 11, 0, tzinfo=UTC)
+    assert stored.tzinfo is not None
+
+
+def test_naive_timestamps_are_refused() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        UTCDateTime().process_bind_param(
+            datetime(2026, 1, 1), sa.create_engine("sqlite://").dialect
+        )
+
+
+async def test_migrations_match_the_models(database_url: str) -> None:
+    """What the migrations build is what the ORM expects: no drift to autogenerate."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from app.storage.models import Base
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+            )
+    finally:
+        await engine.dispose()
+    assert diff == [], f"models and migrations differ: {diff}"
