@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from app.storage.models import UTCDateTime
 
 async def test_sqlite_runs_in_wal_with_foreign_keys(sqlite_template: Path, tmp_path: Path) -> None:
     path = tmp_path / "x.db"
-    path.write_bytes(sqlite_template.read_bytes())
+    await asyncio.to_thread(shutil.copyfile, sqlite_template, path)
     engine = create_engine(f"sqlite+aiosqlite:///{path}")
     try:
         async with engine.connect() as conn:
