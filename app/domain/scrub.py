@@ -124,3 +124,12 @@ def scrub(value: Any, key: str | None = None) -> Any:
     if isinstance(value, str):
         return scrub_text(value)
     return value
+
+
+_E164 = re.compile(r"^\+[1-9][0-9]{5,14}$")
+
+
+def scrub_phone_number(number: str) -> str:
+    """A caller or callee number as stored: an E.164 number (at most 15 digits, so a PBX-labelled
+    phone number) is kept for subject-access searches; anything else is scrubbed like text."""
+    return number if _E164.match(number) else scrub_text(number)

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import TypeVar
 
-
 _E = TypeVar("_E", bound=StrEnum)
 
 

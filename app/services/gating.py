@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.clock import Clock
+from app.domain.scrub import scrub_text
 from app.domain.states import (
     LIVE_RECORDING_STATES,
     PROTECTED_SEGMENT_STATES,
@@ -170,7 +171,7 @@ class PaymentGate:
                         id=uuid.uuid4(),
                         call_id=call.id,
                         state=_S.PAUSING.value,
-                        reference=reference,
+                        reference=reference and scrub_text(reference),
                         idempotency_key=idempotency_key,
                         pause_behavior=behavior.value,
                         opened_at=now,

@@ -18,7 +18,7 @@ from app.config import Settings
 from app.domain.clock import Clock
 from app.domain.events import EventType, PbxEvent
 from app.domain.retention import add_months
-from app.domain.scrub import scrub, scrub_text
+from app.domain.scrub import scrub, scrub_phone_number, scrub_text
 from app.domain.states import (
     LIVE_RECORDING_STATES,
     PROTECTED_SEGMENT_STATES,
@@ -172,14 +172,15 @@ class _Applier:
         if area is not None and area not in self.settings.service_areas:
             area = "other"
         for column, value in (
-            ("from_number", info.from_number),
-            ("to_number", info.to_number),
+            ("from_number", info.from_number and scrub_phone_number(info.from_number)),
+            ("to_number", info.to_number and scrub_phone_number(info.to_number)),
             ("direction", info.direction),
         ):
             if value is not None and getattr(call, column) is None:
                 setattr(call, column, value)
         # A transfer changes the agent and maybe the service area: the latest report wins.
-        for column, value in (("agent_id", info.agent_id), ("service_area", area)):
+        agent = info.agent_id and scrub_text(info.agent_id)
+        for column, value in (("agent_id", agent), ("service_area", area)):
             reported_at = getattr(call, f"{column.removesuffix('_id')}_at")
             if value is not None and (reported_at is None or at >= reported_at):
                 setattr(call, column, value)
@@ -216,7 +217,7 @@ class _Applier:
         )
         at, kind = self.event.occurred_at, self.event.type
         if info.media_url:
-            recording.media_url = info.media_url
+            recording.media_url = scrub_text(info.media_url)
         if info.duration_s is not None:
             recording.duration_s = info.duration_s
         if info.media_format:

@@ -407,3 +407,34 @@ async def test_overlong_pause_alerts_but_never_resumes(make_harness, pbx: respx.
         assert ready["checks"]["payments:overlong"][0]["status"] == "warn"
         assert resume.call_count == 0, "a long pause is never resumed by itself"
         assert (await get_call(h))["segments"][0]["state"] == "paused"
+
+
+async def test_card_data_in_fields_is_never_stored(harness: Harness, pbx: respx.MockRouter) -> None:
+    import sqlalchemy as sa
+
+    pbx.post(PAUSE).respond(200, json={"state": "paused"})
+    await harness.send_event(
+        event("call.started", agent_id="agent 4111 1111 1111 1111", **{"from": "4111111111111111"})
+    )
+    await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start",
+        json={"reference": "card 5555555555554444 cvv 123"},
+        headers=harness.auth(Role.IVR),
+    )
+    async with harness.services.engine.connect() as conn:
+        call = (await conn.execute(sa.text("SELECT from_number, agent_id FROM calls"))).one()
+        reference = (
+            await conn.execute(sa.text("SELECT reference FROM payment_segments"))
+        ).scalar_one()
+    assert call.from_number == "[REDACTED]" and "4111" not in call.agent_id
+    assert "5555" not in reference and "123" not in reference
+
+
+async def test_e164_numbers_are_kept_for_subject_access(harness: Harness) -> None:
+    import sqlalchemy as sa
+
+    await harness.send_event(event("call.started", **{"from": "+441632960001"}))
+    async with harness.services.engine.connect() as conn:
+        assert (
+            await conn.execute(sa.text("SELECT from_number FROM calls"))
+        ).scalar_one() == "+441632960001"
