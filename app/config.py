@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_api_base: str = "https://api.twilio.com"
+    media_fetch_attempts: int = Field(default=10, ge=1)
 
     # Asterisk ARI
     ari_url: str | None = None
@@ -120,6 +121,8 @@ class Settings(BaseSettings):
             providers.append("generic")
         if self.sim_enabled:
             providers.append("sim")
+        if self.twilio_account_sid and self.twilio_auth_token is not None:
+            providers.append("twilio")
         return providers
 
     @property

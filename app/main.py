@@ -12,10 +12,8 @@ from app.api import calls, ops, webhooks
 from app.config import Settings, get_settings
 from app.domain.clock import Clock, utcnow
 from app.errors import install_error_handlers
-from app.jobs.watchdog import run_watchdog
+from app.jobs.watchdog import run_jobs, service_jobs
 from app.services.container import Services
-
-WATCHDOG_INTERVAL_S = 1.0
 
 
 def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastAPI:
@@ -28,9 +26,7 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
         app.state.services = services
         watchdog = None
         if settings.background_jobs:
-            watchdog = asyncio.create_task(
-                run_watchdog(services.gate, WATCHDOG_INTERVAL_S), name="watchdog"
-            )
+            watchdog = asyncio.create_task(run_jobs(service_jobs(services)), name="jobs")
         try:
             yield
         finally:

@@ -157,7 +157,8 @@ def make_harness(settings: Settings) -> Callable[..., Any]:
 
     @asynccontextmanager
     async def build(**overrides: Any) -> AsyncIterator[Harness]:
-        app = create_app(settings.model_copy(update=overrides))
+        # Validated like real configuration, so overrides are typed as the environment would be.
+        app = create_app(Settings(**{**settings.model_dump(), **overrides}, _env_file=None))  # type: ignore[call-arg]
         async with app.router.lifespan_context(app):
             services: Services = app.state.services
             tokens = {

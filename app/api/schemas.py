@@ -94,4 +94,4 @@ class CallRead(BaseModel):
 
 
 class WebhookAck(BaseModel):
-    status: Literal["applied", "duplicate"]
+    status: Literal["applied", "duplicate", "ignored"]

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 
 from app.api.deps import ServicesDep
 from app.api.schemas import WebhookAck
+from app.domain.events import PbxEvent
 from app.errors import AppError, BadSignature, MalformedInput, ProviderNotEnabled
 from app.services.container import Services
+from app.telephony import twilio
 from app.telephony.generic import MalformedEvent, parse_event
 from app.telephony.signing import SignatureError, verify
 
@@ -35,6 +40,22 @@ async def _read_body(request: Request) -> bytes:
     return body
 
 
+def _refuse(services: Services, provider: str, reason: str) -> BadSignature:
+    services.metrics.webhook_events.inc(provider=provider, type="unknown", outcome="bad_signature")
+    log.warning("%s webhook refused: %s", provider, reason)
+    return BadSignature()
+
+
+async def _apply(services: Services, event: PbxEvent, payload: dict[str, Any]) -> WebhookAck:
+    """Store and apply one verified event, then start what it calls for."""
+    result = await services.ingest.ingest(event, payload)
+    if result.needs_pause:
+        services.gate.spawn_enforce_pause(event.provider, event.call.provider_call_id)
+    if result.media_ready is not None:
+        services.media.spawn_fetch(result.media_ready)
+    return WebhookAck(status="duplicate" if result.duplicate else "applied")
+
+
 async def _signed_json_webhook(request: Request, services: Services, provider: str) -> WebhookAck:
     settings = services.settings
     key = settings.generic_secret_key
@@ -46,20 +67,13 @@ async def _signed_json_webhook(request: Request, services: Services, provider: s
             key, request.headers, body, services.clock(), settings.webhook_tolerance_s
         )
     except SignatureError as exc:
-        services.metrics.webhook_events.inc(
-            provider=provider, type="unknown", outcome="bad_signature"
-        )
-        log.warning("%s webhook refused: %s", provider, exc)
-        raise BadSignature() from exc
+        raise _refuse(services, provider, str(exc)) from exc
     try:
         event = parse_event(provider, event_id, body)
     except MalformedEvent as exc:
         await services.ingest.dead_letter(provider, event_id, str(exc), body)
         raise MalformedInput(str(exc)) from exc
-    result = await services.ingest.ingest(event, json.loads(body))
-    if result.needs_pause:
-        services.gate.spawn_enforce_pause(provider, event.call.provider_call_id)
-    return WebhookAck(status="duplicate" if result.duplicate else "applied")
+    return await _apply(services, event, json.loads(body))
 
 
 @router.post("/generic", response_model=WebhookAck)
@@ -71,3 +85,57 @@ async def generic_webhook(request: Request, services: ServicesDep) -> WebhookAck
 async def sim_webhook(request: Request, services: ServicesDep) -> WebhookAck:
     """The simulator speaks the generic contract, signed with the same secret."""
     return await _signed_json_webhook(request, services, "sim")
+
+
+TwilioParser = Callable[[twilio.Params, str | None, str | None, datetime], PbxEvent | None]
+
+
+async def _twilio_callback(request: Request, services: Services, parse: TwilioParser) -> WebhookAck:
+    settings = services.settings
+    token = settings.twilio_auth_token
+    if "twilio" not in settings.enabled_providers or token is None:
+        raise ProviderNotEnabled("Twilio callbacks are not enabled.")
+    body = await _read_body(request)
+    # Twilio signs the URL it was given; behind a proxy that is the public one, not ours.
+    url = settings.public_base_url.rstrip("/") + request.url.path
+    if request.url.query:
+        url += "?" + request.url.query
+    content_type = request.headers.get("content-type", "")
+    is_json = content_type.startswith("application/json")
+    try:
+        params = twilio.parse_body(body, content_type)
+    except twilio.MalformedCallback as exc:
+        raise _refuse(services, "twilio", "unreadable body") from exc
+    signature = request.headers.get("x-twilio-signature")
+    if not twilio.verify_signature(
+        token.get_secret_value(),
+        url,
+        {} if is_json else params,
+        signature,
+        body if is_json else None,
+    ):
+        raise _refuse(services, "twilio", "X-Twilio-Signature missing or wrong")
+    idempotency = request.headers.get("i-twilio-idempotency-token")
+    service_area = request.query_params.get("service_area")
+    try:
+        event = parse(params, idempotency, service_area, services.clock())
+    except twilio.MalformedCallback as exc:
+        await services.ingest.dead_letter("twilio", idempotency, str(exc), body)
+        raise MalformedInput(str(exc)) from exc
+    if event is None:
+        services.metrics.webhook_events.inc(provider="twilio", type="child-leg", outcome="ignored")
+        return WebhookAck(status="ignored")
+    payload = {name: values[0] if len(values) == 1 else values for name, values in params.items()}
+    return await _apply(services, event, payload)
+
+
+@router.post("/twilio/call-status", response_model=WebhookAck)
+async def twilio_call_status(request: Request, services: ServicesDep) -> WebhookAck:
+    """Twilio ``statusCallback`` (call progress). Add ``?service_area=…`` to the URL."""
+    return await _twilio_callback(request, services, twilio.parse_call_status)
+
+
+@router.post("/twilio/recording-status", response_model=WebhookAck)
+async def twilio_recording_status(request: Request, services: ServicesDep) -> WebhookAck:
+    """Twilio ``recordingStatusCallback`` (in-progress, completed, absent)."""
+    return await _twilio_callback(request, services, twilio.parse_recording_status)

@@ -49,6 +49,9 @@ class RecordingInfo:
     duration_s: float | None = None
     media_format: str | None = None
     sha256: str | None = None
+    # The provider object the recording belongs to when it is not the call itself (a Twilio
+    # conference); control commands address the recording through it.
+    container_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

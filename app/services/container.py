@@ -14,9 +14,11 @@ from app.services.concurrency import BackgroundTasks, CallLocks
 from app.services.gating import PaymentGate
 from app.services.health import HealthService
 from app.services.ingest import IngestService
+from app.services.media import MediaService
 from app.services.metrics import Metrics
 from app.services.tokens import TokenService
 from app.storage.db import create_engine, session_factory
+from app.storage.media import LocalMediaStore
 from app.telephony.base import RecordingController
 from app.telephony.registry import build_controllers
 
@@ -33,6 +35,7 @@ class Services:
     tasks: BackgroundTasks
     gate: PaymentGate
     ingest: IngestService
+    media: MediaService
     tokens: TokenService
     calls: CallQueries
     health: HealthService
@@ -64,6 +67,9 @@ class Services:
             tasks=tasks,
             gate=PaymentGate(sessions, settings, clock, metrics, controllers, CallLocks(), tasks),
             ingest=IngestService(sessions, settings, clock, metrics),
+            media=MediaService(
+                sessions, settings, clock, LocalMediaStore(settings.media_dir), controllers, tasks
+            ),
             tokens=TokenService(sessions, clock),
             calls=CallQueries(sessions),
             health=HealthService(sessions, settings, clock, controllers),

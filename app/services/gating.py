@@ -587,7 +587,10 @@ class PaymentGate:
             set_recording_state(transitions, recording, state, cause, now)
         for recording in (*recordings, *extra):
             await segments.link_recording(segment.id, recording.id)
-        refs = tuple(RecordingRef(r.id, r.provider_recording_id) for r in (*recordings, *extra))
+        refs = tuple(
+            RecordingRef(r.id, r.provider_recording_id, r.provider_container_id)
+            for r in (*recordings, *extra)
+        )
         call = await CallRepository(session).by_id(segment.call_id)
         assert call is not None
         if not refs and state == _R.PAUSING:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -55,6 +56,8 @@ class IngestResult:
     duplicate: bool
     # A recording of this call is live and unpaused while a payment is open: pause it now.
     needs_pause: bool = False
+    # A recording whose media the provider now holds complete: copy it into the media store.
+    media_ready: uuid.UUID | None = None
 
 
 def _earliest(current: datetime | None, candidate: datetime | None) -> datetime | None:
@@ -109,7 +112,9 @@ class IngestService:
         self.metrics.webhook_events.inc(
             provider=event.provider, type=event.type.value, outcome="applied"
         )
-        return IngestResult(duplicate=False, needs_pause=needs_pause)
+        return IngestResult(
+            duplicate=False, needs_pause=needs_pause, media_ready=applier.media_ready
+        )
 
     async def dead_letter(
         self, provider: str, event_id: str | None, reason: str, body: bytes
@@ -152,6 +157,7 @@ class _Applier:
         self.now = now
         self.transitions = TransitionRepository(session)
         self.cause = f"{event.provider}:{event.type.value}"
+        self.media_ready: uuid.UUID | None = None
 
     async def apply(self) -> bool:
         self._merge_call_facts()
@@ -224,6 +230,8 @@ class _Applier:
             recording.media_format = info.media_format.lower()
         if info.sha256:
             recording.media_sha256 = info.sha256
+        if info.container_id:
+            recording.provider_container_id = info.container_id
         if kind == EventType.RECORDING_STARTED:
             recording.started_at = _earliest(recording.started_at, at)
         elif kind == EventType.RECORDING_STOPPED:
@@ -240,6 +248,13 @@ class _Applier:
             recording.pbx_paused = kind == EventType.RECORDING_PAUSED
             latest_pause_report = True
         self._merge_recording_end(recording)
+        if (
+            kind == EventType.RECORDING_COMPLETED
+            and recording.state == _R.AVAILABLE.value
+            and recording.media_url
+            and recording.media_path is None
+        ):
+            self.media_ready = recording.id
         if recording.state not in LIVE_RECORDING_STATES:
             return False
         return await self._guard_live_recording(recording, latest_pause_report)

@@ -84,6 +84,8 @@ class Recording(Base):
         sa.ForeignKey("calls.id", ondelete="RESTRICT"), index=True
     )
     provider_recording_id: Mapped[str] = mapped_column(sa.String(255))
+    # e.g. the Twilio conference a conference recording belongs to.
+    provider_container_id: Mapped[str | None] = mapped_column(sa.String(255))
     state: Mapped[str] = mapped_column(sa.String(16), index=True)
     started_at: Mapped[datetime | None]
     stopped_at: Mapped[datetime | None]
@@ -98,6 +100,11 @@ class Recording(Base):
     media_format: Mapped[str | None] = mapped_column(sa.String(16))
     media_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     media_files: Mapped[int] = mapped_column(default=1)
+    # The local copy in the media store (relative to RECGATE_MEDIA_DIR).
+    media_path: Mapped[str | None] = mapped_column(sa.String(512))
+    media_size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    media_fetched_at: Mapped[datetime | None]
+    media_fetch_attempts: Mapped[int] = mapped_column(default=0)
     quarantined: Mapped[bool] = mapped_column(default=False)
     retention_until: Mapped[datetime | None] = mapped_column(index=True)
     deleted_at: Mapped[datetime | None]

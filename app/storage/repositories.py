@@ -93,6 +93,31 @@ class RecordingRepository:
     async def live_for_call(self, call_id: uuid.UUID) -> list[Recording]:
         return [r for r in await self.for_call(call_id) if r.state in LIVE_RECORDING_STATES]
 
+    async def by_id(self, recording_id: uuid.UUID, *, lock: bool = False) -> Recording | None:
+        stmt = sa.select(Recording).where(Recording.id == recording_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def media_fetch_due(
+        self, providers: Sequence[str], max_attempts: int, limit: int = 50
+    ) -> Sequence[uuid.UUID]:
+        """Recordings whose media the provider holds but recgate has not copied yet."""
+        stmt = (
+            sa.select(Recording.id)
+            .join(Call, Call.id == Recording.call_id)
+            .where(
+                Call.provider.in_(providers),
+                Recording.state == "available",
+                Recording.media_url.is_not(None),
+                Recording.media_path.is_(None),
+                Recording.media_fetch_attempts < max_attempts,
+            )
+            .order_by(Recording.completed_at)
+            .limit(limit)
+        )
+        return (await self.session.execute(stmt)).scalars().all()
+
     async def get_or_create(
         self, call_id: uuid.UUID, provider_recording_id: str, state: str, now: datetime
     ) -> tuple[Recording, bool]:
@@ -109,6 +134,7 @@ class RecordingRepository:
             provider_recording_id=provider_recording_id,
             state=state,
             media_files=1,
+            media_fetch_attempts=0,
             quarantined=False,
             created_at=now,
             updated_at=now,

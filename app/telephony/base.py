@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -45,6 +46,7 @@ class RecordingRef:
 
     recording_id: uuid.UUID | None
     provider_recording_id: str | None
+    container_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +85,15 @@ class RecordingController(ABC):
     def describe(self) -> str:
         """A short, secret-free description for the readiness check."""
         return self.name
+
+
+class MediaSource(ABC):
+    """A provider that keeps recording media recgate can copy and must delete."""
+
+    @abstractmethod
+    def fetch_media(self, media_url: str) -> AsyncIterator[bytes]:
+        """Stream the media at ``media_url`` (as the provider reported it)."""
+
+    @abstractmethod
+    async def delete_media(self, provider_recording_id: str) -> None:
+        """Delete the provider's copy; a copy already gone is not an error."""

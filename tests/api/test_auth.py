@@ -24,6 +24,8 @@ OPEN = {
     ("GET", "/readyz"),
     ("POST", "/v1/webhooks/generic"),
     ("POST", "/v1/webhooks/sim"),
+    ("POST", "/v1/webhooks/twilio/call-status"),
+    ("POST", "/v1/webhooks/twilio/recording-status"),
 }
 
 

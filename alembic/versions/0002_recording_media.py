@@ -1,0 +1,40 @@
+"""Recording media: the container a recording lives in (Twilio conference) and the local copy.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-28
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("recordings") as batch:
+        batch.add_column(sa.Column("provider_container_id", sa.String(length=255), nullable=True))
+        batch.add_column(sa.Column("media_path", sa.String(length=512), nullable=True))
+        batch.add_column(sa.Column("media_size", sa.BigInteger(), nullable=True))
+        batch.add_column(sa.Column("media_fetched_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(
+            sa.Column("media_fetch_attempts", sa.Integer(), nullable=False, server_default="0")
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("recordings") as batch:
+        for column in (
+            "media_fetch_attempts",
+            "media_fetched_at",
+            "media_size",
+            "media_path",
+            "provider_container_id",
+        ):
+            batch.drop_column(column)
