@@ -23,7 +23,10 @@ _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "whsec_changeme"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECGATE_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a mistyped secret must not be echoed into a startup error or log.
+    model_config = SettingsConfigDict(
+        env_prefix="RECGATE_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     env: Literal["development", "production"] = "development"
     database_url: str = "sqlite+aiosqlite:///./var/recgate.db"
@@ -48,7 +51,8 @@ class Settings(BaseSettings):
     webhook_tolerance_s: int = 300
 
     # Built-in simulator (demo, tests, benchmarks)
-    sim_enabled: bool = True
+    # Defaults to on in development only: the simulator confirms pauses nothing real makes.
+    sim_enabled: bool | None = None
     sim_pause_latency_ms: int = Field(default=20, ge=0)
 
     # Twilio
@@ -91,8 +95,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_placeholders_in_production(self) -> Settings:
+        if self.sim_enabled is None:
+            self.sim_enabled = self.env == "development"
         if self.env != "production":
             return self
+        if self.sim_enabled:
+            raise ValueError(
+                "RECGATE_SIM_ENABLED must be off in production: the simulator answers "
+                "safe_to_collect without pausing any real recording"
+            )
         for name in ("generic_webhook_secret", "twilio_auth_token", "ari_password"):
             secret = getattr(self, name)
             if secret is not None and secret.get_secret_value().lower() in _PLACEHOLDERS:

@@ -92,6 +92,12 @@ class ProviderNotEnabled(AppError):
     status, slug, title = 404, "provider-not-enabled", "Provider is not enabled"
 
 
+class ProviderControlMissing(AppError):
+    """Webhooks from the provider are accepted but recgate cannot pause its recordings."""
+
+    status, slug, title = 503, "no-recording-control", "Recording control is not configured"
+
+
 class PauseNotConfirmed(AppError):
     status, slug, title = 503, "pause-not-confirmed", "Recording pause was not confirmed"
 

@@ -66,7 +66,13 @@ class Services:
             controllers=controllers,
             tasks=tasks,
             gate=PaymentGate(sessions, settings, clock, metrics, controllers, CallLocks(), tasks),
-            ingest=IngestService(sessions, settings, clock, metrics),
+            ingest=IngestService(
+                sessions,
+                settings,
+                clock,
+                metrics,
+                frozenset(name for name, c in controllers.items() if c.call_level_covers_all),
+            ),
             media=MediaService(
                 sessions, settings, clock, LocalMediaStore(settings.media_dir), controllers, tasks
             ),

@@ -35,6 +35,7 @@ from app.errors import (
     Conflict,
     NoOpenPayment,
     PauseNotConfirmed,
+    ProviderControlMissing,
     ProviderNotEnabled,
     ResumeNotConfirmed,
 )
@@ -419,10 +420,12 @@ class PaymentGate:
                 return True
             if segment.state == _S.PAUSING.value:
                 return True  # the payment start in progress pauses it
+            # A recording left pausing here was marked by ingest (or by a crashed attempt):
+            # nobody else is commanding it while this call's lock is held.
             pending = [
                 r
                 for r in await RecordingRepository(session).live_for_call(call.id)
-                if r.state in (_R.PENDING.value, _R.RECORDING.value)
+                if r.state in (_R.PENDING.value, _R.RECORDING.value, _R.PAUSING.value)
             ]
             if not pending:
                 return True
@@ -546,9 +549,15 @@ class PaymentGate:
 
     def _controller(self, provider: str) -> RecordingController:
         controller = self.controllers.get(provider)
-        if controller is None:
-            raise ProviderNotEnabled(f"Provider {provider!r} has no recording control configured.")
-        return controller
+        if controller is not None:
+            return controller
+        # Fail closed either way: the IVR must read "not safe", whatever the misconfiguration.
+        if provider in self.settings.enabled_providers:
+            raise ProviderControlMissing(
+                f"Recording control for {provider!r} is not configured: do not take card details.",
+                safe_to_collect=False,
+            )
+        raise ProviderNotEnabled(f"Provider {provider!r} is not enabled.", safe_to_collect=False)
 
     def _answer_start(self, outcome: SegmentOutcome) -> SegmentOutcome:
         if outcome.state == _S.PAUSE_FAILED.value:

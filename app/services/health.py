@@ -63,6 +63,9 @@ class HealthService:
         checks["database:connection"] = [db]
         statuses.append(db["status"])
         entry: dict[str, Any]
+        if not self.settings.enabled_providers:
+            checks["providers"] = [{"status": "warn", "output": "no telephony provider is enabled"}]
+            statuses.append("warn")
         for provider in self.settings.enabled_providers:
             controller = self.controllers.get(provider)
             if controller is None:

@@ -73,11 +73,14 @@ class IngestService:
         settings: Settings,
         clock: Clock,
         metrics: Metrics,
+        call_level_covers_all: frozenset[str] = frozenset(),
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
+        # Providers whose call-level pause pauses every recording of the call (not just one).
+        self.call_level_covers_all = call_level_covers_all
 
     async def ingest(self, event: PbxEvent, payload: dict[str, Any]) -> IngestResult:
         """Store ``event`` in the inbox and apply it, in one transaction.
@@ -107,7 +110,9 @@ class IngestService:
                 record_call_created(
                     TransitionRepository(session), call, f"{event.provider}:{event.type.value}", now
                 )
-            applier = _Applier(session, self.settings, self.metrics, call, event, now)
+            applier = _Applier(
+                session, self.settings, self.metrics, call, event, now, self.call_level_covers_all
+            )
             needs_pause = await applier.apply()
         self.metrics.webhook_events.inc(
             provider=event.provider, type=event.type.value, outcome="applied"
@@ -148,7 +153,9 @@ class _Applier:
         call: Call,
         event: PbxEvent,
         now: datetime,
+        call_level_covers_all: frozenset[str] = frozenset(),
     ) -> None:
+        self.call_level_covers_all = call_level_covers_all
         self.session = session
         self.settings = settings
         self.metrics = metrics
@@ -305,32 +312,34 @@ class _Applier:
             and state in (_R.PENDING, _R.RECORDING)
         ):
             set_recording_state(self.transitions, recording, _R.PAUSED, self.cause, self.now)
-        elif state == _R.PENDING and recording.started_at is not None:
+        elif state == _R.PENDING and recording.started_at is not None and not protected:
             set_recording_state(self.transitions, recording, _R.RECORDING, self.cause, self.now)
         if not protected or recording.state not in (_R.PENDING.value, _R.RECORDING.value):
             return False
         assert segment is not None
-        if (
-            segment.call_level
+        covered = (
+            self.event.provider in self.call_level_covers_all
+            and segment.call_level
             and segment.state == SegmentState.PAUSED.value
             and segment.paused_at is not None
             and recording.started_at is not None
             and recording.started_at <= segment.paused_at
-        ):
-            # It was live when the PBX confirmed a pause of everything on the call.
-            set_recording_state(
-                self.transitions, recording, _R.PAUSED, "covered by call-level pause", self.now
-            )
-            link = await SegmentRepository(self.session).link_recording(segment.id, recording.id)
-            link.paused_at = segment.paused_at
-            return False
+        )
+        # A recording live when the PBX confirmed a pause of everything on the call was
+        # covered by it; any other recording live during a payment may hold card details.
         if (
-            segment.state in (SegmentState.PAUSED.value, SegmentState.PAUSE_FAILED.value)
+            not covered
+            and segment.state in (SegmentState.PAUSED.value, SegmentState.PAUSE_FAILED.value)
             and kind != EventType.RECORDING_RESUMED
         ):
-            # Card details may be being spoken: this recording may hold them until it is paused.
             since = max(filter(None, (recording.started_at, segment.paused_at, segment.opened_at)))
             self._expose(ExposureKind.LATE_RECORDING, recording, segment, since)
+        # Either way the provider must confirm it paused this recording (SPEC §2: a recording
+        # that starts during a payment goes from pending straight to pausing).
+        set_recording_state(
+            self.transitions, recording, _R.PAUSING, "recording live during payment", self.now
+        )
+        await SegmentRepository(self.session).link_recording(segment.id, recording.id)
         return True
 
     def _expose(

@@ -33,6 +33,8 @@ class Counter:
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
         lines += [f"{self.name}{_fmt_labels(k)} {v:g}" for k, v in sorted(self.values.items())]
+        if not self.values:
+            lines.append(f"{self.name} 0")  # present from the first scrape, so rate() works
         return lines
 
 

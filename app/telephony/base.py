@@ -73,6 +73,9 @@ class RecordingController(ABC):
     """One provider's recording control."""
 
     name: str
+    # True when a call-level command (no recording named) pauses every recording of the call;
+    # Twilio.CURRENT pauses only one.
+    call_level_covers_all: bool = False
 
     @abstractmethod
     async def pause(self, target: ControlTarget, behavior: PauseBehavior) -> list[ControlOutcome]:

@@ -119,6 +119,7 @@ class GenericController(RecordingController):
     """Signed HTTP control of a generic PBX. One command covers every recording of the call."""
 
     name = "generic"
+    call_level_covers_all = True
 
     def __init__(
         self, client: httpx.AsyncClient, control_url: str, key: bytes, clock: Clock

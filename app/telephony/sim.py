@@ -42,6 +42,7 @@ class SimPbx(RecordingController):
     # What the simulated PBX currently does per call: "paused" or "recording".
     call_states: dict[str, str] = field(default_factory=dict)
     name: str = "sim"
+    call_level_covers_all: bool = True
 
     async def pause(self, target: ControlTarget, behavior: PauseBehavior) -> list[ControlOutcome]:
         return await self._command("pause", target, behavior.value, ConfirmedState.PAUSED)

@@ -204,6 +204,9 @@ async def test_ivr_before_pbx_pauses_at_call_level(harness: Harness, pbx: respx.
     call = await get_call(harness)
     assert call["recordings"][0]["state"] == "paused"
     assert call["exposures"] == [], "a recording live before the call-level pause was covered by it"
+    assert pause.call_count == 2, "the PBX still confirms the newly known recording is paused"
+    causes = [t["cause"] for t in call["timeline"] if t["entity"] == "recording"]
+    assert causes[0] == "recording live during payment", "pending goes straight to pausing"
 
     end = await harness.client.post(
         "/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR)
@@ -438,3 +441,16 @@ async def test_e164_numbers_are_kept_for_subject_access(harness: Harness) -> Non
         assert (
             await conn.execute(sa.text("SELECT from_number FROM calls"))
         ).scalar_one() == "+441632960001"
+
+
+async def test_provider_without_recording_control_fails_closed(make_harness) -> None:  # type: ignore[no-untyped-def]
+    async with make_harness(generic_control_url=None) as h:
+        response = await h.client.post(
+            "/v1/calls/generic/c-1/payment/start", headers=h.auth(Role.IVR)
+        )
+        assert response.status_code == 503
+        assert response.json()["safe_to_collect"] is False
+        unknown = await h.client.post(
+            "/v1/calls/asterisk/c-1/payment/start", headers=h.auth(Role.IVR)
+        )
+        assert unknown.status_code == 404 and unknown.json()["safe_to_collect"] is False

@@ -571,3 +571,27 @@ async def test_deleting_twilios_copy(tw: Harness, api: respx.MockRouter) -> None
     with pytest.raises(ProviderUnavailable):
         await media.delete_provider_copy("twilio", RE)
     assert delete.calls[0].request.headers["authorization"] == basic(AC, TOKEN)
+
+
+async def test_recording_twilio_current_did_not_cover_is_an_exposure(
+    tw: Harness, api: respx.MockRouter
+) -> None:
+    """Twilio.CURRENT pauses one recording; a second one learned of later was not paused."""
+    api.post(f"{ACCOUNT}/Calls/{CA}/Recordings/Twilio.CURRENT.json").respond(
+        200, json=recording_json(RE, "paused")
+    )
+    conf = api.post(f"{ACCOUNT}/Conferences/{CF}/Recordings/{RE_CONF}.json").respond(
+        200, json=recording_json(RE_CONF, "paused", conference_sid=CF)
+    )
+    assert (await pay(tw, "start")).json()["safe_to_collect"] is True
+
+    await start_recording(tw, RE_CONF, ConferenceSid=CF)
+    await tw.services.tasks.drain()
+
+    assert conf.call_count == 1, "paused at once, by its own sid"
+    call = await get_call(tw)
+    states = {
+        r["provider_recording_id"]: (r["state"], r["quarantined"]) for r in call["recordings"]
+    }
+    assert states == {RE: ("paused", False), RE_CONF: ("paused", True)}
+    assert [e["kind"] for e in call["exposures"]] == ["late_recording"]

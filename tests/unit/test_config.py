@@ -1,0 +1,50 @@
+"""Settings: the guards that stop a dangerous configuration from starting."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+
+GOOD_SECRET = "whsec_" + base64.b64encode(b"a-real-secret-of-32-bytes-length").decode()
+
+
+def make(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def test_simulator_is_on_in_development_and_off_in_production() -> None:
+    assert make().sim_enabled is True
+    assert make(env="production").sim_enabled is False
+    assert "sim" not in make(env="production", generic_webhook_secret=GOOD_SECRET).enabled_providers
+
+
+def test_production_refuses_the_simulator() -> None:
+    with pytest.raises(ValidationError, match="SIM_ENABLED"):
+        make(env="production", sim_enabled=True)
+
+
+def test_production_refuses_placeholder_secrets() -> None:
+    with pytest.raises(ValidationError, match="placeholder"):
+        make(env="production", twilio_auth_token="changeme")
+
+
+def test_malformed_secret_is_not_echoed_in_the_error() -> None:
+    with pytest.raises(ValidationError) as caught:
+        make(generic_webhook_secret="whsec_not!base64!secret-value-xyz")
+    assert "secret-value-xyz" not in str(caught.value)
+
+
+def test_record_retention_must_outlast_media_retention() -> None:
+    with pytest.raises(ValidationError, match="RECORD_MONTHS"):
+        make(retention_media_months=24, retention_record_months=12)
+
+
+def test_providers_follow_their_settings() -> None:
+    settings = make(
+        generic_webhook_secret=GOOD_SECRET, twilio_account_sid="AC1", twilio_auth_token="t" * 32
+    )
+    assert settings.enabled_providers == ["generic", "sim", "twilio"]
