@@ -80,6 +80,10 @@ class NoOpenPayment(Conflict):
     slug, title = "no-open-payment", "No payment segment was opened for this call"
 
 
+class PaymentNotOpen(Conflict):
+    slug, title = "payment-ended", "This payment has already ended"
+
+
 class CallEnded(Conflict):
     slug, title = "call-ended", "The call has ended"
 

@@ -1,4 +1,4 @@
-"""Recording media: the container a recording lives in (Twilio conference) and the local copy.
+"""Recording media (the container a recording lives in, the local copy) and gating bookkeeping.
 
 Revision ID: 0002
 Revises: 0001
@@ -18,7 +18,17 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("payment_segments") as batch:
+        batch.add_column(sa.Column("call_level_sent_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("state_changed_at", sa.DateTime(timezone=True), nullable=True))
+        batch.create_index("ix_payment_segments_state_changed_at", ["state_changed_at"])
+        batch.create_unique_constraint(
+            "uq_payment_segments_idempotency", ["call_id", "idempotency_key"]
+        )
     with op.batch_alter_table("recordings") as batch:
+        batch.add_column(
+            sa.Column("control_confirmed_at", sa.DateTime(timezone=True), nullable=True)
+        )
         batch.add_column(sa.Column("provider_container_id", sa.String(length=255), nullable=True))
         batch.add_column(sa.Column("media_path", sa.String(length=512), nullable=True))
         batch.add_column(sa.Column("media_size", sa.BigInteger(), nullable=True))
@@ -29,7 +39,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("payment_segments") as batch:
+        batch.drop_constraint("uq_payment_segments_idempotency", type_="unique")
+        batch.drop_index("ix_payment_segments_state_changed_at")
+        batch.drop_column("state_changed_at")
+        batch.drop_column("call_level_sent_at")
     with op.batch_alter_table("recordings") as batch:
+        batch.drop_column("control_confirmed_at")
         for column in (
             "media_fetch_attempts",
             "media_fetched_at",

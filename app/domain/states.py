@@ -66,9 +66,11 @@ _TERMINAL_EXITS = frozenset({_R.STOPPED, _R.AVAILABLE, _R.FAILED})
 ALLOWED_RECORDING_TRANSITIONS: dict[RecordingState, frozenset[RecordingState]] = {
     _R.PENDING: frozenset({_R.RECORDING, _R.PAUSING, _R.PAUSED, *_TERMINAL_EXITS, _R.DELETED}),
     _R.RECORDING: frozenset({_R.PAUSING, _R.PAUSED, *_TERMINAL_EXITS}),
-    _R.PAUSING: frozenset({_R.PAUSED, _R.RECORDING, *_TERMINAL_EXITS}),
+    # A payment can end (resume) while its pause is still in flight, and a new payment can
+    # start while the last resume is unconfirmed: pausing and resuming lead to each other.
+    _R.PAUSING: frozenset({_R.PAUSED, _R.RECORDING, _R.RESUMING, *_TERMINAL_EXITS}),
     _R.PAUSED: frozenset({_R.RESUMING, _R.RECORDING, *_TERMINAL_EXITS}),
-    _R.RESUMING: frozenset({_R.RECORDING, _R.PAUSED, *_TERMINAL_EXITS}),
+    _R.RESUMING: frozenset({_R.RECORDING, _R.PAUSED, _R.PAUSING, *_TERMINAL_EXITS}),
     _R.STOPPED: frozenset({_R.AVAILABLE, _R.FAILED, _R.DELETED}),
     _R.AVAILABLE: frozenset({_R.DELETED}),
     # A PBX can report media after a failure report (e.g. a retried upload).
@@ -77,9 +79,11 @@ ALLOWED_RECORDING_TRANSITIONS: dict[RecordingState, frozenset[RecordingState]] =
 }
 
 ALLOWED_SEGMENT_TRANSITIONS: dict[SegmentState, frozenset[SegmentState]] = {
-    _S.PAUSING: frozenset({_S.PAUSED, _S.PAUSE_FAILED, _S.CLOSED}),
-    _S.PAUSED: frozenset({_S.RESUMING, _S.CLOSED}),
-    _S.PAUSE_FAILED: frozenset({_S.RESUMING, _S.CLOSED}),
+    _S.PAUSING: frozenset({_S.PAUSED, _S.PAUSE_FAILED, _S.RESUMING, _S.CLOSED}),
+    # Back to pausing when a recording goes live during the payment (a late start, a resume
+    # nobody asked for) or when the IVR retries after a failed pause.
+    _S.PAUSED: frozenset({_S.PAUSING, _S.RESUMING, _S.CLOSED}),
+    _S.PAUSE_FAILED: frozenset({_S.PAUSING, _S.RESUMING, _S.CLOSED}),
     _S.RESUMING: frozenset({_S.CLOSED, _S.RESUME_FAILED}),
     _S.RESUME_FAILED: frozenset({_S.RESUMING, _S.CLOSED}),
     _S.CLOSED: frozenset(),

@@ -19,6 +19,7 @@ def service_jobs(services: Services) -> list[Job]:
         # Resume retries must come at least every 10 s (SPEC §3.1); each is due on its own time.
         ("resume-retries", 1.0, services.gate.retry_due_resumes),
         ("overlong-pauses", 5.0, services.gate.alert_overlong_segments),
+        ("stuck-segments", 5.0, services.gate.recover_stuck_segments),
         ("media-copies", 60.0, services.media.fetch_due),
     ]
 

@@ -65,7 +65,9 @@ class Services:
             metrics=metrics,
             controllers=controllers,
             tasks=tasks,
-            gate=PaymentGate(sessions, settings, clock, metrics, controllers, CallLocks(), tasks),
+            gate=PaymentGate(
+                sessions, settings, clock, metrics, controllers, CallLocks(engine), tasks
+            ),
             ingest=IngestService(
                 sessions,
                 settings,

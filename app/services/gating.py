@@ -1,9 +1,11 @@
 """Payment gating (SPEC §3.1): pause every live recording before card details are taken.
 
-``safe_to_collect`` is answered only once the provider has confirmed every pause. Anything
-else (a timeout, a refusal, an outage past the deadline) fails closed: the segment is
-``pause_failed``, the unconfirmed recordings are quarantined with an exposure, and the IVR gets
-a 503. No database transaction is held open across a provider round trip.
+``safe_to_collect`` is answered only while every live recording of the call has been
+confirmed paused by the provider *for this payment segment*. Anything else (a timeout, a
+refusal, an outage past the deadline, a recording that goes live mid-payment and cannot be
+paused) fails closed: the segment is ``pause_failed``, the unconfirmed recordings are
+quarantined with an exposure, and the IVR gets a 503. No database transaction is held open
+across a provider round trip; the call's lock (across replicas on PostgreSQL) is.
 """
 
 from __future__ import annotations
@@ -35,14 +37,19 @@ from app.errors import (
     Conflict,
     NoOpenPayment,
     PauseNotConfirmed,
+    PaymentNotOpen,
     ProviderControlMissing,
     ProviderNotEnabled,
     ResumeNotConfirmed,
 )
-from app.services.concurrency import BackgroundTasks, CallLocks
+from app.services.concurrency import BackgroundTasks, CallBusy, CallLocks
 from app.services.metrics import Metrics
-from app.services.transitions import record_call_created, set_recording_state, set_segment_state
-from app.storage.models import Call, Exposure, PaymentSegment, Recording
+from app.services.transitions import (
+    record_call_created,
+    set_recording_state,
+    set_segment_state,
+)
+from app.storage.models import Call, Exposure, PaymentSegment, Recording, SegmentRecording
 from app.storage.repositories import (
     CallRepository,
     ExposureRepository,
@@ -66,7 +73,9 @@ log = logging.getLogger("recgate.gating")
 _R = RecordingState
 _S = SegmentState
 _RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
-_UNPAUSED = frozenset({_R.PENDING.value, _R.RECORDING.value, _R.PAUSING.value, _R.RESUMING.value})
+_ENFORCE_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+# A segment left pausing or resuming this long past the deadline has nobody working on it.
+_STUCK_GRACE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,7 @@ class SegmentOutcome:
 
     @property
     def safe_to_collect(self) -> bool:
+        # A segment is only ever left in "paused" when every live recording was confirmed.
         return self.state == _S.PAUSED.value
 
 
@@ -96,6 +106,11 @@ class _CommandFailed(Exception):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+
+
+def _confirmed(recording: Recording, link: SegmentRecording | None) -> bool:
+    """Paused, and the provider said so for this segment (a PBX report alone is not enough)."""
+    return recording.state == _R.PAUSED.value and link is not None and link.paused_at is not None
 
 
 class PaymentGate:
@@ -119,6 +134,10 @@ class PaymentGate:
         self.locks = locks
         self.tasks = tasks
 
+    @property
+    def _timeout_s(self) -> float:
+        return self.settings.pause_timeout_ms / 1000
+
     # ---- public use cases -------------------------------------------------------------
 
     async def start(
@@ -130,73 +149,33 @@ class PaymentGate:
         behavior: PauseBehavior = PauseBehavior.SILENCE,
         idempotency_key: str | None = None,
     ) -> SegmentOutcome:
-        """Open a payment segment and pause every recording; return once confirmed.
+        """Open a payment segment and pause every recording; return once all are confirmed.
 
-        Raises :class:`PauseNotConfirmed` (503, ``safe_to_collect: false``) otherwise.
+        Raises :class:`PauseNotConfirmed` (503, ``safe_to_collect: false``) when they are not
+        within ``RECGATE_PAUSE_TIMEOUT_MS`` of the request, and :class:`PaymentNotOpen` (409)
+        when an idempotency key replays a payment that has ended.
         """
         controller = self._controller(provider)
-        began = asyncio.get_running_loop().time()
-        async with self.locks.hold(provider, provider_call_id):
-            async with self.sessions() as session, session.begin():
-                now = self.clock()
-                call, created = await CallRepository(session).get_or_create_locked(
-                    provider, provider_call_id, now
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        deadline = began + self._timeout_s
+        try:
+            async with self.locks.hold(provider, provider_call_id, self._timeout_s):
+                segment_id, behavior, answer = await self._open_segment(
+                    provider, provider_call_id, reference, behavior, idempotency_key
                 )
-                if created:
-                    record_call_created(
-                        TransitionRepository(session), call, "ivr: payment start", now
+                if answer is None:
+                    answer = await self._pause_until_confirmed(
+                        controller, segment_id, behavior, deadline
                     )
-                if call.state == CallState.ENDED.value:
-                    raise CallEnded("The call has ended; no payment can be taken on it.")
-                segments = SegmentRepository(session)
-                transitions = TransitionRepository(session)
-                segment = None
-                if idempotency_key:
-                    segment = await segments.by_idempotency_key(call.id, idempotency_key)
-                segment = segment or await segments.open_for_call(call.id)
-                if segment is not None and segment.state == _S.RESUME_FAILED.value:
-                    # A new payment on a call whose last resume is unconfirmed: the new
-                    # segment pauses everything again, so the old one is done with.
-                    set_segment_state(
-                        transitions, segment, _S.CLOSED, "superseded by a new payment", now
-                    )
-                    segment.closed_at, segment.closed_by = now, ClosedBy.IVR.value
-                    segment = None
-                if segment is not None and segment.state in (_S.RESUMING.value,):
-                    raise Conflict("The previous payment on this call is still being ended.")
-                if segment is not None and segment.state != _S.PAUSING.value:
-                    outcome = await self._outcome(session, segment)
-                    return self._answer_start(outcome)
-                if segment is None:
-                    segment = PaymentSegment(
-                        id=uuid.uuid4(),
-                        call_id=call.id,
-                        state=_S.PAUSING.value,
-                        reference=reference and scrub_text(reference),
-                        idempotency_key=idempotency_key,
-                        pause_behavior=behavior.value,
-                        opened_at=now,
-                        call_level=False,
-                        resume_attempts=0,
-                    )
-                    session.add(segment)
-                    transitions.add(
-                        entity="segment",
-                        entity_id=segment.id,
-                        call_id=call.id,
-                        from_state=None,
-                        to_state=_S.PAUSING.value,
-                        cause="ivr: payment start",
-                        at=now,
-                    )
-                segment_id = segment.id
-                behavior = PauseBehavior(segment.pause_behavior)
-            outcome = await self._pause_until_confirmed(
-                controller, provider_call_id, segment_id, behavior
-            )
-        if outcome.safe_to_collect:
-            self.metrics.pause_confirm_seconds.observe(asyncio.get_running_loop().time() - began)
-        return self._answer_start(outcome)
+        except CallBusy as exc:
+            raise PauseNotConfirmed(
+                "Another operation on this call did not finish in time: do not take card details.",
+                safe_to_collect=False,
+            ) from exc
+        if answer.safe_to_collect:
+            self.metrics.pause_confirm_seconds.observe(loop.time() - began)
+        return self._answer_start(answer)
 
     async def end(
         self, provider: str, provider_call_id: str, *, outcome: str | None = None
@@ -208,41 +187,78 @@ class PaymentGate:
         the background.
         """
         controller = self._controller(provider)
-        async with self.locks.hold(provider, provider_call_id):
-            async with self.sessions() as session, session.begin():
-                now = self.clock()
-                call = await CallRepository(session).get(provider, provider_call_id, lock=True)
-                segment = (
-                    None
-                    if call is None
-                    else await SegmentRepository(session).latest_for_call(call.id)
-                )
-                if call is None or segment is None:
-                    raise NoOpenPayment("No payment was started on this call.")
-                if segment.state == _S.CLOSED.value:
-                    return await self._outcome(session, segment)
-                transitions = TransitionRepository(session)
-                if segment.state == _S.PAUSING.value:
-                    set_segment_state(
-                        transitions,
-                        segment,
-                        _S.PAUSE_FAILED,
-                        "payment ended before pause confirmed",
-                        now,
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        try:
+            async with self.locks.hold(provider, provider_call_id, self._timeout_s):
+                async with self.sessions() as session, session.begin():
+                    now = self.clock()
+                    call = await CallRepository(session).get(provider, provider_call_id, lock=True)
+                    segment = (
+                        None
+                        if call is None
+                        else await SegmentRepository(session).latest_for_call(call.id)
                     )
-                segment.outcome = outcome or segment.outcome
-                segment.resume_requested_at = now
-                set_segment_state(transitions, segment, _S.RESUMING, "ivr: payment end", now)
-                segment_id = segment.id
-            result = await self._resume_until_confirmed(
-                controller, provider_call_id, segment_id, ClosedBy.IVR
-            )
+                    if call is None or segment is None:
+                        raise NoOpenPayment("No payment was started on this call.")
+                    if segment.state == _S.CLOSED.value:
+                        return await self._outcome(session, segment)
+                    segment.outcome = outcome or segment.outcome
+                    segment.resume_requested_at = segment.resume_requested_at or now
+                    # A segment already resuming under this lock was left by a crashed attempt.
+                    set_segment_state(
+                        TransitionRepository(session), segment, _S.RESUMING, "ivr: payment end", now
+                    )
+                    segment_id = segment.id
+                result = await self._resume_until_confirmed(
+                    controller, segment_id, ClosedBy.IVR, deadline
+                )
+        except CallBusy as exc:
+            raise ResumeNotConfirmed(
+                "Another operation on this call did not finish in time; try again.",
+                safe_to_collect=False,
+            ) from exc
         if result.state != _S.CLOSED.value:
             raise ResumeNotConfirmed(
                 "Recording resume was not confirmed; recgate keeps retrying.",
                 **outcome_body(result),
             )
         return result
+
+    async def enforce_pause(self, provider: str, provider_call_id: str) -> None:
+        """Keep every recording paused while a payment is open (background).
+
+        Runs after a recording goes live mid-payment (a late start, a resume nobody asked
+        for). Retries with backoff while the segment stays open, up to ``RECGATE_MAX_PAUSE_S``.
+        """
+        controller = self.controllers.get(provider)
+        if controller is None:
+            return
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.max_pause_s
+        attempt = 0
+        while loop.time() < give_up:
+            try:
+                async with self.locks.hold(provider, provider_call_id, self.settings.max_pause_s):
+                    segment_id, behavior = await self._segment_needing_pause(
+                        provider, provider_call_id, retry=attempt > 0
+                    )
+                    if segment_id is None:
+                        return
+                    deadline = loop.time() + self._timeout_s
+                    result = await self._pause_until_confirmed(
+                        controller, segment_id, behavior, deadline
+                    )
+            except CallBusy:
+                result = None
+            if result is not None and result.state != _S.PAUSE_FAILED.value:
+                return
+            await asyncio.sleep(_ENFORCE_BACKOFF_S[min(attempt, len(_ENFORCE_BACKOFF_S) - 1)])
+            attempt += 1
+
+    def spawn_enforce_pause(self, provider: str, provider_call_id: str) -> None:
+        self.tasks.spawn(
+            self.enforce_pause(provider, provider_call_id), name=f"enforce-pause:{provider}"
+        )
 
     async def retry_resume(self, provider: str, provider_call_id: str) -> None:
         """Try once more to resume the recordings of a ``resume_failed`` segment (background)."""
@@ -257,7 +273,10 @@ class PaymentGate:
                     if call is None
                     else await SegmentRepository(session).open_for_call(call.id)
                 )
-                if segment is None or segment.state != _S.RESUME_FAILED.value:
+                if segment is None or segment.state not in (
+                    _S.RESUME_FAILED.value,
+                    _S.RESUMING.value,
+                ):
                     return
                 set_segment_state(
                     TransitionRepository(session),
@@ -267,33 +286,25 @@ class PaymentGate:
                     self.clock(),
                 )
                 segment_id = segment.id
-            await self._resume_until_confirmed(
-                controller, provider_call_id, segment_id, ClosedBy.IVR
-            )
+            deadline = asyncio.get_running_loop().time() + self._timeout_s
+            await self._resume_until_confirmed(controller, segment_id, ClosedBy.IVR, deadline)
 
-    async def enforce_pause(self, provider: str, provider_call_id: str) -> None:
-        """Pause any recording that went live while a payment is open (late start, resume).
+    async def retry_due_resumes(self) -> int:
+        async with self.sessions() as session:
+            due = await SegmentRepository(session).resume_due(self.clock())
+        for provider, call_id in due:
+            await self.retry_resume(provider, call_id)
+        return len(due)
 
-        Keeps trying while the segment stays open, up to ``RECGATE_MAX_PAUSE_S``.
-        """
-        controller = self.controllers.get(provider)
-        if controller is None:
-            return
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.settings.max_pause_s
-        attempt = 0
-        while loop.time() < give_up:
-            async with self.locks.hold(provider, provider_call_id):
-                done = await self._enforce_once(controller, provider, provider_call_id)
-            if done:
-                return
-            await asyncio.sleep(_RETRY_BACKOFF_S[min(attempt, len(_RETRY_BACKOFF_S) - 1)] * 5)
-            attempt += 1
-
-    def spawn_enforce_pause(self, provider: str, provider_call_id: str) -> None:
-        self.tasks.spawn(
-            self.enforce_pause(provider, provider_call_id), name=f"enforce-pause:{provider}"
-        )
+    async def recover_stuck_segments(self) -> int:
+        """Finish segments left pausing or resuming by a crashed or cancelled attempt."""
+        grace = timedelta(seconds=2 * self._timeout_s + _STUCK_GRACE_S)
+        async with self.sessions() as session:
+            stuck = await SegmentRepository(session).stuck(self.clock() - grace)
+        for provider, call_id in stuck:
+            await self.enforce_pause(provider, call_id)
+            await self.retry_resume(provider, call_id)
+        return len(stuck)
 
     async def alert_overlong_segments(self) -> int:
         """Flag payment segments open longer than ``RECGATE_MAX_PAUSE_S``; never resume them."""
@@ -312,33 +323,129 @@ class PaymentGate:
                 )
         return len(overlong)
 
-    async def retry_due_resumes(self) -> int:
-        async with self.sessions() as session:
-            due = await SegmentRepository(session).resume_due(self.clock())
-        for provider, call_id in due:
-            await self.retry_resume(provider, call_id)
-        return len(due)
+    # ---- opening ----------------------------------------------------------------------
+
+    async def _open_segment(
+        self,
+        provider: str,
+        provider_call_id: str,
+        reference: str | None,
+        behavior: PauseBehavior,
+        idempotency_key: str | None,
+    ) -> tuple[uuid.UUID, PauseBehavior, SegmentOutcome | None]:
+        """The segment to pause for this start, and the answer when nothing is to be sent."""
+        async with self.sessions() as session, session.begin():
+            now = self.clock()
+            transitions = TransitionRepository(session)
+            call, created = await CallRepository(session).get_or_create_locked(
+                provider, provider_call_id, now
+            )
+            if created:
+                record_call_created(transitions, call, "ivr: payment start", now)
+            segments = SegmentRepository(session)
+            key = idempotency_key and scrub_text(idempotency_key)
+            replayed = key and await segments.by_idempotency_key(call.id, key)
+            if replayed and replayed.state not in PROTECTED_SEGMENT_STATES:
+                # The same request again after its payment ended: say so, never "safe".
+                return replayed.id, behavior, await self._outcome(session, replayed)
+            if call.state == CallState.ENDED.value:
+                raise CallEnded("The call has ended; no payment can be taken on it.")
+            segment = replayed or await segments.open_for_call(call.id)
+            if segment is not None and segment.state == _S.RESUME_FAILED.value:
+                # A new payment on a call whose last resume is unconfirmed: the new segment
+                # pauses everything again, so the old one is done with.
+                set_segment_state(
+                    transitions, segment, _S.CLOSED, "superseded by a new payment", now
+                )
+                segment.closed_at, segment.closed_by = now, ClosedBy.IVR.value
+                segment.next_resume_at = None
+                segment = None
+            if segment is not None and segment.state == _S.RESUMING.value:
+                raise Conflict("The previous payment on this call is still being ended.")
+            if segment is None:
+                segment = PaymentSegment(
+                    id=uuid.uuid4(),
+                    call_id=call.id,
+                    state=_S.PAUSING.value,
+                    reference=reference and scrub_text(reference),
+                    idempotency_key=key or None,
+                    pause_behavior=behavior.value,
+                    opened_at=now,
+                    state_changed_at=now,
+                    call_level=False,
+                    resume_attempts=0,
+                )
+                session.add(segment)
+                transitions.add(
+                    entity="segment",
+                    entity_id=segment.id,
+                    call_id=call.id,
+                    from_state=None,
+                    to_state=_S.PAUSING.value,
+                    cause="ivr: payment start",
+                    at=now,
+                )
+            elif segment.state == _S.PAUSED.value:
+                if await self._all_confirmed(session, call, segment):
+                    return segment.id, behavior, await self._outcome(session, segment)
+                set_segment_state(
+                    transitions, segment, _S.PAUSING, "a recording is live during payment", now
+                )
+            elif segment.state == _S.PAUSE_FAILED.value:
+                set_segment_state(transitions, segment, _S.PAUSING, "ivr: payment start again", now)
+            return segment.id, PauseBehavior(segment.pause_behavior), None
+
+    async def _segment_needing_pause(
+        self, provider: str, provider_call_id: str, *, retry: bool
+    ) -> tuple[uuid.UUID | None, PauseBehavior]:
+        async with self.sessions() as session, session.begin():
+            call = await CallRepository(session).get(provider, provider_call_id, lock=True)
+            segment = (
+                None if call is None else await SegmentRepository(session).open_for_call(call.id)
+            )
+            if call is None or segment is None or segment.state not in PROTECTED_SEGMENT_STATES:
+                return None, PauseBehavior.SILENCE
+            behavior = PauseBehavior(segment.pause_behavior)
+            if (
+                await self._all_confirmed(session, call, segment)
+                and segment.state != _S.PAUSING.value
+            ):
+                return None, behavior
+            if segment.state != _S.PAUSING.value:
+                cause = "background pause retry" if retry else "a recording is live during payment"
+                set_segment_state(
+                    TransitionRepository(session), segment, _S.PAUSING, cause, self.clock()
+                )
+            return segment.id, behavior
+
+    async def _all_confirmed(
+        self, session: AsyncSession, call: Call, segment: PaymentSegment
+    ) -> bool:
+        links = await SegmentRepository(session).links_for_segment(segment.id)
+        live = await RecordingRepository(session).live_for_call(call.id)
+        return all(_confirmed(r, links.get(r.id)) for r in live)
 
     # ---- pause ------------------------------------------------------------------------
 
     async def _pause_until_confirmed(
         self,
         controller: RecordingController,
-        provider_call_id: str,
         segment_id: uuid.UUID,
         behavior: PauseBehavior,
+        deadline: float,
     ) -> SegmentOutcome:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.pause_timeout_ms / 1000
         first_round, attempt = True, 0
         while True:
             async with self.sessions() as session, session.begin():
                 segment, call = await self._locked_segment(session, segment_id)
                 if segment.state != _S.PAUSING.value:
                     return await self._outcome(session, segment)
+                links = await SegmentRepository(session).links_for_segment(segment.id)
                 live = await RecordingRepository(session).live_for_call(call.id)
-                pending = [r for r in live if r.state in _UNPAUSED]
-                if not pending and not (first_round and not live):
+                pending = [r for r in live if not _confirmed(r, links.get(r.id))]
+                call_level = first_round and not live
+                if not pending and not call_level:
                     now = self.clock()
                     set_segment_state(
                         TransitionRepository(session),
@@ -347,11 +454,11 @@ class PaymentGate:
                         "every recording confirmed paused",
                         now,
                     )
-                    segment.paused_at = now
+                    segment.paused_at = segment.paused_at or now
                     return await self._outcome(session, segment)
-                target = await self._mark(session, segment, pending, _R.PAUSING, "payment start")
-            remaining = deadline - loop.time()
+                target = await self._mark_pausing(session, call, segment, pending)
             try:
+                remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise _CommandFailed("pause not confirmed within the deadline")
                 outcomes = await self._send(controller, "pause", target, remaining, behavior)
@@ -365,7 +472,83 @@ class PaymentGate:
             first_round = False
             async with self.sessions() as session, session.begin():
                 segment, call = await self._locked_segment(session, segment_id)
-                await self._apply(session, call, segment, outcomes, "pause confirmed")
+                await self._apply_pause(session, call, segment, outcomes)
+
+    async def _mark_pausing(
+        self,
+        session: AsyncSession,
+        call: Call,
+        segment: PaymentSegment,
+        pending: Sequence[Recording],
+    ) -> ControlTarget:
+        """Put ``pending`` in ``pausing``, link them to the segment, build the provider target."""
+        now = self.clock()
+        transitions = TransitionRepository(session)
+        segments = SegmentRepository(session)
+        for recording in pending:
+            if recording.state != _R.PAUSED.value:
+                set_recording_state(transitions, recording, _R.PAUSING, "payment start", now)
+            link = await segments.link_recording(segment.id, recording.id)
+            link.paused_at = None
+        if not pending:
+            segment.call_level_sent_at = segment.call_level_sent_at or now
+        return ControlTarget(
+            call.provider_call_id,
+            tuple(
+                RecordingRef(r.id, r.provider_recording_id, r.provider_container_id)
+                for r in pending
+            ),
+        )
+
+    async def _apply_pause(
+        self,
+        session: AsyncSession,
+        call: Call,
+        segment: PaymentSegment,
+        outcomes: Sequence[ControlOutcome],
+    ) -> None:
+        """Record what the provider confirmed for a pause."""
+        now = self.clock()
+        recordings = RecordingRepository(session)
+        segments = SegmentRepository(session)
+        transitions = TransitionRepository(session)
+        by_provider_id = {r.provider_recording_id: r for r in await recordings.for_call(call.id)}
+        open_exposures = await ExposureRepository(session).open_for_call(call.id)
+        for outcome in outcomes:
+            if outcome.provider_recording_id is None:
+                if outcome.state == ConfirmedState.PAUSED:
+                    segment.call_level = True
+                continue
+            recording = by_provider_id.get(outcome.provider_recording_id)
+            if recording is None:
+                # The provider named a recording recgate had not heard of (Twilio.CURRENT).
+                recording, _ = await recordings.get_or_create(
+                    call.id, outcome.provider_recording_id, _R.PENDING.value, now
+                )
+                by_provider_id[recording.provider_recording_id] = recording
+                set_recording_state(transitions, recording, _R.PAUSING, "named by provider", now)
+            if recording.state not in LIVE_RECORDING_STATES:
+                continue
+            link = await segments.link_recording(segment.id, recording.id)
+            if outcome.state == ConfirmedState.PAUSED:
+                if recording.state not in (_R.PAUSING.value, _R.PAUSED.value):
+                    # A PBX report moved it while the command was in flight (e.g. a resume):
+                    # this confirmation may predate it, so the next round pauses it again.
+                    continue
+                set_recording_state(transitions, recording, _R.PAUSED, "pause confirmed", now)
+                recording.control_confirmed_at = now
+                link.paused_at = now
+                for exposure in open_exposures:
+                    if (
+                        exposure.recording_id == recording.id
+                        and exposure.kind != ExposureKind.PAUSE_FAILED.value
+                    ):
+                        exposure.ended_at = now
+            elif outcome.state in (ConfirmedState.NOT_RECORDING, ConfirmedState.GONE):
+                recording.stopped_at = recording.stopped_at or now
+                set_recording_state(
+                    transitions, recording, _R.STOPPED, f"provider: {outcome.state.value}", now
+                )
 
     async def _fail_pause(self, segment_id: uuid.UUID, reason: str) -> SegmentOutcome:
         async with self.sessions() as session, session.begin():
@@ -376,21 +559,25 @@ class PaymentGate:
             transitions = TransitionRepository(session)
             set_segment_state(transitions, segment, _S.PAUSE_FAILED, reason, now)
             segment.last_error = reason[:500]
-            exposures = ExposureRepository(session)
-            unconfirmed = [
-                r
-                for r in await RecordingRepository(session).live_for_call(call.id)
-                if r.state in _UNPAUSED
-            ]
+            links = await SegmentRepository(session).links_for_segment(segment.id)
+            live = await RecordingRepository(session).live_for_call(call.id)
+            unconfirmed = [r for r in live if not _confirmed(r, links.get(r.id))]
             for recording in unconfirmed:
                 if recording.state == _R.PAUSING.value:
                     set_recording_state(
                         transitions, recording, _R.RECORDING, "pause not confirmed", now
                     )
                 recording.quarantined = True
+            already = {
+                e.recording_id
+                for e in await ExposureRepository(session).open_for_call(call.id)
+                if e.segment_id == segment.id and e.kind == ExposureKind.PAUSE_FAILED.value
+            }
             recording_ids: list[uuid.UUID | None] = [r.id for r in unconfirmed] or [None]
             for recording_id in recording_ids:
-                exposures.add(
+                if recording_id in already:
+                    continue
+                ExposureRepository(session).add(
                     Exposure(
                         call_id=call.id,
                         recording_id=recording_id,
@@ -408,83 +595,34 @@ class PaymentGate:
             )
             return await self._outcome(session, segment)
 
-    async def _enforce_once(
-        self, controller: RecordingController, provider: str, provider_call_id: str
-    ) -> bool:
-        async with self.sessions() as session, session.begin():
-            call = await CallRepository(session).get(provider, provider_call_id, lock=True)
-            segment = (
-                None if call is None else await SegmentRepository(session).open_for_call(call.id)
-            )
-            if call is None or segment is None or segment.state not in PROTECTED_SEGMENT_STATES:
-                return True
-            if segment.state == _S.PAUSING.value:
-                return True  # the payment start in progress pauses it
-            # A recording left pausing here was marked by ingest (or by a crashed attempt):
-            # nobody else is commanding it while this call's lock is held.
-            pending = [
-                r
-                for r in await RecordingRepository(session).live_for_call(call.id)
-                if r.state in (_R.PENDING.value, _R.RECORDING.value, _R.PAUSING.value)
-            ]
-            if not pending:
-                return True
-            target = await self._mark(
-                session, segment, pending, _R.PAUSING, "recording live during payment"
-            )
-            segment_id, behavior = segment.id, PauseBehavior(segment.pause_behavior)
-        try:
-            outcomes = await self._send(
-                controller, "pause", target, self.settings.pause_timeout_ms / 1000, behavior
-            )
-        except _CommandFailed as exc:
-            async with self.sessions() as session, session.begin():
-                segment, call = await self._locked_segment(session, segment_id)
-                now = self.clock()
-                for recording in await RecordingRepository(session).live_for_call(call.id):
-                    if recording.state == _R.PAUSING.value:
-                        set_recording_state(
-                            TransitionRepository(session), recording, _R.RECORDING, exc.message, now
-                        )
-            return False
-        async with self.sessions() as session, session.begin():
-            segment, call = await self._locked_segment(session, segment_id)
-            await self._apply(session, call, segment, outcomes, "late pause confirmed")
-        return not any(o.state == ConfirmedState.RECORDING for o in outcomes)
-
     # ---- resume -----------------------------------------------------------------------
 
     async def _resume_until_confirmed(
         self,
         controller: RecordingController,
-        provider_call_id: str,
         segment_id: uuid.UUID,
         closed_by: ClosedBy,
+        deadline: float,
     ) -> SegmentOutcome:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.pause_timeout_ms / 1000
         first_round, attempt = True, 0
         while True:
             async with self.sessions() as session, session.begin():
                 segment, call = await self._locked_segment(session, segment_id)
                 if segment.state != _S.RESUMING.value:
                     return await self._outcome(session, segment)
-                linked = {
-                    link.recording_id
-                    for link in await SegmentRepository(session).links_for_call(call.id)
-                    if link.segment_id == segment.id
-                }
-                live = [
+                links = await SegmentRepository(session).links_for_segment(segment.id)
+                linked = [
                     r
                     for r in await RecordingRepository(session).live_for_call(call.id)
-                    if r.id in linked
+                    if r.id in links
                 ]
                 # A pause that timed out may still have landed: resume those too, once.
                 resumable = {_R.PAUSED.value, _R.PAUSING.value, _R.RESUMING.value}
                 if first_round:
                     resumable.add(_R.RECORDING.value)
-                pending = [r for r in live if r.state in resumable]
-                call_level = first_round and segment.call_level and not live
+                pending = [r for r in linked if r.state in resumable]
+                call_level = first_round and segment.call_level_sent_at is not None and not linked
                 if not pending and not call_level:
                     now = self.clock()
                     set_segment_state(
@@ -503,16 +641,20 @@ class PaymentGate:
                         if exposure.segment_id == segment.id:
                             exposure.ended_at = now
                     return await self._outcome(session, segment)
-                target = await self._mark(
-                    session,
-                    segment,
-                    [r for r in pending if r.state != _R.RECORDING.value],
-                    _R.RESUMING,
-                    "payment end",
-                    extra=[r for r in pending if r.state == _R.RECORDING.value],
+                transitions = TransitionRepository(session)
+                now = self.clock()
+                for recording in pending:
+                    if recording.state != _R.RECORDING.value:
+                        set_recording_state(transitions, recording, _R.RESUMING, "payment end", now)
+                target = ControlTarget(
+                    call.provider_call_id,
+                    tuple(
+                        RecordingRef(r.id, r.provider_recording_id, r.provider_container_id)
+                        for r in pending
+                    ),
                 )
-            remaining = deadline - loop.time()
             try:
+                remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise _CommandFailed("resume not confirmed within the deadline")
                 outcomes = await self._send(controller, "resume", target, remaining, None)
@@ -526,7 +668,35 @@ class PaymentGate:
             first_round = False
             async with self.sessions() as session, session.begin():
                 segment, call = await self._locked_segment(session, segment_id)
-                await self._apply(session, call, segment, outcomes, "resume confirmed")
+                await self._apply_resume(session, call, segment, outcomes)
+
+    async def _apply_resume(
+        self,
+        session: AsyncSession,
+        call: Call,
+        segment: PaymentSegment,
+        outcomes: Sequence[ControlOutcome],
+    ) -> None:
+        now = self.clock()
+        transitions = TransitionRepository(session)
+        segments = SegmentRepository(session)
+        by_provider_id = {
+            r.provider_recording_id: r for r in await RecordingRepository(session).for_call(call.id)
+        }
+        for outcome in outcomes:
+            recording = by_provider_id.get(outcome.provider_recording_id or "")
+            if recording is None or recording.state not in LIVE_RECORDING_STATES:
+                continue
+            if outcome.state == ConfirmedState.RECORDING:
+                set_recording_state(transitions, recording, _R.RECORDING, "resume confirmed", now)
+                recording.control_confirmed_at = now
+                link = await segments.link_recording(segment.id, recording.id)
+                link.resumed_at = now
+            elif outcome.state in (ConfirmedState.NOT_RECORDING, ConfirmedState.GONE):
+                recording.stopped_at = recording.stopped_at or now
+                set_recording_state(
+                    transitions, recording, _R.STOPPED, f"provider: {outcome.state.value}", now
+                )
 
     async def _fail_resume(self, segment_id: uuid.UUID, reason: str) -> SegmentOutcome:
         async with self.sessions() as session, session.begin():
@@ -560,12 +730,16 @@ class PaymentGate:
         raise ProviderNotEnabled(f"Provider {provider!r} is not enabled.", safe_to_collect=False)
 
     def _answer_start(self, outcome: SegmentOutcome) -> SegmentOutcome:
-        if outcome.state == _S.PAUSE_FAILED.value:
+        if outcome.state == _S.PAUSED.value:
+            return outcome
+        if outcome.state in (_S.PAUSE_FAILED.value, _S.PAUSING.value):
             raise PauseNotConfirmed(
                 "Recording pause was not confirmed: do not take card details.",
                 **outcome_body(outcome),
             )
-        return outcome
+        raise PaymentNotOpen(
+            "This payment has already ended: do not take card details.", **outcome_body(outcome)
+        )
 
     async def _locked_segment(
         self, session: AsyncSession, segment_id: uuid.UUID
@@ -578,33 +752,6 @@ class PaymentGate:
         assert locked is not None
         await session.refresh(segment)
         return segment, locked
-
-    async def _mark(
-        self,
-        session: AsyncSession,
-        segment: PaymentSegment,
-        recordings: Sequence[Recording],
-        state: RecordingState,
-        cause: str,
-        extra: Sequence[Recording] = (),
-    ) -> ControlTarget:
-        """Put ``recordings`` in the in-flight ``state`` and build the provider target."""
-        now = self.clock()
-        transitions = TransitionRepository(session)
-        segments = SegmentRepository(session)
-        for recording in recordings:
-            set_recording_state(transitions, recording, state, cause, now)
-        for recording in (*recordings, *extra):
-            await segments.link_recording(segment.id, recording.id)
-        refs = tuple(
-            RecordingRef(r.id, r.provider_recording_id, r.provider_container_id)
-            for r in (*recordings, *extra)
-        )
-        call = await CallRepository(session).by_id(segment.call_id)
-        assert call is not None
-        if not refs and state == _R.PAUSING:
-            segment.call_level = True
-        return ControlTarget(call.provider_call_id, refs)
 
     async def _send(
         self,
@@ -640,52 +787,6 @@ class PaymentGate:
             self.metrics.pause_commands.inc(
                 provider=controller.name, action=action, outcome=outcome
             )
-
-    async def _apply(
-        self,
-        session: AsyncSession,
-        call: Call,
-        segment: PaymentSegment,
-        outcomes: Sequence[ControlOutcome],
-        cause: str,
-    ) -> None:
-        """Record what the provider confirmed."""
-        now = self.clock()
-        recordings = RecordingRepository(session)
-        segments = SegmentRepository(session)
-        transitions = TransitionRepository(session)
-        by_provider_id = {r.provider_recording_id: r for r in await recordings.for_call(call.id)}
-        open_exposures = await ExposureRepository(session).open_for_call(call.id)
-        for outcome in outcomes:
-            if outcome.provider_recording_id is None:
-                continue  # a call-level answer: nothing per recording to record
-            recording = by_provider_id.get(outcome.provider_recording_id)
-            if recording is None:
-                # The provider named a recording recgate had not heard of yet (Twilio.CURRENT).
-                recording, _ = await recordings.get_or_create(
-                    call.id, outcome.provider_recording_id, _R.PENDING.value, now
-                )
-                by_provider_id[recording.provider_recording_id] = recording
-            if recording.state not in LIVE_RECORDING_STATES:
-                continue
-            link = await segments.link_recording(segment.id, recording.id)
-            if outcome.state == ConfirmedState.PAUSED:
-                set_recording_state(transitions, recording, _R.PAUSED, cause, now)
-                link.paused_at = link.paused_at or now
-                for exposure in open_exposures:
-                    if (
-                        exposure.recording_id == recording.id
-                        and exposure.kind != ExposureKind.PAUSE_FAILED.value
-                    ):
-                        exposure.ended_at = now
-            elif outcome.state == ConfirmedState.RECORDING:
-                set_recording_state(transitions, recording, _R.RECORDING, cause, now)
-                link.resumed_at = now
-            else:
-                recording.stopped_at = recording.stopped_at or now
-                set_recording_state(
-                    transitions, recording, _R.STOPPED, f"provider: {outcome.state.value}", now
-                )
 
     async def _outcome(self, session: AsyncSession, segment: PaymentSegment) -> SegmentOutcome:
         recordings = await RecordingRepository(session).for_call(segment.call_id)

@@ -10,7 +10,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -49,6 +49,8 @@ from app.storage.repositories import (
 log = logging.getLogger("recgate.ingest")
 
 _R = RecordingState
+# How far the PBX's clock may be from ours when comparing its event times with our commands.
+_CLOCK_SKEW = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +217,11 @@ class _Applier:
             segment.closed_at = self.now
             segment.closed_by = ClosedBy.CALL_END.value
             segment.next_resume_at = None
-        for exposure in await ExposureRepository(self.session).open_for_call(call.id):
-            exposure.ended_at = max(exposure.started_at, call.ended_at)
+        # Nothing is recorded after the call ends: no exposure outlasts it, whichever of two
+        # end reports arrived first.
+        for exposure in await ExposureRepository(self.session).for_call(call.id):
+            if exposure.ended_at is None or exposure.ended_at > call.ended_at:
+                exposure.ended_at = max(exposure.started_at, call.ended_at)
         # The PBX stops every recording with the call, whether or not it says so. Finished
         # recordings get the fact too, so their end time does not depend on arrival order.
         for recording in await RecordingRepository(self.session).for_call(call.id):
@@ -291,56 +296,78 @@ class _Applier:
 
         Returns True when the recording must be paused now.
         """
-        segment = await SegmentRepository(self.session).open_for_call(self.call.id)
+        segments = SegmentRepository(self.session)
+        segment = await segments.open_for_call(self.call.id)
         protected = segment is not None and segment.state in PROTECTED_SEGMENT_STATES
         state = _R(recording.state)
         kind = self.event.type
-        if (
-            latest_pause_report
-            and kind == EventType.RECORDING_RESUMED
-            and state in (_R.PAUSED, _R.PAUSING)
-        ):
+        # A PBX report older than a pause or resume recgate had confirmed says nothing new.
+        report_counts = latest_pause_report and (
+            recording.control_confirmed_at is None
+            or self.event.occurred_at > recording.control_confirmed_at
+        )
+        if report_counts and kind == EventType.RECORDING_RESUMED and state != _R.RECORDING:
             set_recording_state(self.transitions, recording, _R.RECORDING, self.cause, self.now)
-            if protected:
+            if protected and state in (_R.PAUSED, _R.PAUSING):
                 assert segment is not None
                 self._expose(
                     ExposureKind.UNEXPECTED_RESUME, recording, segment, self.event.occurred_at
                 )
         elif (
-            latest_pause_report
+            report_counts
             and kind == EventType.RECORDING_PAUSED
-            and state in (_R.PENDING, _R.RECORDING)
+            and state
+            in (
+                _R.PENDING,
+                _R.RECORDING,
+            )
         ):
             set_recording_state(self.transitions, recording, _R.PAUSED, self.cause, self.now)
         elif state == _R.PENDING and recording.started_at is not None and not protected:
             set_recording_state(self.transitions, recording, _R.RECORDING, self.cause, self.now)
-        if not protected or recording.state not in (_R.PENDING.value, _R.RECORDING.value):
+        if not protected:
             return False
         assert segment is not None
-        covered = (
-            self.event.provider in self.call_level_covers_all
-            and segment.call_level
-            and segment.state == SegmentState.PAUSED.value
-            and segment.paused_at is not None
-            and recording.started_at is not None
-            and recording.started_at <= segment.paused_at
-        )
-        # A recording live when the PBX confirmed a pause of everything on the call was
-        # covered by it; any other recording live during a payment may hold card details.
-        if (
-            not covered
-            and segment.state in (SegmentState.PAUSED.value, SegmentState.PAUSE_FAILED.value)
+        link = await segments.link_recording(segment.id, recording.id)
+        if recording.state == _R.PAUSED.value and link.paused_at is not None:
+            return False
+        # Whatever the PBX reports, only the provider's answer to recgate's own command
+        # counts as paused for this payment (and a paused recording is resumed at its end).
+        link.paused_at = None
+        if recording.state == _R.PAUSED.value:
+            return True
+        if recording.state not in (_R.PENDING.value, _R.RECORDING.value):
+            return recording.state == _R.PAUSING.value
+        if self._covered(recording, segment):
+            pass
+        elif (
+            segment.state in (SegmentState.PAUSED.value, SegmentState.PAUSE_FAILED.value)
             and kind != EventType.RECORDING_RESUMED
         ):
             since = max(filter(None, (recording.started_at, segment.paused_at, segment.opened_at)))
             self._expose(ExposureKind.LATE_RECORDING, recording, segment, since)
-        # Either way the provider must confirm it paused this recording (SPEC §2: a recording
-        # that starts during a payment goes from pending straight to pausing).
-        set_recording_state(
-            self.transitions, recording, _R.PAUSING, "recording live during payment", self.now
-        )
-        await SegmentRepository(self.session).link_recording(segment.id, recording.id)
+        if kind != EventType.RECORDING_RESUMED:
+            # SPEC §2: a recording that starts during a payment goes from pending to pausing.
+            # A resumed one stays "recording", so a pause confirmation already in flight
+            # (sent before the resume) is not taken for a pause after it.
+            set_recording_state(
+                self.transitions, recording, _R.PAUSING, "recording live during payment", self.now
+            )
         return True
+
+    def _covered(self, recording: Recording, segment: PaymentSegment) -> bool:
+        """Was this recording live when a pause of everything on the call was confirmed?
+
+        Only for providers whose call-level pause covers every recording, only when that pause
+        was confirmed (not "nothing recording"), and with a margin for the PBX's clock.
+        """
+        return (
+            self.event.provider in self.call_level_covers_all
+            and segment.call_level
+            and segment.call_level_sent_at is not None
+            and recording.started_at is not None
+            and recording.started_at < segment.call_level_sent_at - _CLOCK_SKEW
+        )
 
     def _expose(
         self, kind: ExposureKind, recording: Recording, segment: PaymentSegment, since: datetime

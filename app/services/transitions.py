@@ -82,6 +82,7 @@ def set_segment_state(
         at=now,
     )
     segment.state = target.value
+    segment.state_changed_at = now
     return True
 
 

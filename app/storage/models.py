@@ -92,6 +92,8 @@ class Recording(Base):
     completed_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+    # When recgate last had a pause or resume confirmed; older PBX reports cannot undo it.
+    control_confirmed_at: Mapped[datetime | None]
     # Latest PBX-reported pause/resume: (occurred_at, paused?) so reordering cannot flip it.
     pbx_pause_event_at: Mapped[datetime | None]
     pbx_paused: Mapped[bool | None]
@@ -115,7 +117,10 @@ class Recording(Base):
 
 class PaymentSegment(Base):
     __tablename__ = "payment_segments"
-    __table_args__ = (sa.Index("ix_payment_segments_call_state", "call_id", "state"),)
+    __table_args__ = (
+        sa.Index("ix_payment_segments_call_state", "call_id", "state"),
+        sa.UniqueConstraint("call_id", "idempotency_key", name="uq_payment_segments_idempotency"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
     call_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("calls.id", ondelete="RESTRICT"))
@@ -123,8 +128,12 @@ class PaymentSegment(Base):
     reference: Mapped[str | None] = mapped_column(sa.String(255))
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     pause_behavior: Mapped[str] = mapped_column(sa.String(16))
-    # Paused through a call-level command (no recording known yet): resume the same way.
+    # A call-level command (no recording known yet) was sent at this time / confirmed paused:
+    # resume the same way, and recordings live before it were covered where the provider's
+    # call-level pause covers every recording.
+    call_level_sent_at: Mapped[datetime | None]
     call_level: Mapped[bool] = mapped_column(default=False)
+    state_changed_at: Mapped[datetime | None] = mapped_column(index=True)
     outcome: Mapped[str | None] = mapped_column(sa.String(16))
     opened_at: Mapped[datetime]
     paused_at: Mapped[datetime | None]

@@ -245,6 +245,25 @@ class SegmentRepository:
             self.session.add(link)
         return link
 
+    async def links_for_segment(self, segment_id: uuid.UUID) -> dict[uuid.UUID, SegmentRecording]:
+        """The segment's recordings, by recording id."""
+        stmt = sa.select(SegmentRecording).where(SegmentRecording.segment_id == segment_id)
+        return {link.recording_id: link for link in (await self.session.execute(stmt)).scalars()}
+
+    async def stuck(self, changed_before: datetime, limit: int = 50) -> Sequence[tuple[str, str]]:
+        """(provider, provider_call_id) of calls whose segment has sat in pausing or resuming
+        since before ``changed_before``: whoever was commanding it is gone."""
+        stmt = (
+            sa.select(Call.provider, Call.provider_call_id)
+            .join(PaymentSegment, PaymentSegment.call_id == Call.id)
+            .where(
+                PaymentSegment.state.in_(["pausing", "resuming"]),
+                PaymentSegment.state_changed_at < changed_before,
+            )
+            .limit(limit)
+        )
+        return [(p, c) for p, c in (await self.session.execute(stmt)).all()]
+
     async def links_for_call(self, call_id: uuid.UUID) -> Sequence[SegmentRecording]:
         stmt = (
             sa.select(SegmentRecording)

@@ -2,7 +2,8 @@
 
 Inbound: one JSON event per webhook, signed per Standard Webhooks v1.
 Outbound: ``POST {control_url}/calls/{call_id}/recording/pause|resume``, signed the same way,
-answered ``200 {"state": "paused" | "recording"}``.
+answered ``200 {"state": "paused" | "recording" | "not_recording"}``. Any other answer, a 404
+included (a wrong control path looks just like an unknown call), is not a confirmation.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from app.telephony.base import (
     ProviderRejected,
     ProviderUnavailable,
     RecordingController,
-    RecordingGone,
 )
 from app.telephony.signing import signed_headers
 
@@ -148,8 +148,6 @@ class GenericController(RecordingController):
             response = await self.client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise ProviderUnavailable(f"generic control {action}: {type(exc).__name__}") from exc
-        if response.status_code == 404:
-            raise RecordingGone(f"generic control {action}: call not found")
         if response.status_code == 429 or response.status_code >= 500:
             raise ProviderUnavailable(f"generic control {action}: HTTP {response.status_code}")
         if response.status_code != 200:

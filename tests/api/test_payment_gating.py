@@ -177,9 +177,11 @@ async def test_idempotency_key_replays_the_first_answer(
     headers = {**harness.auth(Role.IVR), "Idempotency-Key": "ivr-attempt-1"}
     first = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=headers)
     await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
-    # A retry of the same start arriving late must not pause the call again.
+    # A retry of the same start arriving late must not pause the call again, nor say "safe".
     late = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=headers)
-    assert late.status_code == 200
+    assert late.status_code == 409
+    assert late.json()["type"].endswith("/payment-ended")
+    assert late.json()["safe_to_collect"] is False
     assert late.json()["segment_id"] == first.json()["segment_id"]
     assert pause.call_count == 1
 

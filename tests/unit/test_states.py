@@ -81,7 +81,7 @@ def test_repeating_the_current_state_is_a_no_op_for_every_state(
         ("segment", ALLOWED_SEGMENT_TRANSITIONS, S.CLOSED, S.PAUSED),
         ("segment", ALLOWED_SEGMENT_TRANSITIONS, S.CLOSED, S.PAUSING),
         ("segment", ALLOWED_SEGMENT_TRANSITIONS, S.CLOSED, S.RESUMING),
-        ("segment", ALLOWED_SEGMENT_TRANSITIONS, S.PAUSED, S.PAUSING),
+        ("segment", ALLOWED_SEGMENT_TRANSITIONS, S.RESUMING, S.PAUSED),
         ("call", ALLOWED_CALL_TRANSITIONS, CallState.ENDED, CallState.IN_PROGRESS),
     ],
     ids=lambda v: str(v) if isinstance(v, StrEnum | str) else "",
