@@ -1,4 +1,4 @@
-"""Recording media (the container a recording lives in, the local copy) and gating bookkeeping.
+"""Recording media (container, local copy), gating bookkeeping and call aliases.
 
 Revision ID: 0002
 Revises: 0001
@@ -18,6 +18,23 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "call_aliases",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("provider", sa.String(length=32), nullable=False),
+        sa.Column("alias", sa.String(length=255), nullable=False),
+        sa.Column("call_id", sa.Uuid(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["call_id"], ["calls.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("provider", "alias", name="uq_call_aliases_key"),
+    )
+    op.create_index("ix_call_aliases_call_id", "call_aliases", ["call_id"])
     with op.batch_alter_table("payment_segments") as batch:
         batch.add_column(sa.Column("call_level_sent_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("state_changed_at", sa.DateTime(timezone=True), nullable=True))
@@ -39,6 +56,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_call_aliases_call_id", table_name="call_aliases")
+    op.drop_table("call_aliases")
     with op.batch_alter_table("payment_segments") as batch:
         batch.drop_constraint("uq_payment_segments_idempotency", type_="unique")
         batch.drop_index("ix_payment_segments_state_changed_at")

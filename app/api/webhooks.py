@@ -47,12 +47,7 @@ def _refuse(services: Services, provider: str, reason: str) -> BadSignature:
 
 
 async def _apply(services: Services, event: PbxEvent, payload: dict[str, Any]) -> WebhookAck:
-    """Store and apply one verified event, then start what it calls for."""
-    result = await services.ingest.ingest(event, payload)
-    if result.needs_pause:
-        services.gate.spawn_enforce_pause(event.provider, event.call.provider_call_id)
-    if result.media_ready is not None:
-        services.media.spawn_fetch(result.media_ready)
+    result = await services.intake.accept(event, payload)
     return WebhookAck(status="duplicate" if result.duplicate else "applied")
 
 
@@ -71,7 +66,7 @@ async def _signed_json_webhook(request: Request, services: Services, provider: s
     try:
         event = parse_event(provider, event_id, body)
     except MalformedEvent as exc:
-        await services.ingest.dead_letter(provider, event_id, str(exc), body)
+        await services.intake.reject(provider, event_id, str(exc), body)
         raise MalformedInput(str(exc)) from exc
     return await _apply(services, event, json.loads(body))
 
@@ -120,7 +115,7 @@ async def _twilio_callback(request: Request, services: Services, parse: TwilioPa
     try:
         event = parse(params, idempotency, service_area, services.clock())
     except twilio.MalformedCallback as exc:
-        await services.ingest.dead_letter("twilio", idempotency, str(exc), body)
+        await services.intake.reject("twilio", idempotency, str(exc), body)
         raise MalformedInput(str(exc)) from exc
     if event is None:
         services.metrics.webhook_events.inc(provider="twilio", type="child-leg", outcome="ignored")

@@ -22,6 +22,9 @@ class EventType(StrEnum):
     RECORDING_STOPPED = "recording.stopped"
     RECORDING_COMPLETED = "recording.completed"
     RECORDING_FAILED = "recording.failed"
+    # Internal, not part of the generic contract: a provider object (an Asterisk bridge, a
+    # conference) now belongs to the call, so events naming it land on the call.
+    CALL_LINKED = "call.linked"
 
     @property
     def is_recording(self) -> bool:
@@ -66,3 +69,5 @@ class PbxEvent:
     recording: RecordingInfo | None = None
     # Provider extras the services may need (e.g. the number of files a recording was split in).
     extras: dict[str, str] = field(default_factory=dict)
+    # Other ids under which the provider will refer to this call from now on (CALL_LINKED).
+    aliases: tuple[str, ...] = ()

@@ -14,6 +14,7 @@ from app.services.concurrency import BackgroundTasks, CallLocks
 from app.services.gating import PaymentGate
 from app.services.health import HealthService
 from app.services.ingest import IngestService
+from app.services.intake import EventIntake
 from app.services.media import MediaService
 from app.services.metrics import Metrics
 from app.services.tokens import TokenService
@@ -35,6 +36,7 @@ class Services:
     tasks: BackgroundTasks
     gate: PaymentGate
     ingest: IngestService
+    intake: EventIntake
     media: MediaService
     tokens: TokenService
     calls: CallQueries
@@ -56,6 +58,19 @@ class Services:
         metrics = Metrics()
         controllers = build_controllers(settings, http, clock)
         tasks = BackgroundTasks()
+        gate = PaymentGate(
+            sessions, settings, clock, metrics, controllers, CallLocks(engine), tasks
+        )
+        ingest = IngestService(
+            sessions,
+            settings,
+            clock,
+            metrics,
+            frozenset(name for name, c in controllers.items() if c.call_level_covers_all),
+        )
+        media = MediaService(
+            sessions, settings, clock, LocalMediaStore(settings.media_dir), controllers, tasks
+        )
         return cls(
             settings=settings,
             clock=clock,
@@ -65,19 +80,10 @@ class Services:
             metrics=metrics,
             controllers=controllers,
             tasks=tasks,
-            gate=PaymentGate(
-                sessions, settings, clock, metrics, controllers, CallLocks(engine), tasks
-            ),
-            ingest=IngestService(
-                sessions,
-                settings,
-                clock,
-                metrics,
-                frozenset(name for name, c in controllers.items() if c.call_level_covers_all),
-            ),
-            media=MediaService(
-                sessions, settings, clock, LocalMediaStore(settings.media_dir), controllers, tasks
-            ),
+            gate=gate,
+            ingest=ingest,
+            intake=EventIntake(ingest, gate, media),
+            media=media,
             tokens=TokenService(sessions, clock),
             calls=CallQueries(sessions),
             health=HealthService(sessions, settings, clock, controllers),

@@ -105,9 +105,13 @@ class IngestService:
                     provider=event.provider, type=event.type.value, outcome="duplicate"
                 )
                 return IngestResult(duplicate=True)
-            call, created = await CallRepository(session).get_or_create_locked(
-                event.provider, event.call.provider_call_id, now
-            )
+            calls = CallRepository(session)
+            call_key = event.call.provider_call_id
+            call_key = await calls.resolve_alias(event.provider, call_key) or call_key
+            call, created = await calls.get_or_create_locked(event.provider, call_key, now)
+            for alias in event.aliases:
+                if alias != call.provider_call_id:
+                    await calls.add_alias(call, alias, now)
             if created:
                 record_call_created(
                     TransitionRepository(session), call, f"{event.provider}:{event.type.value}", now

@@ -73,6 +73,23 @@ class Call(Base):
     updated_at: Mapped[datetime]
 
 
+class CallAlias(Base):
+    """Another id a provider uses for a call (an Asterisk bridge the caller's channel is in)."""
+
+    __tablename__ = "call_aliases"
+    __table_args__ = (sa.UniqueConstraint("provider", "alias", name="uq_call_aliases_key"),)
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    provider: Mapped[str] = mapped_column(sa.String(32))
+    alias: Mapped[str] = mapped_column(sa.String(255))
+    call_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("calls.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime]
+
+
 class Recording(Base):
     __tablename__ = "recordings"
     __table_args__ = (

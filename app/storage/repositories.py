@@ -15,6 +15,7 @@ from app.domain.states import LIVE_RECORDING_STATES, OPEN_SEGMENT_STATES, CallSt
 from app.storage.models import (
     ApiToken,
     Call,
+    CallAlias,
     DeadLetter,
     Exposure,
     InboundEvent,
@@ -68,6 +69,24 @@ class CallRepository:
 
     async def by_id(self, call_id: uuid.UUID) -> Call | None:
         return await self.session.get(Call, call_id)
+
+    async def resolve_alias(self, provider: str, alias: str) -> str | None:
+        """The provider call id ``alias`` stands for, if it is a known alias."""
+        stmt = (
+            sa.select(Call.provider_call_id)
+            .join(CallAlias, CallAlias.call_id == Call.id)
+            .where(CallAlias.provider == provider, CallAlias.alias == alias)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def add_alias(self, call: Call, alias: str, now: datetime) -> None:
+        await self.session.execute(
+            _insert_ignore(
+                self.session,
+                CallAlias,
+                {"provider": call.provider, "alias": alias, "call_id": call.id, "created_at": now},
+            )
+        )
 
     async def count_active(self) -> int:
         stmt = (

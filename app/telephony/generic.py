@@ -75,6 +75,8 @@ def parse_event(provider: str, event_id: str, body: bytes) -> PbxEvent:
     except ValidationError as exc:
         fields = sorted({".".join(str(p) for p in err["loc"]) or "body" for err in exc.errors()})
         raise MalformedEvent("invalid fields: " + ", ".join(fields)) from exc
+    if parsed.type == EventType.CALL_LINKED:
+        raise MalformedEvent("type: call.linked is not part of the generic contract")
     if parsed.occurred_at.tzinfo is None:
         raise MalformedEvent("occurred_at must carry a time zone")
     if parsed.type.is_recording and parsed.recording is None:

@@ -222,3 +222,8 @@ async def test_final_state_does_not_depend_on_order_or_duplicates(
         assert response.status_code == 200, response.text
 
     assert await _final_state(harness, call_id) == expected
+
+
+async def test_generic_contract_has_no_internal_event_types(harness: Harness) -> None:
+    response = await harness.send_event(event("call.linked"))
+    assert response.status_code == 422
