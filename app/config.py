@@ -66,9 +66,16 @@ class Settings(BaseSettings):
     ari_user: str | None = None
     ari_password: SecretStr | None = None
     ari_app: str = "recgate"
+    # Consume the ARI event WebSocket (/ari/events?app=…) instead of, or as well as, relayed
+    # events on POST /v1/webhooks/asterisk.
+    ari_events: bool = False
 
     # rtpengine
-    rtpengine_ng: str | None = None
+    rtpengine_ng: str | None = None  # host:port of rtpengine's ng control (UDP)
+    # The recording daemon's finish notification carries no signature: its --notify-uri must
+    # carry ?token=<this>, compared in constant time.
+    rtpengine_notify_token: SecretStr | None = None
+    rtpengine_block_dtmf: bool = True
 
     # Retention
     retention_media_months: int = Field(default=18, ge=1)
@@ -104,7 +111,12 @@ class Settings(BaseSettings):
                 "RECGATE_SIM_ENABLED must be off in production: the simulator answers "
                 "safe_to_collect without pausing any real recording"
             )
-        for name in ("generic_webhook_secret", "twilio_auth_token", "ari_password"):
+        for name in (
+            "generic_webhook_secret",
+            "twilio_auth_token",
+            "ari_password",
+            "rtpengine_notify_token",
+        ):
             secret = getattr(self, name)
             if secret is not None and secret.get_secret_value().lower() in _PLACEHOLDERS:
                 raise ValueError(f"RECGATE_{name.upper()} is a placeholder; set a real secret")
@@ -134,6 +146,10 @@ class Settings(BaseSettings):
             providers.append("sim")
         if self.twilio_account_sid and self.twilio_auth_token is not None:
             providers.append("twilio")
+        if self.ari_url:
+            providers.append("asterisk")
+        if self.rtpengine_ng:
+            providers.append("rtpengine")
         return providers
 
     @property
