@@ -19,7 +19,7 @@ from app.services.media import MediaService
 from app.services.metrics import Metrics
 from app.services.tokens import TokenService
 from app.storage.db import create_engine, session_factory
-from app.storage.media import LocalMediaStore
+from app.storage.media import build_media_store
 from app.telephony.base import RecordingController
 from app.telephony.registry import build_controllers
 
@@ -69,7 +69,7 @@ class Services:
             frozenset(name for name, c in controllers.items() if c.call_level_covers_all),
         )
         media = MediaService(
-            sessions, settings, clock, LocalMediaStore(settings.media_dir), controllers, tasks
+            sessions, settings, clock, build_media_store(settings.media_dir), controllers, tasks
         )
         return cls(
             settings=settings,

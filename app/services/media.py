@@ -15,7 +15,7 @@ from app.config import Settings
 from app.domain.clock import Clock
 from app.domain.scrub import scrub_text
 from app.services.concurrency import BackgroundTasks
-from app.storage.media import LocalMediaStore, MediaStoreError
+from app.storage.media import MediaStore, MediaStoreError
 from app.storage.repositories import CallRepository, RecordingRepository
 from app.telephony.base import MediaSource, ProviderError, RecordingController
 
@@ -28,7 +28,7 @@ class MediaService:
         sessions: async_sessionmaker[AsyncSession],
         settings: Settings,
         clock: Clock,
-        store: LocalMediaStore,
+        store: MediaStore,
         controllers: dict[str, RecordingController],
         tasks: BackgroundTasks,
     ) -> None:
