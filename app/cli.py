@@ -21,8 +21,11 @@ from app.config import Settings, get_settings
 from app.domain.roles import Role
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from app.services.container import Services
     from app.services.tokens import TokenService
 
 cli = typer.Typer(
@@ -30,6 +33,10 @@ cli = typer.Typer(
 )
 tokens_cli = typer.Typer(no_args_is_help=True, help="API tokens: create, list, revoke.")
 cli.add_typer(tokens_cli, name="tokens")
+retention_cli = typer.Typer(no_args_is_help=True, help="Retention: the sweep and what is due.")
+cli.add_typer(retention_cli, name="retention")
+audit_cli = typer.Typer(no_args_is_help=True, help="The audit trail.")
+cli.add_typer(audit_cli, name="audit")
 
 
 def _token_service(settings: Settings) -> tuple[AsyncEngine, TokenService]:
@@ -134,6 +141,88 @@ def tokens_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"token {name!r} revoked")
+
+
+def _with_services(work: Callable[[Services], Awaitable[int]]) -> int:
+    """Run ``work`` against the configured database and providers, then close everything."""
+    from app.services.container import Services
+
+    async def run() -> int:
+        services = Services.build(get_settings())
+        try:
+            return await work(services)
+        finally:
+            await services.close()
+
+    return asyncio.run(run())
+
+
+@retention_cli.command("sweep")
+def retention_sweep(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count only; delete nothing.")] = False,
+) -> None:
+    """Delete every due, unheld recording now (as the service does every sweep interval)."""
+
+    async def work(services: Services) -> int:
+        result = await services.retention.sweep(dry_run=dry_run)
+        typer.echo(
+            json.dumps(
+                {
+                    "dry_run": result.dry_run,
+                    "deleted": result.deleted,
+                    "skipped_held": result.skipped_held,
+                    "errors": result.errors,
+                    "records_erased": result.records_erased,
+                }
+            )
+        )
+        for detail in result.error_details:
+            typer.echo(f"error: {detail}", err=True)
+        return 1 if result.errors else 0
+
+    raise typer.Exit(_with_services(work))
+
+
+@retention_cli.command("due")
+def retention_due(
+    within_days: Annotated[int, typer.Option(help="Deadlines within this many days.")] = 30,
+    limit: Annotated[int, typer.Option(help="At most this many lines.")] = 100,
+) -> None:
+    """List recordings whose media deadline falls within the window, soonest first."""
+
+    async def work(services: Services) -> int:
+        rows = await services.retention.due(within_days, limit)
+        for recording, call, held in rows:
+            until = recording.retention_until.isoformat() if recording.retention_until else "-"
+            typer.echo(
+                f"{until}\t{recording.id}\t{call.provider}\t{call.service_area or '-'}"
+                f"\t{'held' if held else 'due'}"
+            )
+        typer.echo(f"{len(rows)} recording(s)", err=True)
+        return 0
+
+    raise typer.Exit(_with_services(work))
+
+
+@audit_cli.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit hash chain from the stored rows; exit 1 if it is broken."""
+
+    async def work(services: Services) -> int:
+        check = await services.audit.verify()
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": check.ok,
+                    "entries": check.entries,
+                    "head": check.head,
+                    "first_bad_seq": check.first_bad_seq,
+                }
+            )
+        )
+        return 0 if check.ok else 1
+
+    raise typer.Exit(_with_services(work))
 
 
 def _free_port() -> int:

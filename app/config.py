@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     database_url: str = "sqlite+aiosqlite:///./var/recgate.db"
     media_dir: Path = Path("./var/media")
+    # Where media lives: media_dir, or an S3 bucket (or S3-compatible store at the endpoint).
+    # S3 credentials come from the standard AWS chain (environment, shared config, instance or
+    # task role): recgate neither takes nor logs them.
+    media_store: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_prefix: str = "recordings/"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "eu-west-2"
     host: str = "127.0.0.1"
     port: int = 8000
     public_base_url: str = "http://127.0.0.1:8000"
@@ -62,7 +70,7 @@ class Settings(BaseSettings):
     media_fetch_attempts: int = Field(default=10, ge=1)
 
     # Asterisk ARI
-    ari_url: str | None = None
+    ari_url: str | None = None  # the ARI base *including* /ari, e.g. http://127.0.0.1:8088/ari
     ari_user: str | None = None
     ari_password: SecretStr | None = None
     ari_app: str = "recgate"
@@ -128,6 +136,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "RECGATE_RETENTION_RECORD_MONTHS must be >= RECGATE_RETENTION_MEDIA_MONTHS"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _s3_store_has_bucket(self) -> Settings:
+        if self.media_store == "s3" and not self.s3_bucket:
+            raise ValueError("RECGATE_MEDIA_STORE=s3 needs RECGATE_S3_BUCKET")
         return self
 
     @property

@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
-from app.api import calls, ops, webhooks
+from app.api import calls, ops, recordings, retention, webhooks
 from app.config import Settings, get_settings
 from app.domain.clock import Clock, utcnow
 from app.errors import install_error_handlers
+from app.jobs.ari_events import AriEventConsumer, ari_events_enabled
 from app.jobs.watchdog import run_jobs, service_jobs
 from app.services.container import Services
 
@@ -27,9 +28,19 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
         watchdog = None
         if settings.background_jobs:
             watchdog = asyncio.create_task(run_jobs(service_jobs(services)), name="jobs")
+        # Opt-in (RECGATE_ARI_EVENTS), so not tied to background_jobs.
+        ari_events = None
+        if ari_events_enabled(settings):
+            consumer = AriEventConsumer(settings, services.intake, clock, services.metrics)
+            ari_events = asyncio.create_task(consumer.run(), name="ari-events")
         try:
             yield
         finally:
+            # Event intake stops first, so nothing is applied while services close.
+            if ari_events is not None:
+                ari_events.cancel()
+                with suppress(asyncio.CancelledError):
+                    await ari_events
             if watchdog is not None:
                 watchdog.cancel()
                 with suppress(asyncio.CancelledError):
@@ -46,4 +57,6 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
     app.include_router(ops.router)
     app.include_router(calls.router)
     app.include_router(webhooks.router)
+    app.include_router(recordings.router)
+    app.include_router(retention.router)
     return app

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path
 
-from app.api.deps import ServicesDep, require
+from app.api.deps import ServicesDep, actor_of, require
 from app.api.schemas import (
     CallRead,
     CallRecordingRead,
@@ -77,9 +77,12 @@ async def payment_end(
 
 @router.get("/{provider}/{provider_call_id}", response_model=CallRead)
 async def get_call(
-    provider: ProviderPath, provider_call_id: CallIdPath, services: ServicesDep, _: CallReaderDep
+    provider: ProviderPath,
+    provider_call_id: CallIdPath,
+    services: ServicesDep,
+    principal: CallReaderDep,
 ) -> CallRead:
-    detail = await services.calls.detail(provider, provider_call_id)
+    detail = await services.calls.detail(provider, provider_call_id, actor_of(principal))
     call = detail.call
     return CallRead(
         provider=call.provider,

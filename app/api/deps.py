@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from app.domain.roles import Role, may_use
 from app.errors import Forbidden, Unauthenticated
+from app.services.audit import Actor
 from app.services.container import Services
 from app.services.tokens import Principal
 
@@ -42,3 +43,8 @@ def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
         return principal
 
     return dependency
+
+
+def actor_of(principal: Principal) -> Actor:
+    """The audit trail's name for the caller."""
+    return Actor(principal.name, principal.role.value)

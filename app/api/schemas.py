@@ -95,3 +95,147 @@ class CallRead(BaseModel):
 
 class WebhookAck(BaseModel):
     status: Literal["applied", "duplicate", "ignored"]
+
+
+class HoldCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Literal["complaint", "legal_claim", "police_investigation", "subject_access", "other"]
+    reference: str | None = Field(default=None, max_length=255)
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class CallerHoldCreate(HoldCreate):
+    caller: str = Field(min_length=3, max_length=64)
+
+
+class HoldRead(BaseModel):
+    id: uuid.UUID
+    recording_id: uuid.UUID | None
+    caller: str | None
+    reason: str
+    reference: str | None
+    note: str | None
+    placed_by: str
+    placed_at: datetime
+    released_by: str | None
+    released_at: datetime | None
+
+
+class PauseSpanRead(BaseModel):
+    segment_id: uuid.UUID
+    paused_at: datetime | None
+    resumed_at: datetime | None
+    start_offset_s: float | None
+    end_offset_s: float | None
+
+
+class RecordingRead(BaseModel):
+    id: uuid.UUID
+    provider: str
+    provider_call_id: str
+    provider_recording_id: str
+    state: str
+    service_area: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    duration_s: float | None
+    quarantined: bool
+    retention_until: datetime | None
+    media_available: bool
+    media_sha256: str | None
+    media_size: int | None
+    holds: list[HoldRead]
+    segments: list[PauseSpanRead]
+    exposures: list[ExposureRead]
+    redacted_at: datetime | None
+    deleted_at: datetime | None
+    deleted_reason: str | None
+
+
+class RecordingSummary(BaseModel):
+    id: uuid.UUID
+    provider: str
+    provider_call_id: str
+    provider_recording_id: str
+    state: str
+    service_area: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    quarantined: bool
+    retention_until: datetime | None
+    deleted_at: datetime | None
+
+
+class RecordingPage(BaseModel):
+    items: list[RecordingSummary]
+    next_cursor: str | None
+
+
+class PolicyRead(BaseModel):
+    service_area: str
+    media_months: int
+    record_months: int
+    overridden: bool
+
+
+class PolicyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    media_months: int = Field(ge=1, le=1200)
+    record_months: int = Field(ge=1, le=1200)
+
+
+class PolicyChangeRead(PolicyRead):
+    recordings_recomputed: int
+    recordings_shortened: int
+    calls_recomputed: int
+    calls_shortened: int
+    warnings: list[str]
+
+
+class DueItem(BaseModel):
+    id: uuid.UUID
+    provider: str
+    provider_call_id: str
+    service_area: str | None
+    retention_until: datetime
+    held: bool
+
+
+class DuePage(BaseModel):
+    items: list[DueItem]
+    next_cursor: str | None
+
+
+class SweepRead(BaseModel):
+    dry_run: bool
+    deleted: int
+    skipped_held: int
+    errors: int
+    records_erased: int
+
+
+class AuditEntryRead(BaseModel):
+    seq: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    target_type: str
+    target_id: str
+    purpose: str | None
+    detail: dict[str, object]
+    hash: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryRead]
+    next_cursor: str | None
+
+
+class AuditVerifyRead(BaseModel):
+    ok: bool
+    entries: int
+    head: str
+    first_bad_seq: int | None = None

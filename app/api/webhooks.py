@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from app.api.schemas import WebhookAck
 from app.domain.events import PbxEvent
 from app.errors import AppError, BadSignature, MalformedInput, ProviderNotEnabled
 from app.services.container import Services
-from app.telephony import twilio
+from app.telephony import asterisk, rtpengine, twilio
 from app.telephony.generic import MalformedEvent, parse_event
 from app.telephony.signing import SignatureError, verify
 
@@ -51,7 +52,9 @@ async def _apply(services: Services, event: PbxEvent, payload: dict[str, Any]) -
     return WebhookAck(status="duplicate" if result.duplicate else "applied")
 
 
-async def _signed_json_webhook(request: Request, services: Services, provider: str) -> WebhookAck:
+async def _verify_signed(request: Request, services: Services, provider: str) -> tuple[str, bytes]:
+    """The webhook id and raw body of a request signed with the generic secret (Standard
+    Webhooks); refused before anything is stored when the signature does not hold."""
     settings = services.settings
     key = settings.generic_secret_key
     if provider not in settings.enabled_providers or key is None:
@@ -63,6 +66,11 @@ async def _signed_json_webhook(request: Request, services: Services, provider: s
         )
     except SignatureError as exc:
         raise _refuse(services, provider, str(exc)) from exc
+    return event_id, body
+
+
+async def _signed_json_webhook(request: Request, services: Services, provider: str) -> WebhookAck:
+    event_id, body = await _verify_signed(request, services, provider)
     try:
         event = parse_event(provider, event_id, body)
     except MalformedEvent as exc:
@@ -80,6 +88,27 @@ async def generic_webhook(request: Request, services: ServicesDep) -> WebhookAck
 async def sim_webhook(request: Request, services: ServicesDep) -> WebhookAck:
     """The simulator speaks the generic contract, signed with the same secret."""
     return await _signed_json_webhook(request, services, "sim")
+
+
+@router.post("/asterisk", response_model=WebhookAck)
+async def asterisk_webhook(request: Request, services: ServicesDep) -> WebhookAck:
+    """One ARI event object, relayed by the call-control application and signed like generic
+    webhooks. Its id is built from the ARI event itself, so an event relayed twice, or also
+    consumed from the ARI WebSocket, is applied once."""
+    event_id, body = await _verify_signed(request, services, "asterisk")
+    try:
+        payload = asterisk.parse_body(body)
+        event = asterisk.parse_event(
+            payload, now=services.clock(), ari_url=services.settings.ari_url
+        )
+    except asterisk.MalformedEvent as exc:
+        await services.intake.reject("asterisk", event_id, str(exc), body)
+        raise MalformedInput(str(exc)) from exc
+    if event is None:
+        # Not stored: events recgate does not map (DTMF digits among them) stay out of the inbox.
+        services.metrics.webhook_events.inc(provider="asterisk", type="unmapped", outcome="ignored")
+        return WebhookAck(status="ignored")
+    return await _apply(services, event, payload)
 
 
 TwilioParser = Callable[[twilio.Params, str | None, str | None, datetime], PbxEvent | None]
@@ -134,3 +163,28 @@ async def twilio_call_status(request: Request, services: ServicesDep) -> Webhook
 async def twilio_recording_status(request: Request, services: ServicesDep) -> WebhookAck:
     """Twilio ``recordingStatusCallback`` (in-progress, completed, absent)."""
     return await _twilio_callback(request, services, twilio.parse_recording_status)
+
+
+@router.post("/rtpengine", response_model=WebhookAck)
+async def rtpengine_notification(request: Request, services: ServicesDep) -> WebhookAck:
+    """The rtpengine recording daemon's finish notification, one per file
+    (``--notify-uri https://…/v1/webhooks/rtpengine?token=… --notify-post``).
+
+    Everything is in ``X-Recording-*`` headers; the body (the file itself, with
+    ``--notify-record``) is not read.
+    """
+    settings = services.settings
+    expected = settings.rtpengine_notify_token
+    if "rtpengine" not in settings.enabled_providers or expected is None:
+        raise ProviderNotEnabled("rtpengine notifications are not enabled.")
+    # The daemon signs nothing: the token in its notify URI is the only proof of origin.
+    token = request.query_params.get("token", "")
+    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        raise _refuse(services, "rtpengine", "notify token missing or wrong")
+    try:
+        notification = rtpengine.parse_notification(request.headers, services.clock())
+    except rtpengine.MalformedNotification as exc:
+        seen = {k: v for k, v in request.headers.items() if k.startswith("x-recording-")}
+        await services.intake.reject("rtpengine", None, str(exc), json.dumps(seen).encode())
+        raise MalformedInput(str(exc)) from exc
+    return await _apply(services, notification.event, dict(notification.payload))

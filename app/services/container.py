@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.clock import Clock, utcnow
+from app.services.audit import AuditService
 from app.services.calls import CallQueries
 from app.services.concurrency import BackgroundTasks, CallLocks
 from app.services.gating import PaymentGate
@@ -17,6 +18,8 @@ from app.services.ingest import IngestService
 from app.services.intake import EventIntake
 from app.services.media import MediaService
 from app.services.metrics import Metrics
+from app.services.recordings import RecordingService
+from app.services.retention import RetentionService
 from app.services.tokens import TokenService
 from app.storage.db import create_engine, session_factory
 from app.storage.media import build_media_store
@@ -41,6 +44,9 @@ class Services:
     tokens: TokenService
     calls: CallQueries
     health: HealthService
+    audit: AuditService
+    retention: RetentionService
+    recordings: RecordingService
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock = utcnow) -> Services:
@@ -69,8 +75,9 @@ class Services:
             frozenset(name for name, c in controllers.items() if c.call_level_covers_all),
         )
         media = MediaService(
-            sessions, settings, clock, build_media_store(settings.media_dir), controllers, tasks
+            sessions, settings, clock, build_media_store(settings), controllers, tasks
         )
+        audit = AuditService(sessions, clock)
         return cls(
             settings=settings,
             clock=clock,
@@ -85,11 +92,18 @@ class Services:
             intake=EventIntake(ingest, gate, media),
             media=media,
             tokens=TokenService(sessions, clock),
-            calls=CallQueries(sessions),
+            calls=CallQueries(sessions, audit),
             health=HealthService(sessions, settings, clock, controllers),
+            audit=audit,
+            retention=RetentionService(
+                sessions, settings, clock, media.store, controllers, audit, metrics
+            ),
+            recordings=RecordingService(sessions, clock, media.store, audit),
         )
 
     async def close(self) -> None:
         await self.tasks.close()
+        for controller in self.controllers.values():
+            await controller.aclose()
         await self.http.aclose()
         await self.engine.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -15,6 +15,7 @@ from app.storage.repositories import (
     CallRepository,
     ExposureRepository,
     HealthRepository,
+    RetentionRepository,
     SegmentRepository,
 )
 from app.telephony.base import RecordingController
@@ -40,7 +41,6 @@ class HealthService:
         self.settings = settings
         self.clock = clock
         self.controllers = controllers
-        self.last_sweep_at: str | None = None
 
     async def readiness(self) -> Readiness:
         now = self.clock()
@@ -53,7 +53,7 @@ class HealthService:
                 async with self.sessions() as session:
                     repo = HealthRepository(session)
                     await repo.ping()
-                    overdue = await repo.retention_overdue(now)
+                    overdue, _ = await RetentionRepository(session).count_due(now)
                     overlong = await SegmentRepository(session).count_open_since_before(
                         now - timedelta(seconds=self.settings.max_pause_s)
                     )
@@ -108,6 +108,10 @@ class HealthService:
                     day_ago
                 ),
                 "exposures_24h": await ExposureRepository(session).count_since(day_ago),
-                "retention_overdue": await HealthRepository(session).retention_overdue(now),
-                "last_sweep_at": self.last_sweep_at,
+                "retention_overdue": (await RetentionRepository(session).count_due(now))[0],
+                "last_sweep_at": _iso(await RetentionRepository(session).last_sweep_at()),
             }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()

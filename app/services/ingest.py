@@ -30,6 +30,7 @@ from app.domain.states import (
     SegmentState,
 )
 from app.services.metrics import Metrics
+from app.services.retention import Months, policy_months
 from app.services.transitions import (
     record_call_created,
     set_call_state,
@@ -171,9 +172,14 @@ class _Applier:
         self.transitions = TransitionRepository(session)
         self.cause = f"{event.provider}:{event.type.value}"
         self.media_ready: uuid.UUID | None = None
+        self.months = Months(settings.retention_media_months, settings.retention_record_months)
 
     async def apply(self) -> bool:
+        area_before = self.call.service_area
         self._merge_call_facts()
+        self.months = await policy_months(self.session, self.settings, self.call.service_area)
+        if self.call.service_area != area_before:
+            await self._recompute_deadlines()
         needs_pause = False
         if self.event.type == EventType.CALL_ENDED:
             await self._end_call()
@@ -206,13 +212,19 @@ class _Applier:
                 setattr(call, f"{column.removesuffix('_id')}_at", at)
         call.updated_at = self.now
 
+    async def _recompute_deadlines(self) -> None:
+        """The service area decides the retention: learning it late moves the deadlines."""
+        if self.call.ended_at is not None:
+            self.call.record_retention_until = add_months(self.call.ended_at, self.months.record)
+        for recording in await RecordingRepository(self.session).for_call(self.call.id):
+            if recording.ended_at is not None and recording.deleted_at is None:
+                recording.retention_until = add_months(recording.ended_at, self.months.media)
+
     async def _end_call(self) -> None:
         call, at = self.call, self.event.occurred_at
         call.ended_at = _earliest(call.ended_at, at)
         assert call.ended_at is not None
-        call.record_retention_until = add_months(
-            call.ended_at, self.settings.retention_record_months
-        )
+        call.record_retention_until = add_months(call.ended_at, self.months.record)
         set_call_state(self.transitions, call, CallState.ENDED, self.cause, self.now)
         segments = SegmentRepository(self.session)
         segment = await segments.open_for_call(call.id)
@@ -283,7 +295,7 @@ class _Applier:
             ended = _earliest(ended, moment)
         if ended is not None and ended != recording.ended_at:
             recording.ended_at = ended
-            recording.retention_until = add_months(ended, self.settings.retention_media_months)
+            recording.retention_until = add_months(ended, self.months.media)
         if recording.completed_at is not None:
             target = _R.AVAILABLE
         elif recording.failed_at is not None:

@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import mimetypes
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+# botocore ships no type information: its exceptions are typed as Any here and nowhere else.
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+log = logging.getLogger("recgate.media")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,10 @@ class MediaMissing(MediaStoreError):
     """The object is not in the store."""
 
 
+def _relative_name(recording_id: uuid.UUID, extension: str) -> str:
+    return f"{recording_id}.{extension.strip('.').lower() or 'bin'}"
+
+
 class LocalMediaStore(MediaStore):
     """A directory on local disk (``RECGATE_MEDIA_DIR``)."""
 
@@ -74,7 +90,7 @@ class LocalMediaStore(MediaStore):
         self, recording_id: uuid.UUID, extension: str, chunks: AsyncIterator[bytes]
     ) -> StoredMedia:
         """Store the stream as ``<recording id>.<extension>``; replace any earlier copy."""
-        relative = f"{recording_id}.{extension.strip('.').lower() or 'bin'}"
+        relative = _relative_name(recording_id, extension)
         final = self._path(relative)
         partial = final.with_name(final.name + f".{uuid.uuid4().hex[:8]}.part")
         digest = hashlib.sha256()
@@ -128,6 +144,302 @@ class LocalMediaStore(MediaStore):
         return f"local directory {self.root}"
 
 
-def build_media_store(media_dir: Path) -> MediaStore:
+S3_MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every part but the last
+# Multipart objects are put in place with one CopyObject, which S3 caps at 5 GiB.
+S3_MAX_OBJECT_SIZE = 5 * 1024**3
+_S3_MISSING_KEY = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+class _S3Client(Protocol):
+    """The calls S3MediaStore makes on a boto3 S3 client (boto3 itself is untyped)."""
+
+    def put_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def get_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def head_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def head_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
+    def delete_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def copy_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def create_multipart_upload(self, **kwargs: Any) -> dict[str, Any]: ...
+    def upload_part(self, **kwargs: Any) -> dict[str, Any]: ...
+    def complete_multipart_upload(self, **kwargs: Any) -> dict[str, Any]: ...
+    def abort_multipart_upload(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+class _S3Body(Protocol):
+    def read(self, amt: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+def _s3_code(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _s3_error(action: str, exc: Exception) -> MediaStoreError:
+    # botocore's messages name the operation, bucket or endpoint, never the credentials.
+    return MediaStoreError(f"cannot {action} media: {exc}")
+
+
+class _StagedUpload:
+    """One multipart upload to a staging key, copied into place once complete.
+
+    The sha256 is only known at the end, and S3 takes metadata when an upload starts, so
+    the parts go to a staging key and one server-side copy puts the finished object, with
+    its metadata, at the real key. Until then the real key holds whatever it held before.
+    """
+
+    def __init__(self, client: _S3Client, bucket: str, staging_key: str, content_type: str):
+        self._client = client
+        self._bucket = bucket
+        self._staging_key = staging_key
+        self._content_type = content_type
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._completed = False
+        self._inflight: asyncio.Future[Any] | None = None
+
+    async def _call(self, method: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        # Shielded so that a cancelled write can wait for the call still running in its thread
+        # before aborting: a part landing after the abort would be stored (and billed) unseen.
+        self._inflight = asyncio.ensure_future(asyncio.to_thread(method, **kwargs))
+        result: dict[str, Any] = await asyncio.shield(self._inflight)
+        return result
+
+    async def start(self) -> None:
+        response = await self._call(
+            self._client.create_multipart_upload,
+            Bucket=self._bucket,
+            Key=self._staging_key,
+            ContentType=self._content_type,
+        )
+        self._upload_id = str(response["UploadId"])
+
+    async def add_part(self, data: bytes) -> None:
+        number = len(self._parts) + 1
+        response = await self._call(
+            self._client.upload_part,
+            Bucket=self._bucket,
+            Key=self._staging_key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+
+    async def finish(self, key: str, metadata: dict[str, str]) -> None:
+        await self._call(
+            self._client.complete_multipart_upload,
+            Bucket=self._bucket,
+            Key=self._staging_key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
+        self._completed = True
+        await self._call(
+            self._client.copy_object,
+            Bucket=self._bucket,
+            Key=key,
+            CopySource={"Bucket": self._bucket, "Key": self._staging_key},
+            MetadataDirective="REPLACE",
+            Metadata=metadata,
+            ContentType=self._content_type,
+        )
+        try:
+            await self._call(self._client.delete_object, Bucket=self._bucket, Key=self._staging_key)
+        except (ClientError, BotoCoreError) as exc:
+            # The media is in place; a stray staging object is only garbage.
+            log.warning("S3 staging object left behind after a media write: %s", exc)
+
+    async def discard(self) -> None:
+        """Leave nothing of this upload behind; never raises (the write's error wins)."""
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])
+        try:
+            if self._completed:
+                await asyncio.to_thread(
+                    self._client.delete_object, Bucket=self._bucket, Key=self._staging_key
+                )
+            elif self._upload_id is not None:
+                await asyncio.to_thread(
+                    self._client.abort_multipart_upload,
+                    Bucket=self._bucket,
+                    Key=self._staging_key,
+                    UploadId=self._upload_id,
+                )
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("S3 upload of a failed media write not cleaned up: %s", exc)
+
+
+class S3MediaStore(MediaStore):
+    """An S3 bucket, or an S3-compatible store (``RECGATE_S3_*``).
+
+    Objects live at ``<prefix><recording id>.<ext>``; multipart uploads in progress are staged
+    under ``<prefix>.partial/``. Credentials come from the standard AWS chain (environment,
+    shared config, instance or task role), never from recgate's settings.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "recordings/",
+        *,
+        region: str = "eu-west-2",
+        endpoint_url: str | None = None,
+        part_size: int = 8 * 1024 * 1024,
+    ) -> None:
+        if part_size < S3_MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {S3_MIN_PART_SIZE} bytes")
+        # Imported here so a deployment on local disk does not pay for loading boto3.
+        import boto3  # type: ignore[import-untyped]
+        from botocore.config import Config  # type: ignore[import-untyped]
+
+        self.bucket = bucket
+        self.prefix = prefix
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.part_size = part_size
+        config = Config(
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"mode": "standard", "max_attempts": 5},
+            # S3-compatible stores (MinIO and the like) are addressed by path, not by host name.
+            s3={"addressing_style": "path"} if endpoint_url else None,
+        )
+        # A session of its own: boto3's default session is shared and not thread-safe, while
+        # a client is, so this one client serves every worker thread.
+        self._client: _S3Client = boto3.session.Session().client(
+            "s3", region_name=region, endpoint_url=endpoint_url, config=config
+        )
+        self._bucket_confirmed = False
+
+    def _key(self, relative: str) -> str:
+        segments = relative.split("/")
+        if relative.startswith("/") or "\\" in relative or {"", ".", ".."} & set(segments):
+            raise MediaStoreError("media path escapes the store")
+        return self.prefix + relative
+
+    async def write(
+        self, recording_id: uuid.UUID, extension: str, chunks: AsyncIterator[bytes]
+    ) -> StoredMedia:
+        """Store the stream as ``<prefix><recording id>.<extension>``; replace any earlier copy.
+
+        Small media goes up in one PutObject; anything of a part or more goes up in parts to a
+        staging key. A failed write aborts or removes its upload, leaving any earlier copy.
+        """
+        relative = _relative_name(recording_id, extension)
+        key = self._key(relative)
+        content_type = mimetypes.guess_type(relative)[0] or "application/octet-stream"
+        digest = hashlib.sha256()
+        size = 0
+        pending: list[bytes] = []
+        pending_size = 0
+        upload: _StagedUpload | None = None
+        try:
+            async for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                if size > S3_MAX_OBJECT_SIZE:
+                    raise MediaStoreError("cannot write media: larger than 5 GiB")
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= self.part_size:
+                    if upload is None:
+                        staging = f"{self.prefix}.partial/{relative}.{uuid.uuid4().hex[:8]}"
+                        upload = _StagedUpload(self._client, self.bucket, staging, content_type)
+                        await upload.start()
+                    await upload.add_part(b"".join(pending))
+                    pending, pending_size = [], 0
+            metadata = {"sha256": digest.hexdigest()}
+            if upload is None:
+                await asyncio.to_thread(
+                    self._client.put_object,
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=b"".join(pending),
+                    ContentType=content_type,
+                    Metadata=metadata,
+                )
+            else:
+                if pending:
+                    await upload.add_part(b"".join(pending))
+                await upload.finish(key, metadata)
+        except (ClientError, BotoCoreError) as exc:
+            if upload is not None:
+                await upload.discard()
+            raise _s3_error("write", exc) from exc
+        except BaseException:
+            if upload is not None:
+                await upload.discard()
+            raise
+        return StoredMedia(path=relative, size=size, sha256=digest.hexdigest())
+
+    async def read(self, relative: str, chunk_size: int = 64 * 1024) -> AsyncIterator[bytes]:
+        key = self._key(relative)
+        try:
+            response = await asyncio.to_thread(self._client.get_object, Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            if _s3_code(exc) == "NoSuchKey":
+                raise MediaMissing("media not in the store") from exc
+            raise _s3_error("read", exc) from exc
+        body: _S3Body = response["Body"]
+        try:
+            while chunk := await asyncio.to_thread(body.read, chunk_size):
+                yield chunk
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error("read", exc) from exc
+        finally:
+            await asyncio.to_thread(body.close)
+
+    async def delete(self, relative: str) -> None:
+        """Delete a stored object; one already gone is not an error (S3 says so itself)."""
+        key = self._key(relative)
+        try:
+            await asyncio.to_thread(self._client.delete_object, Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            if _s3_code(exc) == "NoSuchKey":  # some S3-compatible stores answer so
+                return
+            raise _s3_error("delete", exc) from exc
+
+    async def exists(self, relative: str) -> bool:
+        key = self._key(relative)
+        try:
+            await asyncio.to_thread(self._client.head_object, Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            if _s3_code(exc) not in _S3_MISSING_KEY:
+                raise _s3_error("look up", exc) from exc
+            # A HEAD answer has no body: a missing bucket reads as a plain 404 too.
+            await self._confirm_bucket()
+            return False
+        return True
+
+    async def _confirm_bucket(self) -> None:
+        if self._bucket_confirmed:
+            return
+        try:
+            await asyncio.to_thread(self._client.head_bucket, Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error("reach the bucket of", exc) from exc
+        self._bucket_confirmed = True
+
+    def describe(self) -> str:
+        where = f"AWS S3 in {self.region}"
+        if self.endpoint_url:
+            parts = urlsplit(self.endpoint_url)  # host and port only: no userinfo, no query
+            host = parts.hostname or "?"
+            where = f"{host}:{parts.port}" if parts.port else host
+        return f"s3 bucket {self.bucket}, prefix {self.prefix!r}, at {where}"
+
+
+def build_media_store(settings: Settings) -> MediaStore:
     """The media store the settings ask for."""
-    return LocalMediaStore(media_dir)
+    if settings.media_store == "s3":
+        if not settings.s3_bucket:
+            raise MediaStoreError("RECGATE_MEDIA_STORE=s3 needs RECGATE_S3_BUCKET")
+        return S3MediaStore(
+            settings.s3_bucket,
+            settings.s3_prefix,
+            region=settings.s3_region,
+            endpoint_url=settings.s3_endpoint_url or None,
+        )
+    return LocalMediaStore(settings.media_dir)

@@ -56,7 +56,8 @@ class Call(Base):
     provider_call_id: Mapped[str] = mapped_column(sa.String(255))
     state: Mapped[str] = mapped_column(sa.String(16))
     service_area: Mapped[str | None] = mapped_column(sa.String(64))
-    from_number: Mapped[str | None] = mapped_column(sa.String(64))
+    # Indexed: subject access requests and caller-wide legal holds look calls up by number.
+    from_number: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     to_number: Mapped[str | None] = mapped_column(sa.String(64))
     direction: Mapped[str | None] = mapped_column(sa.String(16))
     agent_id: Mapped[str | None] = mapped_column(sa.String(128))
@@ -128,8 +129,81 @@ class Recording(Base):
     retention_until: Mapped[datetime | None] = mapped_column(index=True)
     deleted_at: Mapped[datetime | None]
     deleted_reason: Mapped[str | None] = mapped_column(sa.String(32))
+    # A sweep replica's claim on this recording while it deletes the media (no transaction
+    # is held across the storage and provider calls).
+    sweep_lease_until: Mapped[datetime | None]
+    deletion_error: Mapped[str | None] = mapped_column(sa.String(500))
+    redacted_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class LegalHold(Base):
+    """Keeps a recording (or every recording of a caller) from deletion until released."""
+
+    __tablename__ = "legal_holds"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    recording_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("recordings.id", ondelete="CASCADE"), index=True
+    )
+    # A hold on every recording of calls from this number, present and future.
+    caller: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    reason: Mapped[str] = mapped_column(sa.String(32))
+    reference: Mapped[str | None] = mapped_column(sa.String(255))
+    note: Mapped[str | None] = mapped_column(sa.String(2000))
+    placed_by: Mapped[str] = mapped_column(sa.String(128))
+    placed_at: Mapped[datetime]
+    released_by: Mapped[str | None] = mapped_column(sa.String(128))
+    released_at: Mapped[datetime | None]
+
+
+class RetentionPolicy(Base):
+    """A service area's retention, overriding the defaults from settings."""
+
+    __tablename__ = "retention_policies"
+
+    service_area: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    media_months: Mapped[int]
+    record_months: Mapped[int]
+    updated_by: Mapped[str] = mapped_column(sa.String(128))
+    updated_at: Mapped[datetime]
+
+
+class SweepRun(Base):
+    __tablename__ = "sweep_runs"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    dry_run: Mapped[bool]
+    deleted: Mapped[int] = mapped_column(default=0)
+    skipped_held: Mapped[int] = mapped_column(default=0)
+    errors: Mapped[int] = mapped_column(default=0)
+    records_erased: Mapped[int] = mapped_column(default=0)
+
+
+class AuditEntry(Base):
+    """One access or action on record. Each entry's hash covers its content and the previous
+    entry's hash, so an edited or removed row breaks the chain."""
+
+    __tablename__ = "audit_entries"
+
+    seq: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(sa.String(128))
+    role: Mapped[str] = mapped_column(sa.String(16))
+    action: Mapped[str] = mapped_column(sa.String(64))
+    target_type: Mapped[str] = mapped_column(sa.String(32))
+    target_id: Mapped[str] = mapped_column(sa.String(255), index=True)
+    purpose: Mapped[str | None] = mapped_column(sa.String(64))
+    detail: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(sa.String(64))
+    hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
 
 
 class PaymentSegment(Base):

@@ -19,10 +19,13 @@ from app.storage.models import (
     DeadLetter,
     Exposure,
     InboundEvent,
+    LegalHold,
     PaymentSegment,
     Recording,
+    RetentionPolicy,
     SegmentRecording,
     StateTransition,
+    SweepRun,
 )
 
 
@@ -451,11 +454,216 @@ class HealthRepository:
     async def ping(self) -> None:
         await self.session.execute(sa.text("SELECT 1"))
 
-    async def retention_overdue(self, now: datetime) -> int:
-        """Recordings past their media deadline whose media is not yet deleted."""
+
+def _active_hold_exists() -> sa.ColumnElement[bool]:
+    """SQL: the recording (or its caller) is under an active legal hold."""
+    on_recording = sa.exists().where(
+        LegalHold.recording_id == Recording.id, LegalHold.released_at.is_(None)
+    )
+    on_caller = sa.exists().where(
+        LegalHold.caller.is_not(None),
+        LegalHold.caller == Call.from_number,
+        LegalHold.released_at.is_(None),
+    )
+    return sa.or_(on_recording, on_caller)
+
+
+class RetentionRepository:
+    """The queries behind retention: deadlines, due recordings, the sweep's claims."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def policies(self) -> Sequence[RetentionPolicy]:
+        stmt = sa.select(RetentionPolicy).order_by(RetentionPolicy.service_area)
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def policy(self, service_area: str) -> RetentionPolicy | None:
+        return await self.session.get(RetentionPolicy, service_area)
+
+    def add_policy(self, policy: RetentionPolicy) -> None:
+        self.session.add(policy)
+
+    async def recordings_of_area(
+        self, service_area: str, default_area: bool, after: uuid.UUID | None, limit: int
+    ) -> Sequence[tuple[Recording, Call]]:
+        """Undeleted, ended recordings of calls in ``service_area`` (and, for the default
+        area, calls with none), in id order from ``after``."""
+        area = Call.service_area == service_area
+        if default_area:
+            area = sa.or_(area, Call.service_area.is_(None))
         stmt = (
-            sa.select(sa.func.count())
-            .select_from(Recording)
-            .where(Recording.retention_until < now, Recording.deleted_at.is_(None))
+            sa.select(Recording, Call)
+            .join(Call, Call.id == Recording.call_id)
+            .where(area, Recording.deleted_at.is_(None), Recording.ended_at.is_not(None))
+            .order_by(Recording.id)
+            .limit(limit)
         )
-        return int((await self.session.execute(stmt)).scalar_one())
+        if after is not None:
+            stmt = stmt.where(Recording.id > after)
+        return [(r, c) for r, c in (await self.session.execute(stmt)).all()]
+
+    async def calls_of_area(
+        self, service_area: str, default_area: bool, after: uuid.UUID | None, limit: int
+    ) -> Sequence[Call]:
+        area = Call.service_area == service_area
+        if default_area:
+            area = sa.or_(area, Call.service_area.is_(None))
+        stmt = (
+            sa.select(Call)
+            .where(area, Call.ended_at.is_not(None), Call.personal_erased_at.is_(None))
+            .order_by(Call.id)
+            .limit(limit)
+        )
+        if after is not None:
+            stmt = stmt.where(Call.id > after)
+        return (await self.session.execute(stmt)).scalars().all()
+
+    def _due(self, until: datetime) -> sa.Select[uuid.UUID]:
+        return (
+            sa.select(Recording.id)
+            .join(Call, Call.id == Recording.call_id)
+            .where(Recording.deleted_at.is_(None), Recording.retention_until <= until)
+        )
+
+    async def count_due(self, now: datetime) -> tuple[int, int]:
+        """(due and unheld, due but held) recordings."""
+        held = _active_hold_exists()
+        row = (
+            await self.session.execute(
+                sa.select(
+                    sa.func.count().filter(sa.not_(held)),
+                    sa.func.count().filter(held),
+                )
+                .select_from(Recording)
+                .join(Call, Call.id == Recording.call_id)
+                .where(Recording.deleted_at.is_(None), Recording.retention_until <= now)
+            )
+        ).one()
+        return int(row[0]), int(row[1])
+
+    async def due_list(
+        self, until: datetime, limit: int, after: tuple[datetime, uuid.UUID] | None = None
+    ) -> Sequence[tuple[Recording, Call, bool]]:
+        """Recordings whose deadline falls before ``until``, soonest first, with a held flag."""
+        held = _active_hold_exists().label("held")
+        stmt = (
+            sa.select(Recording, Call, held)
+            .join(Call, Call.id == Recording.call_id)
+            .where(Recording.deleted_at.is_(None), Recording.retention_until <= until)
+            .order_by(Recording.retention_until, Recording.id)
+            .limit(limit)
+        )
+        if after is not None:
+            stmt = stmt.where(
+                sa.tuple_(Recording.retention_until, Recording.id) > sa.tuple_(*after)
+            )
+        return [(r, c, bool(h)) for r, c, h in (await self.session.execute(stmt)).all()]
+
+    async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[uuid.UUID]:
+        """Claim up to ``limit`` due, unheld recordings for deletion by this sweep.
+
+        ``SKIP LOCKED`` lets several replicas sweep at once on PostgreSQL without waiting on
+        or taking each other's rows; the lease keeps a claimed row out of other sweeps until
+        this one finishes or the lease runs out (a crashed replica).
+        """
+        stmt = (
+            self._due(now)
+            .where(
+                sa.not_(_active_hold_exists()),
+                sa.or_(Recording.sweep_lease_until.is_(None), Recording.sweep_lease_until < now),
+            )
+            .order_by(Recording.retention_until)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=Recording)
+        )
+        ids = list((await self.session.execute(stmt)).scalars())
+        if ids:
+            await self.session.execute(
+                sa.update(Recording)
+                .where(Recording.id.in_(ids))
+                .values(sweep_lease_until=lease_until)
+            )
+        return ids
+
+    async def is_held(self, recording_id: uuid.UUID) -> bool:
+        stmt = (
+            sa.select(sa.literal(True))
+            .select_from(Recording)
+            .join(Call, Call.id == Recording.call_id)
+            .where(Recording.id == recording_id, _active_hold_exists())
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none() is not None
+
+    async def erase_due_call_records(self, now: datetime, limit: int) -> int:
+        """Erase personal fields of calls past their record deadline; counts survive."""
+        held_recording = sa.exists().where(
+            Recording.call_id == Call.id,
+            LegalHold.recording_id == Recording.id,
+            LegalHold.released_at.is_(None),
+        )
+        held_caller = sa.exists().where(
+            LegalHold.caller == Call.from_number, LegalHold.released_at.is_(None)
+        )
+        ids = list(
+            (
+                await self.session.execute(
+                    sa.select(Call.id)
+                    .where(
+                        Call.record_retention_until <= now,
+                        Call.personal_erased_at.is_(None),
+                        sa.not_(held_recording),
+                        sa.not_(held_caller),
+                    )
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).scalars()
+        )
+        if not ids:
+            return 0
+        await self.session.execute(
+            sa.update(Call)
+            .where(Call.id.in_(ids))
+            .values(
+                from_number=None,
+                to_number=None,
+                agent_id=None,
+                personal_erased_at=now,
+                updated_at=now,
+            )
+        )
+        await self.session.execute(
+            sa.update(PaymentSegment)
+            .where(PaymentSegment.call_id.in_(ids))
+            .values(reference=None, idempotency_key=None)
+        )
+        return len(ids)
+
+    def add_sweep_run(self, run: SweepRun) -> None:
+        self.session.add(run)
+
+    async def last_sweep_at(self) -> datetime | None:
+        stmt = sa.select(sa.func.max(SweepRun.finished_at)).where(SweepRun.dry_run.is_(False))
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+
+class HoldRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def add(self, hold: LegalHold) -> None:
+        self.session.add(hold)
+
+    async def by_id(self, hold_id: uuid.UUID) -> LegalHold | None:
+        return await self.session.get(LegalHold, hold_id)
+
+    async def for_recording(
+        self, recording_id: uuid.UUID, caller: str | None
+    ) -> Sequence[LegalHold]:
+        """Holds on the recording itself and on its caller's number, oldest first."""
+        condition = LegalHold.recording_id == recording_id
+        if caller:
+            condition = sa.or_(condition, LegalHold.caller == caller)
+        stmt = sa.select(LegalHold).where(condition).order_by(LegalHold.placed_at, LegalHold.id)
+        return (await self.session.execute(stmt)).scalars().all()

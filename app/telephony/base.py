@@ -89,6 +89,9 @@ class RecordingController(ABC):
         """A short, secret-free description for the readiness check."""
         return self.name
 
+    async def aclose(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
+        """Release what the controller holds (sockets) when the service stops."""
+
 
 class MediaSource(ABC):
     """A provider that keeps recording media recgate can copy and must delete."""

@@ -18,19 +18,41 @@ PROTECTED: dict[tuple[str, str], frozenset[Role]] = {
     ),
     ("GET", "/v1/status"): frozenset({Role.OPS}),
     ("GET", "/metrics"): frozenset({Role.OPS}),
+    ("GET", "/v1/recordings"): frozenset({Role.SUPERVISOR, Role.DPO}),
+    ("GET", "/v1/recordings/{recording_id}"): frozenset({Role.SUPERVISOR, Role.DPO}),
+    ("GET", "/v1/recordings/{recording_id}/media"): frozenset({Role.SUPERVISOR, Role.DPO}),
+    ("DELETE", "/v1/recordings/{recording_id}"): frozenset({Role.DPO}),
+    ("POST", "/v1/recordings/{recording_id}/holds"): frozenset({Role.DPO}),
+    ("POST", "/v1/recordings/{recording_id}/holds/{hold_id}/release"): frozenset({Role.DPO}),
+    ("POST", "/v1/holds"): frozenset({Role.DPO}),
+    ("POST", "/v1/holds/{hold_id}/release"): frozenset({Role.DPO}),
+    ("GET", "/v1/retention/policy"): frozenset({Role.DPO}),
+    ("PUT", "/v1/retention/policy/{service_area}"): frozenset({Role.DPO}),
+    ("GET", "/v1/retention/due"): frozenset({Role.DPO}),
+    ("POST", "/v1/retention/sweep"): frozenset({Role.DPO}),
+    ("GET", "/v1/audit"): frozenset({Role.DPO}),
+    ("GET", "/v1/audit/verify"): frozenset({Role.DPO}),
 }
 OPEN = {
     ("GET", "/livez"),
     ("GET", "/readyz"),
     ("POST", "/v1/webhooks/generic"),
     ("POST", "/v1/webhooks/sim"),
+    ("POST", "/v1/webhooks/asterisk"),
     ("POST", "/v1/webhooks/twilio/call-status"),
     ("POST", "/v1/webhooks/twilio/recording-status"),
+    ("POST", "/v1/webhooks/rtpengine"),
 }
 
 
 def _concrete(path: str) -> str:
-    return path.replace("{provider}", "generic").replace("{provider_call_id}", "c-auth")
+    return (
+        path.replace("{provider}", "generic")
+        .replace("{provider_call_id}", "c-auth")
+        .replace("{recording_id}", "00000000-0000-0000-0000-000000000001")
+        .replace("{hold_id}", "00000000-0000-0000-0000-000000000002")
+        .replace("{service_area}", "council_tax")
+    )
 
 
 def test_every_route_is_classified() -> None:

@@ -1,0 +1,412 @@
+"""Retention (SPEC §3.4): deadlines, policies, the sweep, early deletion.
+
+The privacy notice promises that recordings are kept up to 18 months and then deleted and no
+longer retrievable, and call records up to 6 years. Deadlines are stored on every recording
+and call; the sweep deletes what is due and not held, from the media store and from the
+provider's copy, and leaves a tombstone and an audit entry for each.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.domain.clock import Clock
+from app.domain.retention import add_months
+from app.domain.scrub import scrub_text
+from app.domain.states import LIVE_RECORDING_STATES, RecordingState
+from app.errors import AppError, Conflict, MalformedInput, NotFound
+from app.services.audit import SYSTEM_SWEEP, Actor, AuditService
+from app.services.metrics import Metrics
+from app.services.transitions import set_recording_state
+from app.storage.media import MediaStore, MediaStoreError
+from app.storage.models import Call, Recording, RetentionPolicy, SweepRun
+from app.storage.repositories import (
+    CallRepository,
+    RecordingRepository,
+    RetentionRepository,
+    TransitionRepository,
+)
+from app.telephony.base import MediaSource, ProviderError, RecordingController
+
+log = logging.getLogger("recgate.retention")
+
+SWEEP_BATCH = 500
+RECOMPUTE_BATCH = 1000
+_LEASE = timedelta(minutes=10)
+# What the council's privacy notice promises; a policy beyond it is allowed but called out.
+NOTICE_MEDIA_MONTHS = 18
+NOTICE_RECORD_MONTHS = 72
+
+
+class HeldRecording(Conflict):
+    slug, title = "recording-held", "The recording is under a legal hold"
+
+
+@dataclass(frozen=True, slots=True)
+class Months:
+    media: int
+    record: int
+
+
+@dataclass
+class SweepResult:
+    dry_run: bool
+    deleted: int = 0
+    skipped_held: int = 0
+    errors: int = 0
+    records_erased: int = 0
+    error_details: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    service_area: str
+    media_months: int
+    record_months: int
+    recordings_recomputed: int
+    recordings_shortened: int
+    calls_recomputed: int
+    calls_shortened: int
+    warnings: list[str]
+
+
+async def policy_months(
+    session: AsyncSession, settings: Settings, service_area: str | None
+) -> Months:
+    """The retention that applies to a call in ``service_area`` (settings unless overridden)."""
+    policy = (
+        None if service_area is None else await RetentionRepository(session).policy(service_area)
+    )
+    if policy is None:
+        return Months(settings.retention_media_months, settings.retention_record_months)
+    return Months(policy.media_months, policy.record_months)
+
+
+class RetentionService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        clock: Clock,
+        store: MediaStore,
+        controllers: dict[str, RecordingController],
+        audit: AuditService,
+        metrics: Metrics,
+    ) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.clock = clock
+        self.store = store
+        self.controllers = controllers
+        self.audit = audit
+        self.metrics = metrics
+
+    # ---- policy -----------------------------------------------------------------------
+
+    async def policies(self) -> list[tuple[str, Months, bool]]:
+        """Every service area with its retention and whether it is overridden."""
+        async with self.sessions() as session:
+            overrides = {p.service_area: p for p in await RetentionRepository(session).policies()}
+        default = Months(
+            self.settings.retention_media_months, self.settings.retention_record_months
+        )
+        areas = list(dict.fromkeys([*self.settings.service_areas, *overrides]))
+        return [
+            (
+                area,
+                Months(overrides[area].media_months, overrides[area].record_months)
+                if area in overrides
+                else default,
+                area in overrides,
+            )
+            for area in areas
+        ]
+
+    async def set_policy(
+        self, service_area: str, media_months: int, record_months: int, actor: Actor
+    ) -> PolicyChange:
+        """Set a service area's retention and recompute every stored deadline it governs.
+
+        A deadline moved earlier than what callers were told is applied, and the answer says
+        how many moved, so the DPO sees what the change did.
+        """
+        if service_area not in self.settings.service_areas:
+            raise NotFound(f"Unknown service area {service_area!r}.")
+        if media_months < 1 or record_months < 1 or record_months < media_months:
+            raise MalformedInput("Need media_months >= 1 and record_months >= media_months.")
+        warnings = []
+        if media_months > NOTICE_MEDIA_MONTHS:
+            warnings.append(
+                f"media kept {media_months} months: longer than the {NOTICE_MEDIA_MONTHS} months "
+                "the privacy notice promises"
+            )
+        if record_months > NOTICE_RECORD_MONTHS:
+            warnings.append(
+                f"call records kept {record_months} months: longer than the "
+                f"{NOTICE_RECORD_MONTHS} months the privacy notice promises"
+            )
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            repo = RetentionRepository(session)
+            policy = await repo.policy(service_area)
+            before = await policy_months(session, self.settings, service_area)
+            if policy is None:
+                repo.add_policy(
+                    RetentionPolicy(
+                        service_area=service_area,
+                        media_months=media_months,
+                        record_months=record_months,
+                        updated_by=actor.name,
+                        updated_at=now,
+                    )
+                )
+            else:
+                policy.media_months, policy.record_months = media_months, record_months
+                policy.updated_by, policy.updated_at = actor.name, now
+            await self.audit.record(
+                session,
+                actor,
+                "retention.policy_set",
+                "service_area",
+                service_area,
+                detail={
+                    "media_months": [before.media, media_months],
+                    "record_months": [before.record, record_months],
+                },
+            )
+        rec_total, rec_short = await self._recompute_recordings(service_area, media_months)
+        call_total, call_short = await self._recompute_calls(service_area, record_months)
+        if rec_short or call_short:
+            warnings.append(
+                f"{rec_short} recording and {call_short} call-record deadlines moved earlier"
+            )
+        return PolicyChange(
+            service_area,
+            media_months,
+            record_months,
+            rec_total,
+            rec_short,
+            call_total,
+            call_short,
+            warnings,
+        )
+
+    async def _recompute_recordings(self, service_area: str, months: int) -> tuple[int, int]:
+        total = shortened = 0
+        after: uuid.UUID | None = None
+        default_area = service_area == "other"
+        while True:
+            async with self.sessions() as session, session.begin():
+                rows = await RetentionRepository(session).recordings_of_area(
+                    service_area, default_area, after, RECOMPUTE_BATCH
+                )
+                for recording, _ in rows:
+                    assert recording.ended_at is not None
+                    deadline = add_months(recording.ended_at, months)
+                    if (
+                        recording.retention_until is not None
+                        and deadline < recording.retention_until
+                    ):
+                        shortened += 1
+                    recording.retention_until = deadline
+                total += len(rows)
+            if len(rows) < RECOMPUTE_BATCH:
+                return total, shortened
+            after = rows[-1][0].id
+
+    async def _recompute_calls(self, service_area: str, months: int) -> tuple[int, int]:
+        total = shortened = 0
+        after: uuid.UUID | None = None
+        default_area = service_area == "other"
+        while True:
+            async with self.sessions() as session, session.begin():
+                calls = await RetentionRepository(session).calls_of_area(
+                    service_area, default_area, after, RECOMPUTE_BATCH
+                )
+                for call in calls:
+                    assert call.ended_at is not None
+                    deadline = add_months(call.ended_at, months)
+                    if (
+                        call.record_retention_until is not None
+                        and deadline < call.record_retention_until
+                    ):
+                        shortened += 1
+                    call.record_retention_until = deadline
+                total += len(calls)
+            if len(calls) < RECOMPUTE_BATCH:
+                return total, shortened
+            after = calls[-1].id
+
+    # ---- what is due ------------------------------------------------------------------
+
+    async def due(
+        self, within_days: int, limit: int = 100, after: tuple[datetime, uuid.UUID] | None = None
+    ) -> list[tuple[Recording, Call, bool]]:
+        until = self.clock() + timedelta(days=within_days)
+        async with self.sessions() as session:
+            return list(await RetentionRepository(session).due_list(until, limit, after))
+
+    # ---- the sweep --------------------------------------------------------------------
+
+    async def sweep(self, *, dry_run: bool = False) -> SweepResult:
+        """Delete every due, unheld recording's media; erase call records past their deadline.
+
+        Safe to run from several replicas at once. A storage or provider error leaves that
+        recording undeleted (its error is kept on it) and is reported; the next sweep retries
+        it once its lease has run out.
+        """
+        now = self.clock()
+        result = SweepResult(dry_run=dry_run)
+        async with self.sessions() as session, session.begin():
+            unheld, held = await RetentionRepository(session).count_due(now)
+            result.skipped_held = held
+            run = SweepRun(
+                started_at=now,
+                dry_run=dry_run,
+                deleted=0,
+                skipped_held=held,
+                errors=0,
+                records_erased=0,
+            )
+            RetentionRepository(session).add_sweep_run(run)
+        if dry_run:
+            result.deleted = unheld
+            await self._finish_run(run.id, result)
+            return result
+        while True:
+            async with self.sessions() as session, session.begin():
+                now = self.clock()
+                claimed = await RetentionRepository(session).claim_due(
+                    now, now + _LEASE, SWEEP_BATCH
+                )
+            if not claimed:
+                break
+            for recording_id in claimed:
+                error = await self._delete_one(recording_id, "retention", SYSTEM_SWEEP)
+                if error is None:
+                    result.deleted += 1
+                else:
+                    result.errors += 1
+                    if len(result.error_details) < 20:
+                        result.error_details.append(error)
+        while True:
+            async with self.sessions() as session, session.begin():
+                erased = await RetentionRepository(session).erase_due_call_records(
+                    self.clock(), SWEEP_BATCH
+                )
+            result.records_erased += erased
+            if erased < SWEEP_BATCH:
+                break
+        self.metrics.retention_deleted.inc(result.deleted)
+        await self._finish_run(run.id, result)
+        if result.errors:
+            log.error("retention sweep: %s recordings could not be deleted", result.errors)
+        return result
+
+    async def _finish_run(self, run_id: int, result: SweepResult) -> None:
+        async with self.sessions() as session, session.begin():
+            run = await session.get(SweepRun, run_id)
+            assert run is not None
+            run.finished_at = self.clock()
+            run.deleted, run.errors, run.records_erased = (
+                result.deleted,
+                result.errors,
+                result.records_erased,
+            )
+
+    async def last_sweep_at(self) -> datetime | None:
+        async with self.sessions() as session:
+            return await RetentionRepository(session).last_sweep_at()
+
+    # ---- deleting one recording -------------------------------------------------------
+
+    async def delete_recording(
+        self, recording_id: uuid.UUID, reason: str, actor: Actor
+    ) -> Recording:
+        """Early deletion by a DPO. Refused while held; deleting twice succeeds."""
+        async with self.sessions() as session:
+            recording = await RecordingRepository(session).by_id(recording_id)
+            if recording is None:
+                raise NotFound("No such recording.")
+            if recording.deleted_at is not None:
+                return recording
+            if recording.state in LIVE_RECORDING_STATES:
+                raise Conflict("The recording is still live; delete it once it has stopped.")
+            if await RetentionRepository(session).is_held(recording_id):
+                raise HeldRecording("Release every legal hold on the recording first.")
+        error = await self._delete_one(recording_id, reason, actor)
+        if error is not None:
+            raise MediaDeletionFailed(error)
+        async with self.sessions() as session:
+            deleted = await RecordingRepository(session).by_id(recording_id)
+            assert deleted is not None
+            return deleted
+
+    async def _delete_one(self, recording_id: uuid.UUID, reason: str, actor: Actor) -> str | None:
+        """Delete one recording's media everywhere, then tombstone it. None on success, else
+        a description of what failed (and the recording stays undeleted)."""
+        async with self.sessions() as session:
+            recording = await RecordingRepository(session).by_id(recording_id)
+            call = (
+                None
+                if recording is None
+                else await CallRepository(session).by_id(recording.call_id)
+            )
+        if recording is None or call is None or recording.deleted_at is not None:
+            return None
+        try:
+            if recording.media_path:
+                await self.store.delete(recording.media_path)
+            controller = self.controllers.get(call.provider)
+            if (
+                isinstance(controller, MediaSource)
+                and recording.state != RecordingState.PENDING.value
+            ):
+                await controller.delete_media(recording.provider_recording_id)
+        except (MediaStoreError, ProviderError) as exc:
+            message = scrub_text(f"{type(exc).__name__}: {exc}")[:500]
+            async with self.sessions() as session, session.begin():
+                row = await RecordingRepository(session).by_id(recording_id, lock=True)
+                if row is not None:
+                    row.deletion_error = message
+            log.error("recording %s not deleted: %s", recording_id, message)
+            return message
+        async with self.sessions() as session, session.begin():
+            row = await RecordingRepository(session).by_id(recording_id, lock=True)
+            if row is None or row.deleted_at is not None:
+                return None
+            now = self.clock()
+            set_recording_state(
+                TransitionRepository(session),
+                row,
+                RecordingState.DELETED,
+                f"deleted: {reason}",
+                now,
+            )
+            row.deleted_at, row.deleted_reason = now, reason
+            row.media_path, row.media_url, row.media_size = None, None, None
+            row.sweep_lease_until, row.deletion_error = None, None
+            await self.audit.record(
+                session,
+                actor,
+                "recording.deleted",
+                "recording",
+                str(recording_id),
+                detail={
+                    "reason": reason,
+                    "retention_until": row.retention_until.isoformat()
+                    if row.retention_until
+                    else None,
+                },
+            )
+        return None
+
+
+class MediaDeletionFailed(AppError):
+    status, slug, title = 503, "deletion-failed", "The media could not be deleted"

@@ -1,0 +1,577 @@
+"""Asterisk ARI: signed relayed events in, live-recording control out (respx as ARI).
+
+Event bodies follow ARI's documented models (rest-api/api-docs/events.json: Event, StasisStart,
+ChannelStateChange, ChannelEnteredBridge, ChannelDestroyed, Recording*; Channel, Bridge and
+LiveRecording from channels.json, bridges.json, recordings.json). Control requests follow
+recordings.json: ``POST|DELETE /recordings/live/{name}/pause|mute`` answered 204, 404 or 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import respx
+import sqlalchemy as sa
+
+from app.domain.roles import Role
+from app.domain.states import PauseBehavior
+from app.telephony.base import (
+    ConfirmedState,
+    ControlOutcome,
+    ControlTarget,
+    ProviderUnavailable,
+    RecordingRef,
+)
+from app.telephony.signing import sign, signed_headers
+from tests.conftest import Harness
+
+ARI = "http://127.0.0.1:9/ari"
+USER, PASSWORD = "recgate", "ari-password-for-tests-0001"
+CALLER = "1764322800.42"  # the caller's channel id: the IVR's provider_call_id
+AGENT = "1764322805.43"
+BRIDGE = "7f6a1c1e-5b0e-4c55-9d0e-3d1f2c3b4a59"
+REC_BRIDGE = "call-7f6a1c1e"
+REC_CHANNEL = "caller-1764322800.42"
+BASE_TIME = datetime.now(UTC).replace(microsecond=123000) - timedelta(minutes=5)
+
+
+def ari_time(offset_s: float = 0) -> str:
+    """ARI's timestamp format: milliseconds and a ``+0000`` offset without a colon."""
+    moment = BASE_TIME + timedelta(seconds=offset_s)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
+
+
+def channel(channel_id: str = CALLER, state: str = "Up", number: str = "+441632960001") -> dict:
+    """A Channel as ARI sends it."""
+    return {
+        "id": channel_id,
+        "protocol_id": f"{channel_id}@pbx.council.example",
+        "name": f"PJSIP/trunk-{channel_id[-2:]:0>8}",
+        "state": state,
+        "caller": {"name": "", "number": number},
+        "connected": {"name": "", "number": ""},
+        "accountcode": "",
+        "dialplan": {
+            "context": "from-trunk",
+            "exten": "01632960999",
+            "priority": 2,
+            "app_name": "Stasis",
+            "app_data": "recgate",
+        },
+        "creationtime": ari_time(),
+        "language": "en",
+    }
+
+
+def bridge(channels: list[str], bridge_id: str = BRIDGE) -> dict:
+    """A Bridge as ARI sends it."""
+    return {
+        "id": bridge_id,
+        "technology": "simple_bridge",
+        "bridge_type": "mixing",
+        "bridge_class": "stasis",
+        "creator": "Stasis",
+        "name": "council-tax-queue",
+        "channels": channels,
+        "creationtime": ari_time(),
+        "video_mode": "none",
+    }
+
+
+def live_recording(
+    name: str, target_uri: str, state: str = "recording", **extra: Any
+) -> dict[str, Any]:
+    """A LiveRecording as ARI sends it."""
+    return {"name": name, "format": "wav", "target_uri": target_uri, "state": state, **extra}
+
+
+def ari_event(type_: str, offset_s: float = 0, **fields: Any) -> dict[str, Any]:
+    """An ARI Event: the base fields plus the event's own."""
+    return {
+        "type": type_,
+        "application": "recgate",
+        "timestamp": ari_time(offset_s),
+        "asterisk_id": "52:54:00:12:34:56",
+        **fields,
+    }
+
+
+def stasis_start(channel_id: str = CALLER, offset_s: float = 0) -> dict[str, Any]:
+    return ari_event("StasisStart", offset_s, args=[], channel=channel(channel_id, "Ring"))
+
+
+def entered_bridge(channel_id: str = CALLER, offset_s: float = 2) -> dict[str, Any]:
+    return ari_event(
+        "ChannelEnteredBridge", offset_s, bridge=bridge([channel_id]), channel=channel(channel_id)
+    )
+
+
+def recording_started(
+    name: str = REC_BRIDGE, target: str = f"bridge:{BRIDGE}", offset_s: float = 3
+) -> dict[str, Any]:
+    return ari_event("RecordingStarted", offset_s, recording=live_recording(name, target))
+
+
+def basic(user: str = USER, password: str = PASSWORD) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def live(name: str, operation: str) -> str:
+    return f"{ARI}/recordings/live/{name}/{operation}"
+
+
+@pytest.fixture
+async def ast(make_harness: Callable[..., Any]) -> AsyncIterator[Harness]:
+    async with make_harness(ari_url=ARI, ari_user=USER, ari_password=PASSWORD) as h:
+        yield h
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[respx.MockRouter]:
+    async with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+async def send(h: Harness, body: dict[str, Any]) -> httpx.Response:
+    return await h.send_event(body, provider="asterisk")
+
+
+async def send_all(h: Harness, *bodies: dict[str, Any]) -> None:
+    for body in bodies:
+        response = await send(h, body)
+        assert response.status_code == 200, response.text
+
+
+async def bridged_call_recording(h: Harness) -> None:
+    """The usual flow: the caller enters Stasis, is answered, bridged, and the bridge records."""
+    await send_all(
+        h,
+        stasis_start(),
+        ari_event("ChannelStateChange", 1, channel=channel(CALLER, "Up")),
+        entered_bridge(),
+        recording_started(),
+    )
+
+
+async def pay(h: Harness, action: str, call_id: str = CALLER, **body: Any) -> httpx.Response:
+    return await h.client.post(
+        f"/v1/calls/asterisk/{call_id}/payment/{action}", json=body, headers=h.auth(Role.IVR)
+    )
+
+
+async def get_call(h: Harness, call_id: str = CALLER) -> dict[str, Any]:
+    response = await h.client.get(f"/v1/calls/asterisk/{call_id}", headers=h.auth(Role.SUPERVISOR))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# ---- events ---------------------------------------------------------------------------------
+
+
+async def test_bridge_recording_lands_on_the_callers_call(ast: Harness) -> None:
+    await bridged_call_recording(ast)
+
+    call = await get_call(ast)
+    assert call["state"] == "in_progress" and call["direction"] == "inbound"
+    assert call["started_at"].startswith(BASE_TIME.strftime("%Y-%m-%dT%H:%M:%S.123"))
+    assert call["answered_at"] is not None
+    [recording] = call["recordings"]
+    assert recording["provider_recording_id"] == REC_BRIDGE
+    assert recording["state"] == "recording"
+    async with ast.services.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                sa.text("SELECT provider_call_id, from_number, to_number FROM calls")
+            )
+        ).all()
+    assert rows == [(CALLER, "+441632960001", "01632960999")], "the bridge is not a call"
+
+
+async def test_channel_recording_lands_on_that_channels_call(ast: Harness) -> None:
+    await send_all(ast, stasis_start(), recording_started(REC_CHANNEL, f"channel:{CALLER}"))
+    assert [r["provider_recording_id"] for r in (await get_call(ast))["recordings"]] == [
+        REC_CHANNEL
+    ]
+
+
+async def test_recording_finished_and_channel_destroyed_end_the_call(
+    ast: Harness, api: respx.MockRouter
+) -> None:
+    audio = b"RIFF" + bytes(range(256)) * 8
+    media = api.get(f"{ARI}/recordings/stored/{REC_BRIDGE}/file").respond(200, content=audio)
+    await bridged_call_recording(ast)
+    finished = ari_event(
+        "RecordingFinished",
+        95,
+        recording=live_recording(REC_BRIDGE, f"bridge:{BRIDGE}", "done", duration=92),
+    )
+    destroyed = ari_event(
+        "ChannelDestroyed", 96, cause=16, cause_txt="Normal Clearing", channel=channel()
+    )
+    await send_all(ast, finished, destroyed)
+    await ast.services.tasks.drain()
+
+    call = await get_call(ast)
+    assert call["state"] == "ended"
+    assert call["ended_at"] is not None and call["record_retention_until"] is not None
+    [recording] = call["recordings"]
+    assert recording["state"] == "available", "a finished ARI recording is stored and fetchable"
+    assert recording["duration_s"] == 92 and recording["retention_until"] is not None
+    assert media.call_count == 1
+    assert media.calls.last.request.headers["authorization"] == basic()
+    async with ast.services.engine.connect() as conn:
+        stored = (await conn.execute(sa.text("SELECT media_size FROM recordings"))).scalar_one()
+    assert stored == len(audio)
+
+
+async def test_canceled_recording_is_stopped_without_media(
+    ast: Harness, api: respx.MockRouter
+) -> None:
+    media = api.get(url__startswith=f"{ARI}/recordings/stored/").respond(200, content=b"x")
+    await bridged_call_recording(ast)
+    canceled = ari_event(
+        "RecordingFinished",
+        10,
+        recording=live_recording(REC_BRIDGE, f"bridge:{BRIDGE}", "canceled"),
+    )
+    await send_all(ast, canceled)
+    await ast.services.tasks.drain()
+    assert (await get_call(ast))["recordings"][0]["state"] == "stopped"
+    assert media.call_count == 0, "a canceled recording's file was discarded by Asterisk"
+
+
+async def test_recording_failed(ast: Harness) -> None:
+    await bridged_call_recording(ast)
+    failed = ari_event(
+        "RecordingFailed",
+        4,
+        recording=live_recording(
+            REC_BRIDGE, f"bridge:{BRIDGE}", "failed", cause="Cannot record channel while in bridge"
+        ),
+    )
+    await send_all(ast, failed)
+    assert (await get_call(ast))["recordings"][0]["state"] == "failed"
+
+
+async def test_duplicates_are_applied_once(ast: Harness) -> None:
+    first = await send(ast, stasis_start())
+    # A relay retry: same ARI event, a new webhook id.
+    again = await send(ast, stasis_start())
+    assert first.json() == {"status": "applied"} and again.json() == {"status": "duplicate"}
+    await send_all(ast, entered_bridge(), recording_started())
+    assert (await send(ast, recording_started())).json() == {"status": "duplicate"}
+    # The same event re-serialised by a relay (ISO offset with a colon) is still the same event.
+    reserialised = recording_started()
+    reserialised["timestamp"] = reserialised["timestamp"].replace("+0000", "+00:00")
+    assert (await send(ast, reserialised)).json() == {"status": "duplicate"}
+    assert await ast.count("inbound_events") == 3
+    assert await ast.count("recordings") == 1
+
+
+async def test_events_recgate_does_not_need_are_ignored_and_not_stored(ast: Harness) -> None:
+    dtmf = ari_event("ChannelDtmfReceived", 5, digit="4", duration_ms=120, channel=channel())
+    ringing = ari_event("ChannelStateChange", 1, channel=channel(CALLER, "Ringing"))
+    destroyed_bridge = ari_event("BridgeDestroyed", 9, bridge=bridge([]))
+    for body in (dtmf, ringing, destroyed_bridge):
+        response = await send(ast, body)
+        assert response.status_code == 200 and response.json() == {"status": "ignored"}
+    assert await ast.count("inbound_events") == 0 and await ast.count("calls") == 0
+
+
+async def test_bridge_created_with_the_caller_links_the_bridge(ast: Harness) -> None:
+    created = ari_event("BridgeCreated", 2, bridge=bridge([CALLER]))
+    await send_all(ast, stasis_start(), created, recording_started())
+    assert len((await get_call(ast))["recordings"]) == 1
+
+
+async def test_malformed_event_is_422_and_dead_lettered(ast: Harness) -> None:
+    no_channel = ari_event("StasisStart", args=[])
+    bad_time = stasis_start()
+    bad_time["timestamp"] = "yesterday"
+    unknown_target = ari_event(
+        "RecordingStarted", recording=live_recording("r", "endpoint:PJSIP/1000")
+    )
+    for body in (no_channel, bad_time, unknown_target, ["not", "an", "object"]):
+        response = await ast.client.post(
+            "/v1/webhooks/asterisk", content=json.dumps(body).encode(), headers=_signed(ast, body)
+        )
+        assert response.status_code == 422, body
+        assert response.headers["content-type"].startswith("application/problem+json")
+    assert await ast.count("dead_letters") == 4 and await ast.count("inbound_events") == 0
+
+
+def _signed(h: Harness, body: Any) -> dict[str, str]:
+    headers = signed_headers(
+        h.services.settings.generic_secret_key or b"", json.dumps(body).encode(), datetime.now(UTC)
+    )
+    headers["content-type"] = "application/json"
+    return headers
+
+
+async def test_bad_signature_is_401_and_nothing_stored(ast: Harness) -> None:
+    body = json.dumps(stasis_start()).encode()
+    headers = _signed(ast, stasis_start())
+    headers["webhook-signature"] = sign(
+        b"not-the-generic-secret-012345678",
+        headers["webhook-id"],
+        int(headers["webhook-timestamp"]),
+        body,
+    )
+    response = await ast.client.post("/v1/webhooks/asterisk", content=body, headers=headers)
+    assert response.status_code == 401
+    for table in ("inbound_events", "calls", "dead_letters"):
+        assert await ast.count(table) == 0, table
+
+
+async def test_webhook_is_404_when_asterisk_is_not_configured(harness: Harness) -> None:
+    response = await send(harness, stasis_start())
+    assert response.status_code == 404
+    assert await harness.count("inbound_events") == 0
+
+
+# ---- control --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("behavior", "operation"), [("silence", "mute"), ("skip", "pause")])
+async def test_pause_and_resume_requests_are_exactly_aris(
+    ast: Harness, api: respx.MockRouter, behavior: str, operation: str
+) -> None:
+    pause = api.post(live(REC_BRIDGE, operation)).respond(204)
+    resume = api.delete(live(REC_BRIDGE, operation)).respond(204)
+    other = api.route(url__startswith=f"{ARI}/recordings/live/").respond(500)
+    await bridged_call_recording(ast)
+
+    start = await pay(ast, "start", pause_behavior=behavior)
+    assert start.status_code == 200, start.text
+    assert start.json()["safe_to_collect"] is True
+    assert [(r["provider_recording_id"], r["state"]) for r in start.json()["recordings"]] == [
+        (REC_BRIDGE, "paused")
+    ]
+    end = await pay(ast, "end", outcome="authorised")
+    assert end.status_code == 200 and end.json()["state"] == "closed"
+
+    assert pause.call_count == 1 and resume.call_count == 1 and other.call_count == 0
+    for request in (pause.calls.last.request, resume.calls.last.request):
+        assert request.headers["authorization"] == basic()
+        assert request.content == b"", "ARI takes no body on these operations"
+    assert (await get_call(ast))["recordings"][0]["state"] == "recording"
+
+
+async def test_queued_recording_409_is_retried_until_live(
+    ast: Harness, api: respx.MockRouter
+) -> None:
+    route = api.post(live(REC_BRIDGE, "mute"))
+    not_in_session = httpx.Response(409, json={"message": "Recording not in session"})
+    route.side_effect = [not_in_session, not_in_session, httpx.Response(204)]
+    await bridged_call_recording(ast)
+
+    start = await pay(ast, "start")
+
+    assert start.status_code == 200 and start.json()["safe_to_collect"] is True
+    assert route.call_count == 3
+
+
+async def test_409_until_the_deadline_fails_closed(ast: Harness, api: respx.MockRouter) -> None:
+    route = api.post(live(REC_BRIDGE, "mute")).respond(
+        409, json={"message": "Recording not in session"}
+    )
+    await bridged_call_recording(ast)
+
+    start = await pay(ast, "start")
+
+    assert start.status_code == 503
+    assert start.json()["safe_to_collect"] is False and start.json()["state"] == "pause_failed"
+    assert route.call_count >= 2, "retried within the deadline"
+    call = await get_call(ast)
+    assert call["recordings"][0]["quarantined"] is True
+    assert [e["kind"] for e in call["exposures"]] == ["pause_failed"]
+
+
+async def test_404_means_the_recording_is_gone(ast: Harness, api: respx.MockRouter) -> None:
+    api.post(live(REC_BRIDGE, "mute")).respond(404, json={"message": "Recording not found"})
+    await bridged_call_recording(ast)
+
+    start = await pay(ast, "start")
+
+    assert start.status_code == 200 and start.json()["safe_to_collect"] is True
+    assert (await get_call(ast))["recordings"][0]["state"] == "stopped"
+
+
+async def test_other_4xx_is_refused_at_once(ast: Harness, api: respx.MockRouter) -> None:
+    route = api.post(live(REC_BRIDGE, "mute")).respond(
+        401, text="Authentication required", headers={"www-authenticate": "Basic"}
+    )
+    await bridged_call_recording(ast)
+    start = await pay(ast, "start")
+    assert start.status_code == 503 and start.json()["safe_to_collect"] is False
+    assert route.call_count == 1, "a refusal is not retried"
+
+
+async def test_ari_timeout_fails_closed(ast: Harness, api: respx.MockRouter) -> None:
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(204)
+
+    api.post(live(REC_BRIDGE, "mute")).mock(side_effect=hang)
+    await bridged_call_recording(ast)
+    start = await pay(ast, "start")
+    assert start.status_code == 503 and start.json()["state"] == "pause_failed"
+
+
+async def test_channel_and_bridge_recordings_are_both_paused(
+    ast: Harness, api: respx.MockRouter
+) -> None:
+    bridge_pause = api.post(live(REC_BRIDGE, "pause")).respond(204)
+    channel_pause = api.post(live(REC_CHANNEL, "pause")).respond(204)
+    await bridged_call_recording(ast)
+    await send_all(ast, recording_started(REC_CHANNEL, f"channel:{CALLER}", 4))
+
+    start = await pay(ast, "start", pause_behavior="skip")
+
+    assert start.status_code == 200 and start.json()["safe_to_collect"] is True
+    assert bridge_pause.call_count == 1 and channel_pause.call_count == 1
+    assert {r["provider_recording_id"]: r["state"] for r in start.json()["recordings"]} == {
+        REC_BRIDGE: "paused",
+        REC_CHANNEL: "paused",
+    }
+
+
+async def test_one_gone_recording_does_not_make_the_other_read_gone(
+    ast: Harness, api: respx.MockRouter
+) -> None:
+    api.post(live(REC_BRIDGE, "mute")).respond(204)
+    api.post(live(REC_CHANNEL, "mute")).respond(404, json={"message": "Recording not found"})
+    resume = api.delete(live(REC_BRIDGE, "mute")).respond(204)
+    await bridged_call_recording(ast)
+    await send_all(ast, recording_started(REC_CHANNEL, f"channel:{CALLER}", 4))
+
+    start = await pay(ast, "start")
+
+    assert start.status_code == 200 and start.json()["safe_to_collect"] is True
+    states = {r["provider_recording_id"]: r["state"] for r in start.json()["recordings"]}
+    assert states == {REC_BRIDGE: "paused", REC_CHANNEL: "stopped"}
+    assert (await pay(ast, "end")).status_code == 200
+    assert resume.call_count == 1, "the paused recording is resumed"
+
+
+async def test_pausing_twice_is_harmless(ast: Harness, api: respx.MockRouter) -> None:
+    # ARI answers 204 to a mute of a muted recording (res_stasis_recording.c: a no-op).
+    route = api.post(live(REC_BRIDGE, "mute")).respond(204)
+    await bridged_call_recording(ast)
+    first = await pay(ast, "start", reference="PAY-1")
+    await ast.services.gate.enforce_pause("asterisk", CALLER)  # a background re-check
+    again = await pay(ast, "start", reference="PAY-1")
+    assert first.json()["segment_id"] == again.json()["segment_id"]
+    assert again.json()["safe_to_collect"] is True
+    assert route.call_count == 1, "an open, confirmed payment sends nothing again"
+
+    controller = ast.services.controllers["asterisk"]
+    target = ControlTarget(CALLER, (RecordingRef(None, REC_BRIDGE),))
+    assert await controller.pause(target, PauseBehavior.SILENCE) == [
+        ControlOutcome(REC_BRIDGE, ConfirmedState.PAUSED)
+    ]
+    assert route.call_count == 2
+
+
+async def test_no_recording_known_yet_waits_for_recording_started(
+    ast: Harness, api: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ARI cannot pause "whatever records this call": recgate waits for RecordingStarted."""
+    mute = api.post(live(REC_BRIDGE, "mute")).respond(204)
+    await send_all(ast, stasis_start(), entered_bridge())
+    controller = ast.services.controllers["asterisk"]
+    asked_for_the_call = asyncio.Event()
+    pause = controller.pause
+
+    async def spy(target: ControlTarget, behavior: PauseBehavior) -> list[ControlOutcome]:
+        if target.call_level:
+            asked_for_the_call.set()
+        return await pause(target, behavior)
+
+    monkeypatch.setattr(controller, "pause", spy)
+
+    start_task = asyncio.create_task(pay(ast, "start"))
+    # The IVR won the race: the payment is waiting when the recording's start arrives.
+    await asyncio.wait_for(asked_for_the_call.wait(), 5)
+    await send_all(ast, recording_started())
+    start = await start_task
+
+    assert start.status_code == 200, start.text
+    assert start.json()["safe_to_collect"] is True
+    assert mute.call_count == 1
+    assert (await get_call(ast))["exposures"] == []
+
+
+async def test_no_recording_ever_known_fails_closed(ast: Harness, api: respx.MockRouter) -> None:
+    anything = api.route(url__startswith=ARI).respond(204)
+    await send_all(ast, stasis_start())
+
+    start = await pay(ast, "start")
+
+    assert start.status_code == 503 and start.json()["safe_to_collect"] is False
+    assert anything.call_count == 0, "there is no call-level pause on ARI to send"
+    # Nothing was paused, so ending the payment has nothing to resume and closes it.
+    end = await pay(ast, "end")
+    assert end.status_code == 200 and end.json()["state"] == "closed"
+    assert anything.call_count == 0
+
+
+async def test_resume_after_a_restart_undoes_both_pause_and_mute(
+    make_harness: Callable[..., Any], api: respx.MockRouter
+) -> None:
+    """A replica that did not send the pause does not know which one was used: undo both."""
+    api.post(live(REC_BRIDGE, "pause")).respond(204)
+    unmute = api.delete(live(REC_BRIDGE, "mute")).respond(204)
+    unpause = api.delete(live(REC_BRIDGE, "pause")).respond(204)
+    async with make_harness(ari_url=ARI, ari_user=USER, ari_password=PASSWORD) as first:
+        await bridged_call_recording(first)
+        assert (await pay(first, "start", pause_behavior="skip")).status_code == 200
+        controller = first.services.controllers["asterisk"]
+        controller._paused_with.clear()  # type: ignore[attr-defined]  # as after a restart
+        end = await pay(first, "end")
+    assert end.status_code == 200 and end.json()["state"] == "closed"
+    assert unmute.call_count == 1 and unpause.call_count == 1
+
+
+async def test_resume_409_then_204_is_retried(ast: Harness, api: respx.MockRouter) -> None:
+    api.post(live(REC_BRIDGE, "mute")).respond(204)
+    resume = api.delete(live(REC_BRIDGE, "mute"))
+    resume.side_effect = [httpx.Response(409), httpx.Response(204)]
+    await bridged_call_recording(ast)
+    assert (await pay(ast, "start")).status_code == 200
+    end = await pay(ast, "end")
+    assert end.status_code == 200 and end.json()["state"] == "closed"
+    assert resume.call_count == 2
+
+
+async def test_readiness_names_the_ari_host_without_credentials(ast: Harness) -> None:
+    response = await ast.client.get("/readyz")
+    check = response.json()["checks"]["provider:asterisk"][0]
+    assert check["status"] == "pass" and "127.0.0.1" in check["output"]
+    assert PASSWORD not in response.text
+
+
+async def test_without_credentials_payment_fails_closed(
+    make_harness: Callable[..., Any],
+) -> None:
+    async with make_harness(ari_url=ARI) as h:
+        start = await pay(h, "start")
+    assert start.status_code in (500, 503) and start.json()["safe_to_collect"] is False
+
+
+async def test_deleting_asterisks_stored_copy(ast: Harness, api: respx.MockRouter) -> None:
+    delete = api.delete(f"{ARI}/recordings/stored/{REC_BRIDGE}")
+    delete.side_effect = [httpx.Response(204), httpx.Response(404), httpx.Response(500)]
+    media = ast.services.media
+    await media.delete_provider_copy("asterisk", REC_BRIDGE)
+    await media.delete_provider_copy("asterisk", REC_BRIDGE)  # already gone: fine
+    with pytest.raises(ProviderUnavailable):
+        await media.delete_provider_copy("asterisk", REC_BRIDGE)
+    assert delete.calls[0].request.headers["authorization"] == basic()

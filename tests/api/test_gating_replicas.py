@@ -1,0 +1,121 @@
+"""Payment gating across two replicas of the app on one PostgreSQL database (SPEC §3.1).
+
+A second app instance (a replica) shares the first one's settings and database; the call's
+lock must then hold across processes, not only within one. Two processes on one SQLite file
+are not a supported deployment, so these tests run on PostgreSQL only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import respx
+
+from app.domain.roles import Role
+from app.main import create_app
+from tests.api.test_payment_gating import PAUSE, RESUME, get_call, live_call
+from tests.conftest import Harness
+
+START = "/v1/calls/generic/c-123/payment/start"
+END = "/v1/calls/generic/c-123/payment/end"
+
+
+@pytest.fixture(autouse=True)
+def postgres_only(database_url: str) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("replicas share a database only on PostgreSQL; SQLite serves one process")
+
+
+@pytest.fixture
+async def pbx() -> AsyncIterator[respx.MockRouter]:
+    async with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+@asynccontextmanager
+async def replica(h: Harness) -> AsyncIterator[Harness]:
+    """A second app instance on the same database, settings and tokens."""
+    app = create_app(h.services.settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://replica-b.test"
+        ) as client:
+            yield Harness(client, app.state.services, h.tokens)
+        await app.state.services.tasks.drain()
+
+
+async def test_end_on_one_replica_waits_for_a_pause_in_flight_on_the_other(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
+    """An end on B during A's unanswered pause runs after it and resumes what may have paused."""
+    answer = asyncio.Event()
+    sent: list[int] = []
+    first_sent = asyncio.Event()
+
+    async def first_pause_unanswered(request: httpx.Request) -> httpx.Response:
+        sent.append(1)
+        first_sent.set()
+        if len(sent) == 1:
+            await answer.wait()  # the PBX got the command; its answer never comes in time
+        return httpx.Response(200, json={"state": "paused"})
+
+    pbx.post(PAUSE).mock(side_effect=first_pause_unanswered)
+    resume = pbx.post(RESUME).respond(200, json={"state": "recording"})
+    await live_call(harness)
+    async with replica(harness) as b:
+        a_start = asyncio.create_task(harness.client.post(START, headers=harness.auth(Role.IVR)))
+        await asyncio.wait_for(first_sent.wait(), 5)
+        # B's end waits for the call lock, so it must have deadline left when A lets go.
+        await asyncio.sleep(0.2)
+        b_end = await b.client.post(END, headers=b.auth(Role.IVR))
+        answer.set()
+        a = await a_start
+
+        assert a.status_code == 503, a.text
+        assert (a.json()["state"], a.json()["safe_to_collect"]) == ("pause_failed", False)
+        assert b_end.status_code == 200, b_end.text
+        assert b_end.json()["state"] == "closed"
+        assert resume.call_count == 1, "the pause that may have landed at the PBX was not undone"
+        call = await get_call(harness)
+        segment_steps = [t["to_state"] for t in call["timeline"] if t["entity"] == "segment"]
+        assert segment_steps == ["pausing", "pause_failed", "resuming", "closed"], (
+            "B's end interleaved with A's pause instead of waiting for the call lock"
+        )
+        assert [r["state"] for r in call["recordings"]] == ["recording"], (
+            "a pause confirmation was applied after the payment closed"
+        )
+
+        again = await b.client.post(START, headers=b.auth(Role.IVR))
+        assert again.status_code == 200, again.text
+        assert again.json()["safe_to_collect"] is True
+        assert len(sent) == 2, "the next payment must send its own pause"
+
+
+async def test_concurrent_starts_on_two_replicas_send_exactly_one_pause(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
+    """Two replicas starting the same payment at once share one segment and one pause command."""
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.15)
+        return httpx.Response(200, json={"state": "paused"})
+
+    pause = pbx.post(PAUSE).mock(side_effect=slow)
+    await live_call(harness)
+    async with replica(harness) as b:
+        answers = await asyncio.gather(
+            harness.client.post(START, headers=harness.auth(Role.IVR)),
+            b.client.post(START, headers=b.auth(Role.IVR)),
+        )
+
+    assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+    assert [r.json()["safe_to_collect"] for r in answers] == [True, True]
+    assert answers[0].json()["segment_id"] == answers[1].json()["segment_id"]
+    assert pause.call_count == 1, "a pause was sent twice to the provider (SPEC §3.1)"
+    call = await get_call(harness)
+    assert [s["state"] for s in call["segments"]] == ["paused"]
