@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     retention_media_months: int = Field(default=18, ge=1)
     retention_record_months: int = Field(default=72, ge=1)
     sweep_interval_s: int = Field(default=300, ge=1)
+    # Silence this much either side of an exposure when redacting (clocks, DTMF tails).
+    redaction_margin_s: float = Field(default=2.0, ge=0, le=60)
 
     metrics_public: bool = False
     background_jobs: bool = True

@@ -21,6 +21,7 @@ def service_jobs(services: Services) -> list[Job]:
         ("overlong-pauses", 5.0, services.gate.alert_overlong_segments),
         ("stuck-segments", 5.0, services.gate.recover_stuck_segments),
         ("media-copies", 60.0, services.media.fetch_due),
+        ("redaction", 60.0, services.redaction.redact_due),
         # Several replicas may sweep at once: claims are leased rows, skipped when locked.
         ("retention-sweep", float(services.settings.sweep_interval_s), services.retention.sweep),
     ]

@@ -19,6 +19,7 @@ from app.services.intake import EventIntake
 from app.services.media import MediaService
 from app.services.metrics import Metrics
 from app.services.recordings import RecordingService
+from app.services.redaction import RedactionService
 from app.services.retention import RetentionService
 from app.services.tokens import TokenService
 from app.storage.db import create_engine, session_factory
@@ -47,6 +48,7 @@ class Services:
     audit: AuditService
     retention: RetentionService
     recordings: RecordingService
+    redaction: RedactionService
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock = utcnow) -> Services:
@@ -99,6 +101,7 @@ class Services:
                 sessions, settings, clock, media.store, controllers, audit, metrics
             ),
             recordings=RecordingService(sessions, clock, media.store, audit),
+            redaction=RedactionService(sessions, settings, clock, media.store, audit),
         )
 
     async def close(self) -> None:

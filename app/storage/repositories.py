@@ -667,3 +667,30 @@ class HoldRepository:
             condition = sa.or_(condition, LegalHold.caller == caller)
         stmt = sa.select(LegalHold).where(condition).order_by(LegalHold.placed_at, LegalHold.id)
         return (await self.session.execute(stmt)).scalars().all()
+
+
+class RedactionRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def candidates(self, limit: int = 100) -> Sequence[uuid.UUID]:
+        """Quarantined recordings whose media recgate holds, none of whose exposures is open."""
+        open_exposure = sa.exists().where(
+            Exposure.call_id == Recording.call_id,
+            sa.or_(Exposure.recording_id == Recording.id, Exposure.recording_id.is_(None)),
+            Exposure.ended_at.is_(None),
+        )
+        stmt = (
+            sa.select(Recording.id)
+            .where(
+                Recording.quarantined.is_(True),
+                Recording.deleted_at.is_(None),
+                Recording.media_path.is_not(None),
+                Recording.media_format == "wav",
+                Recording.started_at.is_not(None),
+                Recording.ended_at.is_not(None),
+                sa.not_(open_exposure),
+            )
+            .limit(limit)
+        )
+        return (await self.session.execute(stmt)).scalars().all()
