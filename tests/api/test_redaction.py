@@ -134,7 +134,7 @@ async def test_exposed_span_is_silenced_and_the_original_deleted(
 
 
 async def test_non_wav_media_stays_quarantined(h: tuple[Harness, FakeClock]) -> None:
-    harness, clock = h
+    harness, _clock = h
     async with respx.mock:
         respx.post(f"{CONTROL_URL}/calls/c-1/recording/pause").respond(403)
         respx.post(f"{CONTROL_URL}/calls/c-1/recording/resume").respond(
