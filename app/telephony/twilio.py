@@ -325,8 +325,10 @@ class TwilioController(RecordingController, MediaSource):
         code = _json(response).get("code")
         if code == NO_LIVE_RECORDING:
             return ControlOutcome(ref.provider_recording_id, ConfirmedState.NOT_RECORDING)
-        if code == NOT_FOUND or response.status_code == 404:
-            raise RecordingGone(f"twilio: {code or 404} recording or call not found")
+        if code == NOT_FOUND:
+            # Gone for this recording only: the others in the same command keep their answers
+            # (raising would mark a recording just paused as stopped, never to be resumed).
+            return ControlOutcome(ref.provider_recording_id, ConfirmedState.GONE)
         if response.status_code == 429 or response.status_code >= 500:
             raise ProviderUnavailable(f"twilio: HTTP {response.status_code}")
         raise ProviderRejected(f"twilio: HTTP {response.status_code} error {code}")

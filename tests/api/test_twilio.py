@@ -595,3 +595,34 @@ async def test_recording_twilio_current_did_not_cover_is_an_exposure(
     }
     assert states == {RE: ("paused", False), RE_CONF: ("paused", True)}
     assert [e["kind"] for e in call["exposures"]] == ["late_recording"]
+
+
+async def test_one_recording_gone_does_not_unpause_the_other(
+    tw: Harness, api: respx.MockRouter
+) -> None:
+    call_rec = api.post(f"{ACCOUNT}/Calls/{CA}/Recordings/{RE}.json")
+    call_rec.side_effect = [
+        httpx.Response(200, json=recording_json(RE, "paused")),
+        httpx.Response(200, json=recording_json(RE, "in-progress")),
+    ]
+    api.post(f"{ACCOUNT}/Conferences/{CF}/Recordings/{RE_CONF}.json").mock(
+        return_value=twilio_error(20404, 404, "The requested resource was not found")
+    )
+    await start_recording(tw)
+    await start_recording(tw, RE_CONF, ConferenceSid=CF)
+    start = await pay(tw, "start")
+    assert start.status_code == 200, start.text
+    states = {r["provider_recording_id"]: r["state"] for r in start.json()["recordings"]}
+    assert states == {RE: "paused", RE_CONF: "stopped"}
+    end = await pay(tw, "end")
+    assert end.status_code == 200
+    assert call_rec.call_count == 2, "the recording that was paused is resumed"
+
+
+async def test_bare_404_is_not_taken_for_gone(tw: Harness, api: respx.MockRouter) -> None:
+    api.post(f"{ACCOUNT}/Calls/{CA}/Recordings/{RE}.json").respond(
+        404, text="<html>Not Found</html>"
+    )
+    await start_recording(tw)
+    start = await pay(tw, "start")
+    assert start.status_code == 503 and start.json()["safe_to_collect"] is False
