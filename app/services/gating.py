@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -434,45 +434,83 @@ class PaymentGate:
         behavior: PauseBehavior,
         deadline: float,
     ) -> SegmentOutcome:
+        async def step(
+            session: AsyncSession, segment: PaymentSegment, call: Call, first_round: bool
+        ) -> ControlTarget | SegmentOutcome:
+            if segment.state != _S.PAUSING.value:
+                return await self._outcome(session, segment)
+            links = await SegmentRepository(session).links_for_segment(segment.id)
+            live = await RecordingRepository(session).live_for_call(call.id)
+            pending = [r for r in live if not _confirmed(r, links.get(r.id))]
+            if not pending and not (first_round and not live):
+                now = self.clock()
+                set_segment_state(
+                    TransitionRepository(session),
+                    segment,
+                    _S.PAUSED,
+                    "every recording confirmed paused",
+                    now,
+                )
+                segment.paused_at = segment.paused_at or now
+                return await self._outcome(session, segment)
+            return await self._mark_pausing(session, call, segment, pending)
+
+        return await self._until_confirmed(
+            controller,
+            "pause",
+            segment_id,
+            deadline,
+            behavior,
+            step,
+            self._apply_pause,
+            self._fail_pause,
+        )
+
+    async def _until_confirmed(
+        self,
+        controller: RecordingController,
+        action: str,
+        segment_id: uuid.UUID,
+        deadline: float,
+        behavior: PauseBehavior | None,
+        step: Callable[
+            [AsyncSession, PaymentSegment, Call, bool], Awaitable[ControlTarget | SegmentOutcome]
+        ],
+        apply: Callable[
+            [AsyncSession, Call, PaymentSegment, Sequence[ControlOutcome]], Awaitable[None]
+        ],
+        fail: Callable[[uuid.UUID, str], Awaitable[SegmentOutcome]],
+    ) -> SegmentOutcome:
+        """Command, apply what was confirmed, repeat until ``step`` has an answer.
+
+        Each round: ``step`` (in a transaction) returns the answer or what to command; the
+        command goes out with no transaction open; transient failures are retried with backoff
+        while the deadline allows; ``fail`` records a command that was not confirmed in time.
+        """
         loop = asyncio.get_running_loop()
         first_round, attempt = True, 0
         while True:
             async with self.sessions() as session, session.begin():
                 segment, call = await self._locked_segment(session, segment_id)
-                if segment.state != _S.PAUSING.value:
-                    return await self._outcome(session, segment)
-                links = await SegmentRepository(session).links_for_segment(segment.id)
-                live = await RecordingRepository(session).live_for_call(call.id)
-                pending = [r for r in live if not _confirmed(r, links.get(r.id))]
-                call_level = first_round and not live
-                if not pending and not call_level:
-                    now = self.clock()
-                    set_segment_state(
-                        TransitionRepository(session),
-                        segment,
-                        _S.PAUSED,
-                        "every recording confirmed paused",
-                        now,
-                    )
-                    segment.paused_at = segment.paused_at or now
-                    return await self._outcome(session, segment)
-                target = await self._mark_pausing(session, call, segment, pending)
+                decision = await step(session, segment, call, first_round)
+            if isinstance(decision, SegmentOutcome):
+                return decision
             try:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise _CommandFailed("pause not confirmed within the deadline")
-                outcomes = await self._send(controller, "pause", target, remaining, behavior)
+                    raise _CommandFailed(f"{action} not confirmed within the deadline")
+                outcomes = await self._send(controller, action, decision, remaining, behavior)
             except _CommandFailed as exc:
                 retry_in = _RETRY_BACKOFF_S[min(attempt, len(_RETRY_BACKOFF_S) - 1)]
                 if exc.retryable and deadline - loop.time() > retry_in:
                     attempt += 1
                     await asyncio.sleep(retry_in)
                     continue
-                return await self._fail_pause(segment_id, exc.message)
+                return await fail(segment_id, exc.message)
             first_round = False
             async with self.sessions() as session, session.begin():
                 segment, call = await self._locked_segment(session, segment_id)
-                await self._apply_pause(session, call, segment, outcomes)
+                await apply(session, call, segment, outcomes)
 
     async def _mark_pausing(
         self,
@@ -604,71 +642,63 @@ class PaymentGate:
         closed_by: ClosedBy,
         deadline: float,
     ) -> SegmentOutcome:
-        loop = asyncio.get_running_loop()
-        first_round, attempt = True, 0
-        while True:
-            async with self.sessions() as session, session.begin():
-                segment, call = await self._locked_segment(session, segment_id)
-                if segment.state != _S.RESUMING.value:
-                    return await self._outcome(session, segment)
-                links = await SegmentRepository(session).links_for_segment(segment.id)
-                linked = [
-                    r
-                    for r in await RecordingRepository(session).live_for_call(call.id)
-                    if r.id in links
-                ]
-                # A pause that timed out may still have landed: resume those too, once.
-                resumable = {_R.PAUSED.value, _R.PAUSING.value, _R.RESUMING.value}
-                if first_round:
-                    resumable.add(_R.RECORDING.value)
-                pending = [r for r in linked if r.state in resumable]
-                call_level = first_round and segment.call_level_sent_at is not None and not linked
-                if not pending and not call_level:
-                    now = self.clock()
-                    set_segment_state(
-                        TransitionRepository(session),
-                        segment,
-                        _S.CLOSED,
-                        f"{closed_by.value}: resumed",
-                        now,
-                    )
-                    segment.closed_at, segment.closed_by, segment.next_resume_at = (
-                        now,
-                        closed_by.value,
-                        None,
-                    )
-                    for exposure in await ExposureRepository(session).open_for_call(call.id):
-                        if exposure.segment_id == segment.id:
-                            exposure.ended_at = now
-                    return await self._outcome(session, segment)
-                transitions = TransitionRepository(session)
-                now = self.clock()
-                for recording in pending:
-                    if recording.state != _R.RECORDING.value:
-                        set_recording_state(transitions, recording, _R.RESUMING, "payment end", now)
-                target = ControlTarget(
-                    call.provider_call_id,
-                    tuple(
-                        RecordingRef(r.id, r.provider_recording_id, r.provider_container_id)
-                        for r in pending
-                    ),
+        async def step(
+            session: AsyncSession, segment: PaymentSegment, call: Call, first_round: bool
+        ) -> ControlTarget | SegmentOutcome:
+            if segment.state != _S.RESUMING.value:
+                return await self._outcome(session, segment)
+            links = await SegmentRepository(session).links_for_segment(segment.id)
+            linked = [
+                r
+                for r in await RecordingRepository(session).live_for_call(call.id)
+                if r.id in links
+            ]
+            # A pause that timed out may still have landed: resume those too, once.
+            resumable = {_R.PAUSED.value, _R.PAUSING.value, _R.RESUMING.value}
+            if first_round:
+                resumable.add(_R.RECORDING.value)
+            pending = [r for r in linked if r.state in resumable]
+            call_level = first_round and segment.call_level_sent_at is not None and not linked
+            now = self.clock()
+            if not pending and not call_level:
+                set_segment_state(
+                    TransitionRepository(session),
+                    segment,
+                    _S.CLOSED,
+                    f"{closed_by.value}: resumed",
+                    now,
                 )
-            try:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise _CommandFailed("resume not confirmed within the deadline")
-                outcomes = await self._send(controller, "resume", target, remaining, None)
-            except _CommandFailed as exc:
-                retry_in = _RETRY_BACKOFF_S[min(attempt, len(_RETRY_BACKOFF_S) - 1)]
-                if exc.retryable and deadline - loop.time() > retry_in:
-                    attempt += 1
-                    await asyncio.sleep(retry_in)
-                    continue
-                return await self._fail_resume(segment_id, exc.message)
-            first_round = False
-            async with self.sessions() as session, session.begin():
-                segment, call = await self._locked_segment(session, segment_id)
-                await self._apply_resume(session, call, segment, outcomes)
+                segment.closed_at, segment.closed_by, segment.next_resume_at = (
+                    now,
+                    closed_by.value,
+                    None,
+                )
+                for exposure in await ExposureRepository(session).open_for_call(call.id):
+                    if exposure.segment_id == segment.id:
+                        exposure.ended_at = now
+                return await self._outcome(session, segment)
+            transitions = TransitionRepository(session)
+            for recording in pending:
+                if recording.state != _R.RECORDING.value:
+                    set_recording_state(transitions, recording, _R.RESUMING, "payment end", now)
+            return ControlTarget(
+                call.provider_call_id,
+                tuple(
+                    RecordingRef(r.id, r.provider_recording_id, r.provider_container_id)
+                    for r in pending
+                ),
+            )
+
+        return await self._until_confirmed(
+            controller,
+            "resume",
+            segment_id,
+            deadline,
+            None,
+            step,
+            self._apply_resume,
+            self._fail_resume,
+        )
 
     async def _apply_resume(
         self,

@@ -251,6 +251,15 @@ class RtpengineController(RecordingController):
     async def pause(self, target: ControlTarget, behavior: PauseBehavior) -> list[ControlOutcome]:
         """Block keypad events, then pause (or stop) recording the whole call."""
         call_id = target.provider_call_id
+        try:
+            return await self._pause(target, call_id)
+        except RecordingGone as exc:
+            # The IVR names the call; a call-id rtpengine does not know is more likely a
+            # mismatch (topology hiding, another leg's id) than a call nothing records.
+            # Refuse rather than answer "safe".
+            raise ProviderRejected(f"rtpengine does not know this call-id: {exc}") from exc
+
+    async def _pause(self, target: ControlTarget, call_id: str) -> list[ControlOutcome]:
         if self.block_dtmf:
             # First, so that once the pause is confirmed the agent cannot hear digits either;
             # a block that fails fails the pause, and the IVR is told not to collect.

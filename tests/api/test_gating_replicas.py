@@ -70,8 +70,9 @@ async def test_end_on_one_replica_waits_for_a_pause_in_flight_on_the_other(
     async with replica(harness) as b:
         a_start = asyncio.create_task(harness.client.post(START, headers=harness.auth(Role.IVR)))
         await asyncio.wait_for(first_sent.wait(), 5)
-        # B's end waits for the call lock, so it must have deadline left when A lets go.
-        await asyncio.sleep(0.2)
+        # Halfway to A's deadline: B's end waits for the call lock and, started this much
+        # after A, still has time to resume once A gives up.
+        await asyncio.sleep(harness.services.settings.pause_timeout_ms / 2000)
         b_end = await b.client.post(END, headers=b.auth(Role.IVR))
         answer.set()
         a = await a_start
