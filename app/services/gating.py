@@ -171,6 +171,7 @@ class PaymentGate:
         except CallBusy as exc:
             raise PauseNotConfirmed(
                 "Another operation on this call did not finish in time: do not take card details.",
+                state=_S.PAUSE_FAILED.value,
                 safe_to_collect=False,
             ) from exc
         if answer.safe_to_collect:
