@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 
 from app.api import calls, ops, recordings, retention, webhooks
+from app.api.limits import BodySizeLimit
 from app.config import Settings, get_settings
 from app.domain.clock import Clock, utcnow
 from app.errors import install_error_handlers
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit)
     app.include_router(ops.router)
     app.include_router(calls.router)
     app.include_router(webhooks.router)

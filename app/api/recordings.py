@@ -38,17 +38,19 @@ assert set(Purpose.__args__) == set(MEDIA_PURPOSES)  # type: ignore[attr-defined
 _MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "pcap": "application/vnd.tcpdump.pcap"}
 
 
-def _hold(hold: LegalHold) -> HoldRead:
+def _hold(hold: LegalHold, full: bool = True) -> HoldRead:
+    """A hold; without ``full`` (a supervisor), not who placed it, its note or the caller it
+    covers: those can say more than a quality review needs (a police investigation)."""
     return HoldRead(
         id=hold.id,
         recording_id=hold.recording_id,
-        caller=hold.caller,
+        caller=hold.caller if full else None,
         reason=hold.reason,
         reference=hold.reference,
-        note=hold.note,
-        placed_by=hold.placed_by,
+        note=hold.note if full else None,
+        placed_by=hold.placed_by if full else None,
         placed_at=hold.placed_at,
-        released_by=hold.released_by,
+        released_by=hold.released_by if full else None,
         released_at=hold.released_at,
     )
 
@@ -69,7 +71,7 @@ def _summary(recording: Recording, call: Call) -> RecordingSummary:
     )
 
 
-def _read(detail: RecordingDetail) -> RecordingRead:
+def _read(detail: RecordingDetail, full: bool) -> RecordingRead:
     r, call = detail.recording, detail.call
     return RecordingRead(
         id=r.id,
@@ -86,7 +88,7 @@ def _read(detail: RecordingDetail) -> RecordingRead:
         media_available=r.media_path is not None,
         media_sha256=r.media_sha256,
         media_size=r.media_size,
-        holds=[_hold(h) for h in detail.holds],
+        holds=[_hold(h, full) for h in detail.holds],
         segments=[
             PauseSpanRead(
                 segment_id=p.segment_id,
@@ -150,7 +152,8 @@ async def list_recordings(
 async def get_recording(
     recording_id: uuid.UUID, services: ServicesDep, principal: ReaderDep
 ) -> RecordingRead:
-    return _read(await services.recordings.detail(recording_id, actor_of(principal)))
+    detail = await services.recordings.detail(recording_id, actor_of(principal))
+    return _read(detail, full=principal.role in (Role.DPO, Role.ADMIN))
 
 
 @router.get(

@@ -116,7 +116,7 @@ class HoldRead(BaseModel):
     reason: str
     reference: str | None
     note: str | None
-    placed_by: str
+    placed_by: str | None
     placed_at: datetime
     released_by: str | None
     released_at: datetime | None

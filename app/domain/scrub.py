@@ -15,8 +15,12 @@ REDACTED = "[REDACTED]"
 # A run of ASCII digits possibly broken by spaces or dashes ("4111 1111-1111 1111",
 # "4111 - 1111 - 1111 - 1111"); the length check and Luhn are applied to the digits alone.
 # [0-9] rather than \d: a Unicode digit next to a card number must not hide it.
-_SEPARATOR = re.compile(r"[ -]+")
-_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]{0,3}[0-9]){12,}(?![0-9])")
+# Spaces, tabs, line breaks, dashes and '+' (a form-encoded space) all separate groups.
+_SEPARATOR = re.compile(r"[\s+-]+")
+_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[\s+-]{0,3}[0-9]){12,}(?![0-9])")
+# No legitimate value recgate stores is a run of this many digits: redact it outright rather
+# than search it, so a hostile payload cannot make the scrubber quadratic.
+_LONGEST_SEARCHED_RUN = 64
 _CARD_WORD = (
     r"cvv2?|cvc2?|cv2|cid|csc|cav2|security[ _-]?code|card[ _-]?verification"
     r"(?:[ _-]?(?:value|code|number))?|card[ _-]?security[ _-]?code"
@@ -75,6 +79,8 @@ def _card_numbers(text: str) -> str:
         run = match.group(0)
         groups = _SEPARATOR.split(run)
         digits = "".join(groups)
+        if len(digits) > _LONGEST_SEARCHED_RUN:
+            return REDACTED
         if len(digits) > 19:
             # A longer run may hold a card number with other digits either side.
             return REDACTED if _has_card_window(digits) else run
@@ -111,13 +117,16 @@ def scrub(value: Any, key: str | None = None) -> Any:
     """Scrub a JSON-like value recursively: strings, numbers that look like card data, and the
     values of keys that name a security code."""
     if isinstance(value, dict):
-        return {k: scrub(v, str(k)) for k, v in value.items()}
+        # Keys are data too: a card number can arrive as a key.
+        return {scrub_text(str(k)): scrub(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [scrub(v, key) for v in value]
     if isinstance(value, bool) or value is None:
         return value
     if key is not None and _names_security_code(key) and isinstance(value, int | str):
         return REDACTED if str(value).strip().isdigit() else scrub_text(str(value))
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 4111111111111111.0 is a card number too
     if isinstance(value, int):
         text = str(value)
         return REDACTED if scrub_text(text) != text else value

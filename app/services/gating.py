@@ -164,6 +164,9 @@ class PaymentGate:
                 segment_id, behavior, answer = await self._open_segment(
                     provider, provider_call_id, reference, behavior, idempotency_key
                 )
+                # Only a start that commanded the provider measures the pause latency; a
+                # repeated (idempotent) start is answered from the stored segment.
+                commanded = answer is None
                 if answer is None:
                     answer = await self._pause_until_confirmed(
                         controller, segment_id, behavior, deadline
@@ -174,7 +177,7 @@ class PaymentGate:
                 state=_S.PAUSE_FAILED.value,
                 safe_to_collect=False,
             ) from exc
-        if answer.safe_to_collect:
+        if answer.safe_to_collect and commanded:
             self.metrics.pause_confirm_seconds.observe(loop.time() - began)
         return self._answer_start(answer)
 

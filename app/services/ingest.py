@@ -276,6 +276,7 @@ class _Applier:
             recording.pbx_paused = kind == EventType.RECORDING_PAUSED
             latest_pause_report = True
         self._merge_recording_end(recording)
+        await self._quarantine_if_exposed(recording)
         if (
             kind == EventType.RECORDING_COMPLETED
             and recording.state == _R.AVAILABLE.value
@@ -286,6 +287,27 @@ class _Applier:
         if recording.state not in LIVE_RECORDING_STATES:
             return False
         return await self._guard_live_recording(recording, latest_pause_report)
+
+    async def _quarantine_if_exposed(self, recording: Recording) -> None:
+        """A pause that failed before any recording was known left a call-wide exposure: any
+        recording of the call that may overlap it may hold card data."""
+        if recording.quarantined:
+            return
+        for exposure in await ExposureRepository(self.session).for_call(self.call.id):
+            if exposure.recording_id is not None:
+                continue
+            starts_in_time = (
+                recording.started_at is None
+                or exposure.ended_at is None
+                or recording.started_at <= exposure.ended_at + _CLOCK_SKEW
+            )
+            ends_in_time = (
+                recording.ended_at is None
+                or recording.ended_at >= exposure.started_at - _CLOCK_SKEW
+            )
+            if starts_in_time and ends_in_time:
+                recording.quarantined = True
+                return
 
     def _merge_recording_end(self, recording: Recording) -> None:
         if self.call.ended_at is not None:

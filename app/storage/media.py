@@ -12,6 +12,7 @@ import hashlib
 import logging
 import mimetypes
 import os
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,18 @@ class StoredMedia:
     path: str  # relative to the store's root
     size: int
     sha256: str
+
+
+_EXTENSION = re.compile(r"^[a-z0-9]{1,8}(?:\.[a-z0-9]{1,8})?$")
+
+
+def safe_extension(extension: str) -> str:
+    """The file extension as stored: short, lower-case letters and digits, else ``bin``.
+
+    Formats come from provider events; they must never name another file.
+    """
+    cleaned = extension.strip(".").lower()
+    return cleaned if _EXTENSION.match(cleaned) else "bin"
 
 
 class MediaStoreError(Exception):
@@ -71,7 +84,7 @@ class MediaMissing(MediaStoreError):
 
 
 def _relative_name(recording_id: uuid.UUID, extension: str) -> str:
-    return f"{recording_id}.{extension.strip('.').lower() or 'bin'}"
+    return f"{recording_id}.{safe_extension(extension)}"
 
 
 class LocalMediaStore(MediaStore):

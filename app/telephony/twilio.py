@@ -239,7 +239,7 @@ def parse_body(body: bytes, content_type: str) -> Params:
     if content_type.startswith("application/json"):
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # bad JSON, bad UTF-8, or an integer too long to convert
             raise MalformedCallback("body is not JSON") from exc
         if not isinstance(data, dict):
             raise MalformedCallback("body is not a JSON object")

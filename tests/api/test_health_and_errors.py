@@ -116,3 +116,16 @@ async def test_unhandled_error_is_500_problem_without_internals(harness: Harness
     assert response.status_code == 500
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "SELECT" not in response.text and "internals" not in response.text
+
+
+async def test_oversized_api_body_is_refused_before_it_is_parsed(harness: Harness) -> None:
+    big = b'{"reference": "' + b"x" * (70 * 1024) + b'"}'
+    response = await harness.client.post(
+        "/v1/calls/generic/c-1/payment/start",
+        content=big,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413, (
+        "no token, but the body is refused before anything parses it"
+    )
+    assert response.headers["content-type"].startswith("application/problem+json")

@@ -456,3 +456,21 @@ async def test_provider_without_recording_control_fails_closed(make_harness) -> 
             "/v1/calls/asterisk/c-1/payment/start", headers=h.auth(Role.IVR)
         )
         assert unknown.status_code == 404 and unknown.json()["safe_to_collect"] is False
+
+
+async def test_recording_learned_after_a_call_level_failure_is_quarantined(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
+    pbx.post(PAUSE).respond(403)
+    pbx.post(RESUME).respond(200, json={"state": "recording"})
+    start = await harness.client.post(
+        "/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR)
+    )
+    assert start.status_code == 503
+    await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=harness.auth(Role.IVR))
+    # The PBX's recording events only arrive now, after the call ended.
+    await harness.send_event(event("recording.started", recording_id="r-1"))
+    await harness.send_event(event("call.ended"))
+    call = await get_call(harness)
+    assert [e["recording_id"] for e in call["exposures"]] == [None]
+    assert call["recordings"][0]["quarantined"] is True, "it may hold the card details"

@@ -409,3 +409,26 @@ async def test_recordings_list_serves_subject_access(h: Harness) -> None:
         len(rest.json()["items"]) == 1
         and rest.json()["items"][0]["id"] != page.json()["items"][0]["id"]
     )
+
+
+async def test_supervisors_see_that_a_hold_exists_not_its_note(h: Harness) -> None:
+    rid = await finished_recording(h)
+    await h.client.post(
+        f"/v1/recordings/{rid}/holds",
+        json={
+            "reason": "police_investigation",
+            "reference": "POL-1",
+            "note": "suspect named in call",
+        },
+        headers=h.auth(Role.DPO),
+    )
+    [seen] = (await h.client.get(f"/v1/recordings/{rid}", headers=h.auth(Role.SUPERVISOR))).json()[
+        "holds"
+    ]
+    assert (
+        seen["reason"] == "police_investigation"
+        and seen["note"] is None
+        and seen["placed_by"] is None
+    )
+    [full] = (await h.client.get(f"/v1/recordings/{rid}", headers=h.auth(Role.DPO))).json()["holds"]
+    assert full["note"] == "suspect named in call" and full["placed_by"] == "test-dpo"
