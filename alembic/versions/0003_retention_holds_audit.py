@@ -100,6 +100,9 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("deletion_error", sa.String(length=500), nullable=True))
         batch_op.add_column(sa.Column("redacted_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("superseded_media_path", sa.String(length=512), nullable=True)
+        )
 
 
 def downgrade() -> None:
@@ -107,6 +110,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_calls_from_number"))
 
     with op.batch_alter_table("recordings", schema=None) as batch_op:
+        batch_op.drop_column("superseded_media_path")
         batch_op.drop_column("redacted_at")
         batch_op.drop_column("deletion_error")
         batch_op.drop_column("sweep_lease_until")

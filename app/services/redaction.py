@@ -45,7 +45,14 @@ class RedactionService:
         self.audit = audit
 
     async def redact_due(self) -> int:
-        """Redact every quarantined recording that can be; returns how many left quarantine."""
+        """Redact every quarantined recording that can be; returns how many left quarantine.
+
+        First finishes deleting originals whose deletion failed last time.
+        """
+        async with self.sessions() as session:
+            superseded = await RedactionRepository(session).superseded()
+        for recording_id, path in superseded:
+            await self._delete_original(recording_id, path)
         async with self.sessions() as session:
             candidates = await RedactionRepository(session).candidates()
         done = 0
@@ -106,6 +113,8 @@ class RedactionService:
                 stored.size,
             )
             row.quarantined, row.redacted_at = False, self.clock()
+            # Recorded before the delete, so a failed or interrupted delete is retried.
+            row.superseded_media_path = original
             await self.audit.record(
                 session,
                 SYSTEM_REDACTION,
@@ -119,8 +128,21 @@ class RedactionService:
                 },
             )
         # Only once the redacted copy is recorded does the original go.
-        await self.store.delete(original)
+        await self._delete_original(recording_id, original)
         return True
+
+    async def _delete_original(self, recording_id: uuid.UUID, path: str) -> None:
+        try:
+            await self.store.delete(path)
+        except MediaStoreError as exc:
+            log.error(
+                "unredacted original of %s not deleted yet (will retry): %s", recording_id, exc
+            )
+            return
+        async with self.sessions() as session, session.begin():
+            row = await RecordingRepository(session).by_id(recording_id, lock=True)
+            if row is not None and row.superseded_media_path == path:
+                row.superseded_media_path = None
 
 
 async def _download(store: MediaStore, relative: str, target: Path) -> None:

@@ -134,6 +134,8 @@ class Recording(Base):
     sweep_lease_until: Mapped[datetime | None]
     deletion_error: Mapped[str | None] = mapped_column(sa.String(500))
     redacted_at: Mapped[datetime | None]
+    # The unredacted original, until its deletion from the store is confirmed.
+    superseded_media_path: Mapped[str | None] = mapped_column(sa.String(512))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

@@ -673,6 +673,15 @@ class RedactionRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
+    async def superseded(self, limit: int = 100) -> Sequence[tuple[uuid.UUID, str]]:
+        """Unredacted originals whose deletion from the store has not been confirmed."""
+        stmt = (
+            sa.select(Recording.id, Recording.superseded_media_path)
+            .where(Recording.superseded_media_path.is_not(None))
+            .limit(limit)
+        )
+        return [(rid, str(path)) for rid, path in (await self.session.execute(stmt)).all()]
+
     async def candidates(self, limit: int = 100) -> Sequence[uuid.UUID]:
         """Quarantined recordings whose media recgate holds, none of whose exposures is open."""
         open_exposure = sa.exists().where(

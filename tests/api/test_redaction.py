@@ -57,10 +57,10 @@ async def h(make_harness: Callable[..., Any]) -> AsyncIterator[tuple[Harness, Fa
         yield harness, clock
 
 
-async def test_exposed_span_is_silenced_and_the_original_deleted(
-    h: tuple[Harness, FakeClock],
-) -> None:
-    harness, clock = h
+async def exposed_recording_with_media(
+    harness: Harness, clock: FakeClock
+) -> tuple[uuid.UUID, bytes, Path]:
+    """A recording whose pause failed from 10 s to 20 s, its WAV in the media store."""
     at = lambda s: (T0 + timedelta(seconds=s)).isoformat()  # noqa: E731
     await harness.send_event(event("call.started", "c-1", at=at(0)))
     await harness.send_event(event("recording.started", "c-1", "r-1", at=at(0)))
@@ -100,7 +100,14 @@ async def test_exposed_span_is_silenced_and_the_original_deleted(
             sa.text("UPDATE recordings SET media_path = :p WHERE id = :id"),
             {"p": stored.path, "id": db_id},
         )
-    original = Path(harness.services.settings.media_dir) / stored.path
+    return rid, audio, Path(harness.services.settings.media_dir) / stored.path
+
+
+async def test_exposed_span_is_silenced_and_the_original_deleted(
+    h: tuple[Harness, FakeClock],
+) -> None:
+    harness, clock = h
+    rid, audio, original = await exposed_recording_with_media(harness, clock)
     quarantined = await harness.client.get(
         f"/v1/recordings/{rid}/media?purpose=quality", headers=harness.auth(Role.SUPERVISOR)
     )
@@ -171,3 +178,34 @@ async def test_non_wav_media_stays_quarantined(h: tuple[Harness, FakeClock]) -> 
     ).json()
     assert body["quarantined"] is True
     assert (Path(harness.services.settings.media_dir) / stored.path).exists(), "nothing deleted"
+
+
+async def test_a_failed_delete_of_the_original_is_retried(h: tuple[Harness, FakeClock]) -> None:
+    from app.storage.media import MediaStoreError
+
+    harness, clock = h
+    _, _, original = await exposed_recording_with_media(harness, clock)
+    store = harness.services.redaction.store
+    real_delete = store.delete
+    failures = []
+
+    async def failing_once(relative: str) -> None:
+        if not failures:
+            failures.append(relative)
+            raise MediaStoreError("cannot delete media: Input/output error")
+        await real_delete(relative)
+
+    store.delete = failing_once  # type: ignore[method-assign]
+    assert await harness.services.redaction.redact_due() == 1
+    assert original.exists(), "the first delete failed"
+    async with harness.services.engine.connect() as conn:
+        pending = (
+            await conn.execute(sa.text("SELECT superseded_media_path FROM recordings"))
+        ).scalar_one()
+    assert pending == original.name, "the original is still on record, to be deleted"
+    await harness.services.redaction.redact_due()
+    assert not original.exists()
+    async with harness.services.engine.connect() as conn:
+        assert (
+            await conn.execute(sa.text("SELECT superseded_media_path FROM recordings"))
+        ).scalar_one() is None
