@@ -323,7 +323,9 @@ async def test_named_recordings_get_one_outcome_each(ng: FakeNg, client: NgClien
     assert ng.commands() == ["block DTMF", "pause recording"], "one call-wide command, not two"
 
 
-async def test_unknown_call_id_is_refused_on_pause_and_gone_on_resume(ng: FakeNg, client: NgClient) -> None:
+async def test_unknown_call_id_is_refused_on_pause_and_gone_on_resume(
+    ng: FakeNg, client: NgClient
+) -> None:
     """A call-id rtpengine does not know may be the wrong id: never "safe" on a pause."""
     with pytest.raises(ProviderRejected, match="does not know this call-id"):
         await controller(client).pause(ControlTarget("nobody"), PauseBehavior.SILENCE)
