@@ -233,6 +233,12 @@ class RecordingService:
                     raise NotFound("No such recording.")
                 if recording.deleted_at is not None:
                     raise RecordingGoneForever("The recording has already been deleted.")
+                lease = recording.sweep_lease_until
+                if lease is not None and lease > self.clock() and recording.deletion_error is None:
+                    # The sweep has claimed it and may be deleting its media right now.
+                    raise Conflict(
+                        "The retention sweep is deleting this recording; check it again shortly.",
+                    )
             hold = LegalHold(
                 id=uuid.uuid4(),
                 recording_id=recording_id,

@@ -432,3 +432,18 @@ async def test_supervisors_see_that_a_hold_exists_not_its_note(h: Harness) -> No
     )
     [full] = (await h.client.get(f"/v1/recordings/{rid}", headers=h.auth(Role.DPO))).json()["holds"]
     assert full["note"] == "suspect named in call" and full["placed_by"] == "test-dpo"
+
+
+async def test_a_hold_cannot_slip_in_while_the_sweep_deletes(h: Harness) -> None:
+    rid = await finished_recording(h)
+    async with h.services.engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE recordings SET sweep_lease_until = :t"),
+            {"t": h.services.clock() + timedelta(minutes=5)},
+        )
+    response = await h.client.post(
+        f"/v1/recordings/{rid}/holds", json={"reason": "complaint"}, headers=h.auth(Role.DPO)
+    )
+    assert response.status_code == 409, (
+        "the DPO is told to check again rather than believe it is held"
+    )
