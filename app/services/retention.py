@@ -8,11 +8,13 @@ provider's copy, and leaves a tombstone and an audit entry for each.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -37,6 +39,11 @@ from app.telephony.base import MediaSource, ProviderError, RecordingController
 log = logging.getLogger("recgate.retention")
 
 SWEEP_BATCH = 500
+# Tombstones and audit entries committed per transaction: short enough that the write lock
+# (SQLite) and the audit chain's advisory lock (PostgreSQL) are not held long.
+FINALIZE_BATCH = 100
+# Media deletions (store and provider) in flight at once.
+SWEEP_CONCURRENCY = 8
 RECOMPUTE_BATCH = 1000
 _LEASE = timedelta(minutes=10)
 # What the council's privacy notice promises; a policy beyond it is allowed but called out.
@@ -287,8 +294,7 @@ class RetentionService:
                 )
             if not claimed:
                 break
-            for recording_id in claimed:
-                error = await self._delete_one(recording_id, "retention", SYSTEM_SWEEP)
+            for error in await self._delete_batch(claimed, "retention", SYSTEM_SWEEP):
                 if error is None:
                     result.deleted += 1
                 else:
@@ -360,10 +366,96 @@ class RetentionService:
             )
         if recording is None or call is None or recording.deleted_at is not None:
             return None
+        error = await self._delete_media(recording, call.provider)
+        leftovers: list[tuple[uuid.UUID, str]] = []
+        async with self.sessions() as session, session.begin():
+            row = await RecordingRepository(session).by_id(recording_id, lock=True)
+            if row is not None and error is not None:
+                row.deletion_error = error
+            elif row is not None and row.deleted_at is None:
+                leftovers = self._tombstone(
+                    session, row, reason, self.clock(), recording.media_path
+                )
+                await self._audit_deletion(session, row, reason, actor)
+        await self._delete_leftovers(leftovers)
+        return error
+
+    async def _delete_batch(
+        self, recording_ids: list[uuid.UUID], reason: str, actor: Actor
+    ) -> list[str | None]:
+        """:meth:`_delete_one` for a claimed batch, in order: one read, the media deletions
+        ``SWEEP_CONCURRENCY`` at a time, then one transaction per ``FINALIZE_BATCH`` for the
+        tombstones, transitions and audit entries (and the errors of those that failed)."""
+        async with self.sessions() as session:
+            # The batch counterpart of RecordingRepository.by_id + CallRepository.by_id.
+            loaded = {
+                recording.id: (recording, provider)
+                for recording, provider in (
+                    await session.execute(
+                        sa.select(Recording, Call.provider)
+                        .join(Call, Call.id == Recording.call_id)
+                        .where(Recording.id.in_(recording_ids))
+                    )
+                ).all()
+            }
+        slots = asyncio.Semaphore(SWEEP_CONCURRENCY)
+
+        async def delete_media(recording: Recording, provider: str) -> str | None:
+            async with slots:
+                return await self._delete_media(recording, provider)
+
+        pending: dict[uuid.UUID, asyncio.Task[str | None]] = {}
+        try:
+            async with asyncio.TaskGroup() as group:
+                for recording_id in recording_ids:
+                    found = loaded.get(recording_id)
+                    if found is not None and found[0].deleted_at is None:
+                        pending[recording_id] = group.create_task(delete_media(*found))
+        except ExceptionGroup as failed:
+            # Whatever _delete_one would have let through, as itself.
+            raise failed.exceptions[0] from None
+        errors = {recording_id: task.result() for recording_id, task in pending.items()}
+        finalize = list(errors)
+        for start in range(0, len(finalize), FINALIZE_BATCH):
+            chunk = finalize[start : start + FINALIZE_BATCH]
+            async with self.sessions() as session, session.begin():
+                # The batch counterpart of RecordingRepository.by_id(lock=True).
+                rows = {
+                    row.id: row
+                    for row in (
+                        await session.execute(
+                            sa.select(Recording)
+                            .where(Recording.id.in_(chunk))
+                            .order_by(Recording.id)
+                            .with_for_update()
+                        )
+                    ).scalars()
+                }
+                now = self.clock()
+                deleted: list[Recording] = []
+                leftovers: list[tuple[uuid.UUID, str]] = []
+                for recording_id in chunk:
+                    row = rows.get(recording_id)
+                    if row is not None and errors[recording_id] is not None:
+                        row.deletion_error = errors[recording_id]
+                    elif row is not None and row.deleted_at is None:
+                        leftovers += self._tombstone(
+                            session, row, reason, now, loaded[recording_id][0].media_path
+                        )
+                        deleted.append(row)
+                # Every tombstone first, so the first entry's flush writes them all at once.
+                for row in deleted:
+                    await self._audit_deletion(session, row, reason, actor)
+            await self._delete_leftovers(leftovers)
+        return [errors.get(recording_id) for recording_id in recording_ids]
+
+    async def _delete_media(self, recording: Recording, provider: str) -> str | None:
+        """Delete the recording's media from the store and from the provider's copy. None
+        when both are gone, else what failed (logged; the caller keeps it on the recording)."""
         try:
             if recording.media_path:
                 await self.store.delete(recording.media_path)
-            controller = self.controllers.get(call.provider)
+            controller = self.controllers.get(provider)
             if (
                 isinstance(controller, MediaSource)
                 and recording.state != RecordingState.PENDING.value
@@ -371,41 +463,65 @@ class RetentionService:
                 await controller.delete_media(recording.provider_recording_id)
         except (MediaStoreError, ProviderError) as exc:
             message = scrub_text(f"{type(exc).__name__}: {exc}")[:500]
-            async with self.sessions() as session, session.begin():
-                row = await RecordingRepository(session).by_id(recording_id, lock=True)
-                if row is not None:
-                    row.deletion_error = message
-            log.error("recording %s not deleted: %s", recording_id, message)
+            log.error("recording %s not deleted: %s", recording.id, message)
             return message
-        async with self.sessions() as session, session.begin():
-            row = await RecordingRepository(session).by_id(recording_id, lock=True)
-            if row is None or row.deleted_at is not None:
-                return None
-            now = self.clock()
-            set_recording_state(
-                TransitionRepository(session),
-                row,
-                RecordingState.DELETED,
-                f"deleted: {reason}",
-                now,
-            )
-            row.deleted_at, row.deleted_reason = now, reason
-            row.media_path, row.media_url, row.media_size = None, None, None
-            row.sweep_lease_until, row.deletion_error = None, None
-            await self.audit.record(
-                session,
-                actor,
-                "recording.deleted",
-                "recording",
-                str(recording_id),
-                detail={
-                    "reason": reason,
-                    "retention_until": row.retention_until.isoformat()
-                    if row.retention_until
-                    else None,
-                },
-            )
         return None
+
+    def _tombstone(
+        self,
+        session: AsyncSession,
+        row: Recording,
+        reason: str,
+        now: datetime,
+        deleted_path: str | None,
+    ) -> list[tuple[uuid.UUID, str]]:
+        """Mark ``row`` deleted; return media it still names beyond ``deleted_path`` (a copy a
+        media fetch committed meanwhile, an unredacted original) for the caller to delete."""
+        leftovers = [
+            (row.id, path)
+            for path in (row.media_path, row.superseded_media_path)
+            if path and path != deleted_path
+        ]
+        set_recording_state(
+            TransitionRepository(session),
+            row,
+            RecordingState.DELETED,
+            f"deleted: {reason}",
+            now,
+        )
+        row.deleted_at, row.deleted_reason = now, reason
+        row.media_path, row.media_url, row.media_size = None, None, None
+        row.sweep_lease_until, row.deletion_error = None, None
+        row.superseded_media_path = None
+        return leftovers
+
+    async def _delete_leftovers(self, leftovers: list[tuple[uuid.UUID, str]]) -> None:
+        """Delete media a tombstoned recording still named; what cannot be deleted now stays
+        on record as superseded and is retried (by the redaction job) until it is gone."""
+        for recording_id, path in leftovers:
+            try:
+                await self.store.delete(path)
+            except MediaStoreError as exc:
+                log.error("media of deleted recording %s not deleted yet: %s", recording_id, exc)
+                async with self.sessions() as session, session.begin():
+                    row = await RecordingRepository(session).by_id(recording_id, lock=True)
+                    if row is not None:
+                        row.superseded_media_path = path
+
+    async def _audit_deletion(
+        self, session: AsyncSession, row: Recording, reason: str, actor: Actor
+    ) -> None:
+        await self.audit.record(
+            session,
+            actor,
+            "recording.deleted",
+            "recording",
+            str(row.id),
+            detail={
+                "reason": reason,
+                "retention_until": row.retention_until.isoformat() if row.retention_until else None,
+            },
+        )
 
 
 class MediaDeletionFailed(AppError):

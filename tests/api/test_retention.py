@@ -447,3 +447,26 @@ async def test_a_hold_cannot_slip_in_while_the_sweep_deletes(h: Harness) -> None
     assert response.status_code == 409, (
         "the DPO is told to check again rather than believe it is held"
     )
+
+
+async def test_media_written_while_deleting_does_not_outlive_the_tombstone(h: Harness) -> None:
+    """A media copy committed between the media deletion and the tombstone is deleted too."""
+    rid = await finished_recording(h)
+    store = h.services.retention.store
+    real_delete = store.delete
+    late_copy = Path(h.services.settings.media_dir) / f"{rid}.late.wav"
+
+    async def delete_then_race(relative: str) -> None:
+        await real_delete(relative)
+        if not late_copy.exists() and relative != late_copy.name:
+            late_copy.write_bytes(b"RIFF-late")  # a media fetch finishing right now
+            async with h.services.engine.begin() as conn:
+                await conn.execute(
+                    sa.text("UPDATE recordings SET media_path = :p"), {"p": late_copy.name}
+                )
+
+    store.delete = delete_then_race  # type: ignore[method-assign]
+    assert (
+        await h.client.delete(f"/v1/recordings/{rid}", headers=h.auth(Role.DPO))
+    ).status_code == 204
+    assert not media_file(h, rid).exists() and not late_copy.exists()
