@@ -95,42 +95,10 @@ async def get_call(
         ended_at=call.ended_at,
         record_retention_until=call.record_retention_until,
         recordings=[
-            CallRecordingRead(
-                id=r.id,
-                provider_recording_id=r.provider_recording_id,
-                state=r.state,
-                started_at=r.started_at,
-                ended_at=r.ended_at,
-                duration_s=r.duration_s,
-                quarantined=r.quarantined,
-                retention_until=r.retention_until,
-            )
-            for r in detail.recordings
+            CallRecordingRead.model_validate(r, from_attributes=True) for r in detail.recordings
         ],
-        segments=[
-            SegmentRead(
-                id=s.id,
-                state=s.state,
-                reference=s.reference,
-                pause_behavior=s.pause_behavior,
-                opened_at=s.opened_at,
-                paused_at=s.paused_at,
-                closed_at=s.closed_at,
-                closed_by=s.closed_by,
-                outcome=s.outcome,
-            )
-            for s in detail.segments
-        ],
-        exposures=[
-            ExposureRead(
-                kind=e.kind,
-                recording_id=e.recording_id,
-                segment_id=e.segment_id,
-                started_at=e.started_at,
-                ended_at=e.ended_at,
-            )
-            for e in detail.exposures
-        ],
+        segments=[SegmentRead.model_validate(x, from_attributes=True) for x in detail.segments],
+        exposures=[ExposureRead.model_validate(e, from_attributes=True) for e in detail.exposures],
         timeline=[
             TimelineEntry(
                 at=t.at,

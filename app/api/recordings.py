@@ -99,16 +99,7 @@ def _read(detail: RecordingDetail, full: bool) -> RecordingRead:
             )
             for p in detail.pauses
         ],
-        exposures=[
-            ExposureRead(
-                kind=e.kind,
-                recording_id=e.recording_id,
-                segment_id=e.segment_id,
-                started_at=e.started_at,
-                ended_at=e.ended_at,
-            )
-            for e in detail.exposures
-        ],
+        exposures=[ExposureRead.model_validate(e, from_attributes=True) for e in detail.exposures],
         redacted_at=r.redacted_at,
         deleted_at=r.deleted_at,
         deleted_reason=r.deleted_reason,

@@ -47,6 +47,7 @@ from app.telephony.base import (
     RecordingController,
     RecordingGone,
     RecordingRef,
+    stream_http_media,
 )
 
 PROVIDER = "asterisk"
@@ -464,18 +465,8 @@ class AsteriskController(RecordingController, MediaSource):
         """Stream a stored recording (``GET /recordings/stored/{name}/file``)."""
         if not media_url.startswith(self.ari_url + "/recordings/stored/"):
             raise ProviderRejected("ARI media URL is not on the configured ARI base")
-        try:
-            async with self.client.stream("GET", media_url, auth=self.auth) as response:
-                if response.status_code == 404:
-                    raise RecordingGone("ARI stored recording not found")
-                if response.status_code == 429 or response.status_code >= 500:
-                    raise ProviderUnavailable(f"ARI media: HTTP {response.status_code}")
-                if response.status_code != 200:
-                    raise ProviderRejected(f"ARI media: HTTP {response.status_code}")
-                async for chunk in response.aiter_bytes():
-                    yield chunk
-        except httpx.HTTPError as exc:
-            raise ProviderUnavailable(f"ARI media: {type(exc).__name__}") from exc
+        async for chunk in stream_http_media(self.client, media_url, self.auth, "ARI"):
+            yield chunk
 
     async def delete_media(self, provider_recording_id: str) -> None:
         """Delete Asterisk's stored copy; a copy already gone is not an error."""

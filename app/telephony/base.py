@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+import httpx
+
 from app.domain.states import PauseBehavior
 
 
@@ -103,3 +105,29 @@ class MediaSource(ABC):
     @abstractmethod
     async def delete_media(self, provider_recording_id: str) -> None:
         """Delete the provider's copy; a copy already gone is not an error."""
+
+
+async def stream_http_media(
+    client: httpx.AsyncClient,
+    url: str,
+    auth: httpx.Auth,
+    provider: str,
+    *,
+    follow_redirects: bool = False,
+) -> AsyncIterator[bytes]:
+    """Stream a provider's media over HTTP, with its failures typed like control failures:
+    404 gone, 429/5xx/network retryable, anything else refused."""
+    try:
+        async with client.stream(
+            "GET", url, auth=auth, follow_redirects=follow_redirects
+        ) as response:
+            if response.status_code == 404:
+                raise RecordingGone(f"{provider} media not found")
+            if response.status_code == 429 or response.status_code >= 500:
+                raise ProviderUnavailable(f"{provider} media: HTTP {response.status_code}")
+            if response.status_code != 200:
+                raise ProviderRejected(f"{provider} media: HTTP {response.status_code}")
+            async for chunk in response.aiter_bytes():
+                yield chunk
+    except httpx.HTTPError as exc:
+        raise ProviderUnavailable(f"{provider} media: {type(exc).__name__}") from exc

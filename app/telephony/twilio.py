@@ -35,8 +35,8 @@ from app.telephony.base import (
     ProviderRejected,
     ProviderUnavailable,
     RecordingController,
-    RecordingGone,
     RecordingRef,
+    stream_http_media,
 )
 
 CURRENT = "Twilio.CURRENT"
@@ -344,20 +344,11 @@ class TwilioController(RecordingController, MediaSource):
         if not media_url.startswith(self.api_base + "/"):
             raise ProviderRejected("twilio media URL is not on the configured API base")
         url = media_url if media_url.endswith(".wav") else media_url + ".wav"
-        try:
-            async with self.client.stream(
-                "GET", url, auth=self.auth, follow_redirects=True
-            ) as response:
-                if response.status_code == 404:
-                    raise RecordingGone("twilio media not found")
-                if response.status_code == 429 or response.status_code >= 500:
-                    raise ProviderUnavailable(f"twilio media: HTTP {response.status_code}")
-                if response.status_code != 200:
-                    raise ProviderRejected(f"twilio media: HTTP {response.status_code}")
-                async for chunk in response.aiter_bytes():
-                    yield chunk
-        except httpx.HTTPError as exc:
-            raise ProviderUnavailable(f"twilio media: {type(exc).__name__}") from exc
+        # Twilio redirects media to its storage; httpx drops the credentials off-origin.
+        async for chunk in stream_http_media(
+            self.client, url, self.auth, "twilio", follow_redirects=True
+        ):
+            yield chunk
 
     async def delete_media(self, provider_recording_id: str) -> None:
         """Delete Twilio's copy of a recording; a copy already gone is not an error."""
