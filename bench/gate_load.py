@@ -1,0 +1,667 @@
+"""The gate under contact-centre load: webhook ingest, payment start/end, memory, two replicas.
+
+    .venv/bin/python bench/gate_load.py [--backend sqlite|postgres|both] [--quick]
+
+Everything runs as separate processes on loopback: ``recgate serve`` (one uvicorn worker,
+background jobs on, access log off, as deployed), the baselines from ``bench/baselines.py``
+(a bare FastAPI endpoint, a minimal forwarder, a PBX that answers at once) and the load
+generator ``bench/loadgen.py``. Every figure is set against a baseline measured in the same
+run:
+
+- **Ingest**: signed generic webhooks (six per call: started, answered, recording started,
+  stopped, completed, call ended; each call's events in order on one connection), 64
+  keep-alive connections, closed loop. events/s of recgate over events/s of the bare
+  endpoint validating the same bodies. Target >= 0.40.
+- **Payment start/end**: 200 live calls, payments started at 20/s spread evenly (300 by
+  default), each ended 2 s later. Latency is what the IVR sees minus the PBX's own median
+  handling time; the same schedule goes to the minimal forwarder. Target: recgate's start p99
+  within 2x the forwarder's p99, and no failed start or end.
+- **Memory**: recgate's resident set before and after 2,000 more calls become active
+  (started, answered, recording), per 1,000 calls.
+- **Scale-out** (PostgreSQL): two replicas on one database. Ingest with the connections split
+  between them, next to one replica; and payments where every start is sent to *both*
+  replicas at the same instant (identical concurrent starts across replicas): both answers
+  must be 200 with the same segment, and the PBX must get one pause per payment.
+
+The report goes to bench/results/gate_load.md and the summary table into bench/README.md.
+PostgreSQL comes from ``RECGATE_BENCH_POSTGRES_URL`` (default: the local ``test`` server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import pickle
+import platform
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT))
+
+from app.telephony.signing import signed_headers  # noqa: E402
+
+RECGATE = str(Path(sys.executable).with_name("recgate"))
+RESULTS = BENCH / "results" / "gate_load.md"
+README = BENCH / "README.md"
+POSTGRES = os.environ.get(
+    "RECGATE_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+MARK_BEGIN, MARK_END = "<!-- gate-load:begin -->", "<!-- gate-load:end -->"
+
+
+@dataclass
+class Config:
+    duration: float = 10.0
+    warmup: float = 3.0
+    connections: int = 64
+    calls: int = 200
+    payments: int = 300
+    rate: float = 20.0
+    hold: float = 2.0
+    memory_calls: int = 2000
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)  # bounded start-up poll: the servers print nothing at WARNING
+
+
+@contextmanager
+def process(
+    command: list[str], env: dict[str, str], workdir: Path, name: str, ready: str | None
+) -> Iterator[subprocess.Popen[bytes]]:
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        if ready is not None:
+            wait_http(ready, proc, log)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def uvicorn_app(target: str, port: int, workdir: Path, name: str, extra_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    env = {**os.environ, **extra_env}
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--app-dir",
+        str(BENCH),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    return process(command, env, workdir, name, f"http://127.0.0.1:{port}/docs")
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    server = make_url(POSTGRES)
+    name = f"recgate_bench_{uuid.uuid4().hex[:10]}"
+
+    async def admin(statement: str) -> None:
+        engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@dataclass
+class Recgate:
+    base: str
+    port: int
+    pid: int
+    ivr: str
+    ops: str
+
+
+class Site:
+    """One database with its migrations and tokens, and the replicas serving it."""
+
+    def __init__(self, workdir: Path, url: str, secret: str, pbx_port: int) -> None:
+        self.workdir = workdir
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECGATE_")}
+        self.env.update(
+            RECGATE_ENV="production",
+            RECGATE_DATABASE_URL=url,
+            RECGATE_MEDIA_DIR=str(workdir / "media"),
+            RECGATE_GENERIC_WEBHOOK_SECRET=secret,
+            RECGATE_GENERIC_CONTROL_URL=f"http://127.0.0.1:{pbx_port}",
+            RECGATE_SIM_ENABLED="false",
+            RECGATE_HOST="127.0.0.1",
+            RECGATE_LOG_LEVEL="WARNING",
+            RECGATE_ALEMBIC_DIR=str(ROOT / "alembic"),
+        )
+        self.cli("migrate")
+        self.ivr = self.token("bench-ivr", "ivr")
+        self.ops = self.token("bench-ops", "ops")
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [RECGATE, *args],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"recgate {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+        return done.stdout
+
+    def token(self, name: str, role: str) -> str:
+        return self.cli("tokens", "create", "--name", name, "--role", role).strip().splitlines()[-1]
+
+    @contextmanager
+    def replica(self, name: str) -> Iterator[Recgate]:
+        port = free_port()
+        env = {**self.env, "RECGATE_PORT": str(port)}
+        base = f"http://127.0.0.1:{port}"
+        with process([RECGATE, "serve"], env, self.workdir, name, f"{base}/livez") as proc:
+            yield Recgate(base, port, proc.pid, self.ivr, self.ops)
+
+
+# ---- requests ----------------------------------------------------------------------------------
+
+
+def http_post(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "host: 127.0.0.1",
+        f"content-length: {len(body)}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class Events:
+    """Signed generic-contract webhooks for whole calls."""
+
+    def __init__(self, secret: str) -> None:
+        self.key = base64.b64decode(secret.removeprefix("whsec_"))
+        self.prefix = uuid.uuid4().hex[:8]
+
+    def one(self, type_: str, call_id: str, at: datetime, recording: str | None) -> bytes:
+        event: dict[str, Any] = {
+            "type": type_,
+            "occurred_at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "call": {
+                "id": call_id,
+                "from": "+441632960001",
+                "to": "+441632960999",
+                "direction": "inbound",
+                "service_area": "council_tax",
+                "agent_id": "agent-7",
+            },
+        }
+        if recording is not None:
+            event["recording"] = {"id": recording, "format": "wav", "duration_s": 61.5}
+        body = json.dumps(event, separators=(",", ":")).encode()
+        headers = signed_headers(self.key, body, datetime.now(UTC))
+        headers["content-type"] = "application/json"
+        return http_post("/v1/webhooks/generic", body, headers)
+
+    def whole_calls(self, count: int, tag: str) -> list[list[bytes]]:
+        now = datetime.now(UTC)
+        groups = []
+        for n in range(count):
+            call, rec = f"{tag}-{self.prefix}-{n}", f"rec-{n}"
+            at = now + timedelta(milliseconds=n)
+            groups.append(
+                [
+                    self.one("call.started", call, at, None),
+                    self.one("call.answered", call, at + timedelta(seconds=1), None),
+                    self.one("recording.started", call, at + timedelta(seconds=1), rec),
+                    self.one("recording.stopped", call, at + timedelta(seconds=62), rec),
+                    self.one("recording.completed", call, at + timedelta(seconds=63), rec),
+                    self.one("call.ended", call, at + timedelta(seconds=62), None),
+                ]
+            )
+        return groups
+
+    def live_calls(self, names: list[str]) -> list[list[bytes]]:
+        now = datetime.now(UTC)
+        return [
+            [
+                self.one("call.started", call, now, None),
+                self.one("call.answered", call, now, None),
+                self.one("recording.started", call, now, f"rec-{call}"),
+            ]
+            for call in names
+        ]
+
+
+def loadgen(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    path = workdir / f"spec-{uuid.uuid4().hex[:6]}.pickle"
+    with path.open("wb") as handle:
+        pickle.dump(spec, handle)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "loadgen.py"), str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    path.unlink()
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def closed(
+    groups: list[list[bytes]], ports: list[int], cfg: Config, workdir: Path, *, timed: bool = True
+) -> dict[str, Any]:
+    return loadgen(
+        {
+            "mode": "closed",
+            "groups": groups,
+            "targets": [("127.0.0.1", p) for p in ports],
+            "connections": cfg.connections,
+            "warmup": cfg.warmup if timed else 0.0,
+            "duration": cfg.duration if timed else 3600.0,
+        },
+        workdir,
+    )
+
+
+def ingest_groups(events: Events, cfg: Config, expected_rate: float, tag: str) -> list[list[bytes]]:
+    # Enough whole calls to keep every connection busy for warm-up and measurement.
+    total = expected_rate * (cfg.warmup + cfg.duration) * 1.3
+    return events.whole_calls(max(cfg.connections * 2, int(total / 6) + 1), tag)
+
+
+def payment_schedule(
+    cfg: Config, calls: list[str], targets: list[str], token: str | None, both: bool
+) -> list[tuple[float, str, bytes, str]]:
+    """Starts at ``rate``/s spread evenly, each ended ``hold`` seconds later.
+
+    With ``both``, each start goes to every target at the same instant (tags start-0,
+    start-1 …), and ends go round-robin.
+    """
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    schedule = []
+    for k in range(cfg.payments):
+        offset = k / cfg.rate
+        call = calls[k % len(calls)]
+        start = http_post(f"/v1/calls/generic/{call}/payment/start", b"{}", headers)
+        end = http_post(f"/v1/calls/generic/{call}/payment/end", b"{}", headers)
+        if both:
+            for i, target in enumerate(targets):
+                schedule.append((offset, target, start, f"start-{i}"))
+        else:
+            schedule.append((offset, targets[k % len(targets)], start, "start"))
+        schedule.append((offset + cfg.hold, targets[k % len(targets)], end, "end"))
+    schedule.sort(key=lambda item: item[0])
+    return schedule
+
+
+def pbx_stats(port: int) -> dict[str, float]:
+    stats: dict[str, float] = httpx.post(f"http://127.0.0.1:{port}/stats", timeout=5).json()
+    return stats
+
+
+def summarise(results: list[dict[str, Any]], pbx_p50_ms: float, *, start: bool) -> dict[str, Any]:
+    from loadgen import percentiles  # type: ignore[import-not-found]
+
+    failed = [
+        r
+        for r in results
+        if r["status"] != 200 or (start and '"safe_to_collect":true' not in r["body"])
+    ]
+    added = [max(0.0, r["latency"] - pbx_p50_ms / 1000) for r in results]
+    reasons: dict[str, int] = {}
+    for r in failed:
+        key = f"{r['status']} {_problem_type(r['body'])}"
+        reasons[key] = reasons.get(key, 0) + 1
+    return {**percentiles(added), "failed": len(failed), "reasons": reasons}
+
+
+def _problem_type(body: str) -> str:
+    match = re.search(r'"type":"([^"]+)"', body)
+    return match.group(1).rsplit("/", 1)[-1] if match else body[:40]
+
+
+def open_loop(schedule: list[Any], targets: dict[str, int], workdir: Path) -> dict[str, Any]:
+    return loadgen(
+        {
+            "mode": "open",
+            "schedule": schedule,
+            "targets": {name: ("127.0.0.1", port) for name, port in targets.items()},
+            "preconnect": 8,
+        },
+        workdir,
+    )
+
+
+# ---- scenarios -------------------------------------------------------------------------------
+
+
+def measure_ingest(
+    events: Events, ports: list[int], cfg: Config, workdir: Path, tag: str, guess: float
+) -> dict[str, Any]:
+    result = closed(ingest_groups(events, cfg, guess, tag), ports, cfg, workdir)
+    ok = sum(n for code, n in result["statuses"].items() if code.startswith("2"))
+    return {
+        "rate": ok / cfg.duration,
+        "statuses": result["statuses"],
+        "latency_ms": result["latency_ms"],
+        "exhausted": result["exhausted"],
+    }
+
+
+def measure_payments(
+    schedule: list[Any], targets: dict[str, int], pbx_port: int, workdir: Path
+) -> dict[str, Any]:
+    pbx_stats(pbx_port)  # reset
+    run = open_loop(schedule, targets, workdir)
+    pbx = pbx_stats(pbx_port)
+    out: dict[str, Any] = {"pbx": pbx, "send_lag_ms": run["send_lag_ms"]}
+    for tag, results in run["results"].items():
+        out[tag] = summarise(results, pbx["p50_ms"], start=tag.startswith("start"))
+    if "start-0" in run["results"]:
+        pairs = zip(run["results"]["start-0"], run["results"]["start-1"], strict=True)
+        out["same_segment"] = sum(1 for a, b in pairs if _segment(a) and _segment(a) == _segment(b))
+    return out
+
+
+def _segment(result: dict[str, Any]) -> str | None:
+    match = re.search(r'"segment_id":"([^"]+)"', result["body"])
+    return match.group(1) if match else None
+
+
+def live_call_names(tag: str, count: int) -> list[str]:
+    return [f"{tag}-{uuid.uuid4().hex[:6]}-{n}" for n in range(count)]
+
+
+def run_backend(
+    backend: str, cfg: Config, workdir: Path, secret: str, pbx_port: int, guess: float
+) -> dict[str, Any]:
+    events = Events(secret)
+    out: dict[str, Any] = {}
+    with ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite+aiosqlite:///{workdir}/{backend}.db"
+        else:
+            url = stack.enter_context(postgres_database())
+        site = Site(workdir, url, secret, pbx_port)
+        replica = stack.enter_context(site.replica(f"recgate-{backend}"))
+        print(f"[{backend}] ingest …", flush=True)
+        out["ingest"] = measure_ingest(events, [replica.port], cfg, workdir, backend, guess)
+        print(f"[{backend}] ingest {out['ingest']['rate']:.0f} events/s", flush=True)
+
+        print(f"[{backend}] memory …", flush=True)
+        before = rss_kib(replica.pid)
+        active = events.live_calls(live_call_names(f"mem-{backend}", cfg.memory_calls))
+        closed(active, [replica.port], cfg, workdir, timed=False)
+        after = rss_kib(replica.pid)
+        status = httpx.get(
+            f"{replica.base}/v1/status",
+            headers={"authorization": f"Bearer {replica.ops}"},
+            timeout=10,
+        ).json()
+        out["memory"] = {
+            "rss_before_mib": before / 1024,
+            "rss_after_mib": after / 1024,
+            "per_1000_mib": (after - before) / 1024 / (cfg.memory_calls / 1000),
+            "active_calls": status.get("active_calls"),
+        }
+
+        print(f"[{backend}] payments …", flush=True)
+        calls = live_call_names(f"pay-{backend}", cfg.calls)
+        closed(events.live_calls(calls), [replica.port], cfg, workdir, timed=False)
+        schedule = payment_schedule(cfg, calls, ["a"], replica.ivr, both=False)
+        out["payments"] = measure_payments(schedule, {"a": replica.port}, pbx_port, workdir)
+        print(
+            f"[{backend}] start p99 {out['payments']['start'].get('p99')} ms, "
+            f"failed {out['payments']['start']['failed']}+{out['payments']['end']['failed']}",
+            flush=True,
+        )
+    return out
+
+
+def run_scaleout(
+    cfg: Config, workdir: Path, secret: str, pbx_port: int, guess: float
+) -> dict[str, Any]:
+    events = Events(secret)
+    out: dict[str, Any] = {}
+    with ExitStack() as stack:
+        url = stack.enter_context(postgres_database())
+        site = Site(workdir, url, secret, pbx_port)
+        a = stack.enter_context(site.replica("replica-a"))
+        b = stack.enter_context(site.replica("replica-b"))
+        print("[scale-out] ingest on two replicas …", flush=True)
+        out["ingest"] = measure_ingest(events, [a.port, b.port], cfg, workdir, "two", guess)
+        print("[scale-out] identical starts on both replicas …", flush=True)
+        calls = live_call_names("scale", cfg.calls)
+        closed(events.live_calls(calls), [a.port, b.port], cfg, workdir, timed=False)
+        schedule = payment_schedule(cfg, calls, ["a", "b"], a.ivr, both=True)
+        out["payments"] = measure_payments(schedule, {"a": a.port, "b": b.port}, pbx_port, workdir)
+    return out
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def _ms(summary: dict[str, Any], key: str) -> str:
+    value = summary.get(key)
+    return "—" if value is None else f"{value:.1f}"
+
+
+def report(results: dict[str, Any], cfg: Config, label: str, command: str) -> tuple[str, str]:
+    bare = results["bare"]["rate"]
+    fwd = results["forwarder"]["start"]
+    rows = [
+        "| measure | " + " | ".join(results["backends"]) + " | target |",
+        "|---|" + "---:|" * len(results["backends"]) + "---|",
+    ]
+
+    def row(name: str, cells: list[str], target: str) -> None:
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {target} |")
+
+    per = [results[b] for b in results["backends"]]
+    row("ingest, events/s", [f"{r['ingest']['rate']:.0f}" for r in per], "")
+    row(
+        "ingest ÷ bare FastAPI endpoint",
+        [f"{r['ingest']['rate'] / bare:.2f}" for r in per],
+        "≥ 0.40",
+    )
+    row(
+        "payment start, added p50 / p99 ms",
+        [
+            f"{_ms(r['payments']['start'], 'p50')} / {_ms(r['payments']['start'], 'p99')}"
+            for r in per
+        ],
+        "",
+    )
+    row(
+        "payment start p99 ÷ forwarder p99",
+        [f"{r['payments']['start']['p99'] / fwd['p99']:.2f}" for r in per],
+        "≤ 2",
+    )
+    row(
+        "payment end, added p50 / p99 ms",
+        [f"{_ms(r['payments']['end'], 'p50')} / {_ms(r['payments']['end'], 'p99')}" for r in per],
+        "",
+    )
+    row(
+        "failed starts + ends",
+        [f"{r['payments']['start']['failed']} + {r['payments']['end']['failed']}" for r in per],
+        "0",
+    )
+    row(
+        "memory per 1,000 active calls, MiB",
+        [f"{r['memory']['per_1000_mib']:.1f}" for r in per],
+        "",
+    )
+    table = "\n".join(rows)
+    lines = [
+        f"Baselines in the same run: bare FastAPI endpoint {bare:.0f} events/s; minimal "
+        f"forwarder payment start p50 / p99 {_ms(fwd, 'p50')} / {_ms(fwd, 'p99')} ms "
+        f"({results['forwarder']['start']['failed']} failed).",
+    ]
+    scale = results.get("scaleout")
+    if scale:
+        one = results["postgres"]["ingest"]["rate"]
+        s0, s1 = scale["payments"]["start-0"], scale["payments"]["start-1"]
+        lines.append(
+            f"Scale-out, two replicas on PostgreSQL: ingest {scale['ingest']['rate']:.0f} events/s "
+            f"({scale['ingest']['rate'] / one:.2f}× one replica, on the same 2 cores); every "
+            f"start sent to both replicas at once: p99 {_ms(s0, 'p99')} / {_ms(s1, 'p99')} ms, "
+            f"failed {s0['failed']} + {s1['failed']} (ends {scale['payments']['end']['failed']}), "
+            f"same segment on both {scale['payments'].get('same_segment')} of {cfg.payments}, "
+            f"PBX commands {scale['payments']['pbx']['n']} for {cfg.payments} payments."
+        )
+    summary = f"{label}\n\n{table}\n\n" + "\n\n".join(lines)
+    detail = (
+        f"# Gate under load\n\n- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
+        f"- Command: `{command}`\n- {label}\n- Machine: {platform.processor() or platform.machine()}, "
+        f"nproc {os.cpu_count()}, {platform.platform()}, Python {platform.python_version()}\n"
+        f"- Ingest: {cfg.connections} connections, {cfg.warmup:g} s warm-up, {cfg.duration:g} s "
+        f"measured. Payments: {cfg.calls} live calls, {cfg.payments} payments at "
+        f"{cfg.rate:g}/s, each ended {cfg.hold:g} s after its start.\n\n"
+        f"{summary}\n\n## Raw figures\n\n```json\n{json.dumps(results, indent=1)}\n```\n"
+    )
+    return summary, detail
+
+
+def write_readme(summary: str) -> None:
+    text = README.read_text()
+    block = f"{MARK_BEGIN}\n{summary}\n{MARK_END}"
+    if MARK_BEGIN in text:
+        text = re.sub(
+            re.escape(MARK_BEGIN) + r".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S
+        )
+    else:
+        text = text.rstrip() + "\n\n## Gate under load (latest run)\n\n" + block + "\n"
+    README.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--quick", action="store_true", help="short runs, to try the benchmark")
+    parser.add_argument("--no-scaleout", action="store_true")
+    parser.add_argument("--label", default=None, help="what was measured (default: git commit)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md as it is")
+    args = parser.parse_args()
+    cfg = Config()
+    if args.quick:
+        cfg = Config(duration=4, warmup=1, payments=100, memory_calls=500)
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    label = args.label or f"recgate at {commit}"
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    results: dict[str, Any] = {"backends": backends}
+    with tempfile.TemporaryDirectory(prefix="recgate-gate-load-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        pbx_port = free_port()
+        stack.enter_context(
+            process(
+                [sys.executable, str(BENCH / "baselines.py"), "pbx", str(pbx_port)],
+                dict(os.environ),
+                workdir,
+                "pbx",
+                f"http://127.0.0.1:{pbx_port}/stats",
+            )
+        )
+        port = free_port()
+        print("[bare] ingest …", flush=True)
+        with uvicorn_app("baselines:bare_app", port, workdir, "bare", {}):
+            results["bare"] = measure_ingest(Events(secret), [port], cfg, workdir, "bare", 4000)
+        print(f"[bare] {results['bare']['rate']:.0f} events/s", flush=True)
+        port = free_port()
+        print("[forwarder] payments …", flush=True)
+        env = {"BENCH_PBX_URL": f"http://127.0.0.1:{pbx_port}"}
+        with uvicorn_app("baselines:forwarder_app", port, workdir, "forwarder", env):
+            calls = live_call_names("fwd", cfg.calls)
+            schedule = payment_schedule(cfg, calls, ["a"], None, both=False)
+            results["forwarder"] = measure_payments(schedule, {"a": port}, pbx_port, workdir)
+        guess = results["bare"]["rate"]
+        for backend in backends:
+            results[backend] = run_backend(backend, cfg, workdir, secret, pbx_port, guess)
+        if "postgres" in backends and not args.no_scaleout:
+            results["scaleout"] = run_scaleout(cfg, workdir, secret, pbx_port, guess)
+    command = "python bench/gate_load.py " + " ".join(sys.argv[1:])
+    summary, detail = report(results, cfg, label, command.strip())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(detail)
+    if not args.no_readme:
+        write_readme(summary)
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
