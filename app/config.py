@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     max_pause_s: int = Field(default=900, ge=1)
     resume_retry_interval_s: float = Field(default=5.0, gt=0, le=10.0)
     provider_request_timeout_s: float = Field(default=1.5, gt=0)
+    # How far a PBX's clock may be from recgate's. A PBX report during a payment dismisses
+    # danger only when it provably predates recgate's own command: by more than this plus
+    # the report's timestamp precision.
+    pbx_clock_skew_ms: int = Field(default=1000, ge=0, le=60_000)
 
     # Generic provider
     generic_webhook_secret: SecretStr | None = None

@@ -12,9 +12,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.domain.scrub import scrub
+from app.storage.db import DatabaseUnreachable, database_unavailable
 
 PROBLEM_BASE = "/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -110,14 +112,37 @@ class ResumeNotConfirmed(AppError):
     status, slug, title = 502, "resume-not-confirmed", "Recording resume was not confirmed"
 
 
+class CallBusy(AppError):
+    """A start or end that only waited behind another command on the call, past its deadline."""
+
+    status, slug, title = 503, "call-busy", "Another operation on this call did not finish in time"
+
+
 class ServiceUnavailable(AppError):
     status, slug, title = 503, "unavailable", "Service unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database cannot be used: nothing was stored, so nothing is acknowledged."""
+
+    slug, title = "database-unavailable", "Database unavailable"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        # A PBX retrying a webhook, or an IVR retrying a payment end, should wait a moment.
+        self.headers = {"Retry-After": "1"}
 
 
 def _problem(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
+
+
+def _database_down(request: Request) -> JSONResponse:
+    error = DatabaseUnavailable("The database is unavailable; nothing was stored. Try again.")
+    log.warning("database unavailable on %s %s", request.method, request.url.path)
+    return _problem(error.status, error.to_problem(request.url.path), error.headers)
 
 
 _HTTP_SLUGS = {
@@ -161,6 +186,18 @@ def install_error_handlers(app: FastAPI) -> None:
             "instance": request.url.path,
         }
         return _problem(exc.status_code, body, dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(DatabaseUnreachable)
+    async def _unreachable(request: Request, exc: DatabaseUnreachable) -> JSONResponse:
+        return _database_down(request)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        # Answered here rather than by the catch-all below, which closes the connection.
+        if database_unavailable(exc):
+            return _database_down(request)
+        log.exception("database error on %s %s", request.method, request.url.path)
+        return _problem(500, AppError().to_problem(request.url.path))
 
     @app.exception_handler(Exception)
     async def _unknown(request: Request, exc: Exception) -> JSONResponse:

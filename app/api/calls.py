@@ -24,7 +24,7 @@ from app.services.tokens import Principal
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
-IvrDep = Annotated[Principal, Depends(require(Role.IVR))]
+IvrDep = Annotated[Principal, Depends(require(Role.IVR, fail_closed=True))]
 ProviderPath = Annotated[str, Path(max_length=32, pattern=r"^[a-z_]+$")]
 CallIdPath = Annotated[str, Path(min_length=1, max_length=255)]
 CallReaderDep = Annotated[Principal, Depends(require(Role.IVR, Role.SUPERVISOR, Role.DPO))]

@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.domain.roles import Role, may_use
-from app.errors import Forbidden, Unauthenticated
+from app.errors import DatabaseUnavailable, Forbidden, Unauthenticated
 from app.services.audit import Actor
 from app.services.container import Services
 from app.services.tokens import Principal
+from app.storage.db import DatabaseUnreachable
 
 
 def get_services(request: Request) -> Services:
@@ -27,19 +28,35 @@ async def authenticate(request: Request, services: ServicesDep) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("A bearer token is required.")
-    principal = await services.tokens.authenticate(token.strip())
+    principal = await services.auth.authenticate(token.strip())
     if principal is None:
         raise Unauthenticated("The bearer token is unknown or revoked.")
     return principal
 
 
-def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that admits only ``roles`` (and ``admin``)."""
-    allowed = frozenset(roles)
+def check_role(principal: Principal, *roles: Role) -> None:
+    """:class:`Forbidden` unless ``principal`` may use an endpoint for ``roles``."""
+    if not may_use(principal.role, frozenset(roles)):
+        raise Forbidden(f"Role {principal.role.value!r} may not use this endpoint.")
 
-    async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if not may_use(principal.role, allowed):
-            raise Forbidden(f"Role {principal.role.value!r} may not use this endpoint.")
+
+def require(*roles: Role, fail_closed: bool = False) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that admits only ``roles`` (and ``admin``).
+
+    With ``fail_closed`` (the payment endpoints), a database that cannot be reached to check
+    the token answers ``safe_to_collect: false`` like every other refusal there.
+    """
+
+    async def dependency(request: Request, services: ServicesDep) -> Principal:
+        try:
+            principal = await authenticate(request, services)
+        except DatabaseUnreachable as exc:
+            if not fail_closed:
+                raise
+            raise DatabaseUnavailable(
+                "The database is unavailable: do not take card details.", safe_to_collect=False
+            ) from exc
+        check_role(principal, *roles)
         return principal
 
     return dependency

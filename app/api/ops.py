@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from app.api.deps import ServicesDep, authenticate, require
+from app.api.deps import ServicesDep, authenticate, check_role, require
 from app.domain.roles import Role
 from app.services.tokens import Principal
 
@@ -38,8 +38,7 @@ async def status(services: ServicesDep, _: OpsDep) -> dict[str, Any]:
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request, services: ServicesDep) -> PlainTextResponse:
     if not services.settings.metrics_public:
-        principal = await authenticate(request, services)
-        await require(Role.OPS)(principal)
+        check_role(await authenticate(request, services), Role.OPS)
     summary = await services.health.summary()
     gauges = {
         "recgate_active_calls": ("Calls in progress.", float(summary["active_calls"])),

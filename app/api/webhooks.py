@@ -47,8 +47,10 @@ def _refuse(services: Services, provider: str, reason: str) -> BadSignature:
     return BadSignature()
 
 
-async def _apply(services: Services, event: PbxEvent, payload: dict[str, Any]) -> WebhookAck:
-    result = await services.intake.accept(event, payload)
+async def _apply(
+    services: Services, event: PbxEvent, payload: dict[str, Any], raw: bytes
+) -> WebhookAck:
+    result = await services.intake.accept(event, payload, raw)
     return WebhookAck(status="duplicate" if result.duplicate else "applied")
 
 
@@ -72,11 +74,11 @@ async def _verify_signed(request: Request, services: Services, provider: str) ->
 async def _signed_json_webhook(request: Request, services: Services, provider: str) -> WebhookAck:
     event_id, body = await _verify_signed(request, services, provider)
     try:
-        event = parse_event(provider, event_id, body)
+        event, data = parse_event(provider, event_id, body)
     except MalformedEvent as exc:
         await services.intake.reject(provider, event_id, str(exc), body)
         raise MalformedInput(str(exc)) from exc
-    return await _apply(services, event, json.loads(body))
+    return await _apply(services, event, data, body)
 
 
 @router.post("/generic", response_model=WebhookAck)
@@ -108,7 +110,7 @@ async def asterisk_webhook(request: Request, services: ServicesDep) -> WebhookAc
         # Not stored: events recgate does not map (DTMF digits among them) stay out of the inbox.
         services.metrics.webhook_events.inc(provider="asterisk", type="unmapped", outcome="ignored")
         return WebhookAck(status="ignored")
-    return await _apply(services, event, payload)
+    return await _apply(services, event, payload, body)
 
 
 TwilioParser = Callable[[twilio.Params, str | None, str | None, datetime], PbxEvent | None]
@@ -150,7 +152,7 @@ async def _twilio_callback(request: Request, services: Services, parse: TwilioPa
         services.metrics.webhook_events.inc(provider="twilio", type="child-leg", outcome="ignored")
         return WebhookAck(status="ignored")
     payload = {name: values[0] if len(values) == 1 else values for name, values in params.items()}
-    return await _apply(services, event, payload)
+    return await _apply(services, event, payload, body)
 
 
 @router.post("/twilio/call-status", response_model=WebhookAck)
@@ -187,4 +189,6 @@ async def rtpengine_notification(request: Request, services: ServicesDep) -> Web
         seen = {k: v for k, v in request.headers.items() if k.startswith("x-recording-")}
         await services.intake.reject("rtpengine", None, str(exc), json.dumps(seen).encode())
         raise MalformedInput(str(exc)) from exc
-    return await _apply(services, notification.event, dict(notification.payload))
+    seen = {k: v for k, v in request.headers.items() if k.startswith("x-recording-")}
+    raw = json.dumps(seen).encode()
+    return await _apply(services, notification.event, dict(notification.payload), raw)

@@ -41,6 +41,9 @@ class CallInfo:
     direction: str | None = None
     service_area: str | None = None
     agent_id: str | None = None
+    # The id names a provider object (an Asterisk bridge) that stands for a call once it is
+    # linked to one (CALL_LINKED): resolve it to that call.
+    via_alias: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import calendar
+from dataclasses import dataclass
 from datetime import UTC, datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Months:
+    """The retention that applies to a call: media and call record, in calendar months."""
+
+    media: int
+    record: int
 
 
 def add_months(moment: datetime, months: int) -> datetime:

@@ -22,6 +22,7 @@ from websockets.exceptions import WebSocketException
 
 from app.config import Settings
 from app.domain.clock import Clock
+from app.errors import MalformedInput
 from app.services.intake import EventIntake
 from app.services.metrics import Metrics
 from app.telephony import asterisk
@@ -162,9 +163,11 @@ class AriEventConsumer:
             self.metrics.webhook_events.inc(provider=_PROVIDER, type="unmapped", outcome="ignored")
             return True
         try:
-            await self.intake.accept(event, data)
+            await self.intake.accept(event, data, raw)
         except asyncio.CancelledError:
             raise
+        except MalformedInput:
+            pass  # dead-lettered by intake
         except Exception:
             log.exception("ARI %s event could not be applied; it is lost", event.type.value)
         return True

@@ -1,4 +1,4 @@
-"""Periodic work inside the service: resume retries, the overlong-pause alert, media copies."""
+"""Periodic work inside the service, each job on its own schedule in its own task."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ Job = tuple[str, float, Callable[[], Awaitable[object]]]
 def service_jobs(services: Services) -> list[Job]:
     """What the service runs on its own, and how often (seconds)."""
     return [
-        # Resume retries must come at least every 10 s (SPEC §3.1); each is due on its own time.
-        ("resume-retries", 1.0, services.gate.retry_due_resumes),
+        # Due payment segments: resume retries (at least every 10 s, SPEC §3.1), background
+        # re-pauses, and segments whose driver died. Each due segment is driven on its own.
+        ("gate-upkeep", 1.0, services.gate.run_due),
         ("overlong-pauses", 5.0, services.gate.alert_overlong_segments),
-        ("stuck-segments", 5.0, services.gate.recover_stuck_segments),
         ("media-copies", 60.0, services.media.fetch_due),
         ("redaction", 60.0, services.redaction.redact_due),
         # Several replicas may sweep at once: claims are leased rows, skipped when locked.
@@ -27,19 +27,20 @@ def service_jobs(services: Services) -> list[Job]:
     ]
 
 
-async def run_jobs(jobs: list[Job], tick_s: float = 0.5) -> None:
-    """Run each job every its interval until cancelled; a failing job waits for its next turn."""
-    loop = asyncio.get_running_loop()
-    next_run = {name: loop.time() for name, _, _ in jobs}
-    while True:
+async def run_jobs(jobs: list[Job]) -> None:
+    """Run every job until cancelled, each in a task of its own: a long sweep never delays
+    a resume retry. A failing job waits for its next turn."""
+    async with asyncio.TaskGroup() as group:
         for name, interval, job in jobs:
-            if loop.time() < next_run[name]:
-                continue
-            next_run[name] = loop.time() + interval
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a database blip must not end the loop; the next turn retries
-                log.exception("periodic job %s failed", name)
-        await asyncio.sleep(tick_s)
+            group.create_task(_every(name, interval, job), name=f"job:{name}")
+
+
+async def _every(name: str, interval: float, job: Callable[[], Awaitable[object]]) -> None:
+    while True:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a database blip must not end the loop; the next turn retries
+            log.exception("periodic job %s failed", name)
+        await asyncio.sleep(interval)

@@ -11,7 +11,7 @@ from app.config import Settings
 from app.domain.clock import Clock, utcnow
 from app.services.audit import AuditService
 from app.services.calls import CallQueries
-from app.services.concurrency import BackgroundTasks, CallLocks
+from app.services.concurrency import BackgroundTasks
 from app.services.gating import PaymentGate
 from app.services.health import HealthService
 from app.services.ingest import IngestService
@@ -21,8 +21,8 @@ from app.services.metrics import Metrics
 from app.services.recordings import RecordingService
 from app.services.redaction import RedactionService
 from app.services.retention import RetentionService
-from app.services.tokens import TokenService
-from app.storage.db import create_engine, session_factory
+from app.services.tokens import TokenAuthenticator, TokenService
+from app.storage.db import Database, create_engine, session_factory
 from app.storage.media import build_media_store
 from app.telephony.base import RecordingController
 from app.telephony.registry import build_controllers
@@ -34,6 +34,7 @@ class Services:
     clock: Clock
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    db: Database
     http: httpx.AsyncClient
     metrics: Metrics
     controllers: dict[str, RecordingController]
@@ -43,6 +44,7 @@ class Services:
     intake: EventIntake
     media: MediaService
     tokens: TokenService
+    auth: TokenAuthenticator
     calls: CallQueries
     health: HealthService
     audit: AuditService
@@ -54,6 +56,7 @@ class Services:
     def build(cls, settings: Settings, clock: Clock = utcnow) -> Services:
         engine = create_engine(settings.database_url)
         sessions = session_factory(engine)
+        db = Database(engine, settings.database_url)
         # One shared client for every provider call; explicit timeouts, no redirects to follow.
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -66,11 +69,9 @@ class Services:
         metrics = Metrics()
         controllers = build_controllers(settings, http, clock)
         tasks = BackgroundTasks()
-        gate = PaymentGate(
-            sessions, settings, clock, metrics, controllers, CallLocks(engine), tasks
-        )
+        gate = PaymentGate(db, settings, clock, metrics, controllers, tasks)
         ingest = IngestService(
-            sessions,
+            db,
             settings,
             clock,
             metrics,
@@ -85,6 +86,7 @@ class Services:
             clock=clock,
             engine=engine,
             sessions=sessions,
+            db=db,
             http=http,
             metrics=metrics,
             controllers=controllers,
@@ -94,6 +96,7 @@ class Services:
             intake=EventIntake(ingest, gate, media),
             media=media,
             tokens=TokenService(sessions, clock),
+            auth=TokenAuthenticator(db),
             calls=CallQueries(sessions, audit),
             health=HealthService(sessions, settings, clock, controllers),
             audit=audit,
@@ -109,4 +112,5 @@ class Services:
         for controller in self.controllers.values():
             await controller.aclose()
         await self.http.aclose()
+        await self.db.close()
         await self.engine.dispose()

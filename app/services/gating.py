@@ -1,11 +1,25 @@
 """Payment gating (SPEC §3.1): pause every live recording before card details are taken.
 
-``safe_to_collect`` is answered only while every live recording of the call has been
-confirmed paused by the provider *for this payment segment*. Anything else (a timeout, a
-refusal, an outage past the deadline, a recording that goes live mid-payment and cannot be
-paused) fails closed: the segment is ``pause_failed``, the unconfirmed recordings are
-quarantined with an exposure, and the IVR gets a 503. No database transaction is held open
-across a provider round trip; the call's lock (across replicas on PostgreSQL) is.
+The IVR hears ``safe_to_collect: true`` only while every live recording of the call has been
+confirmed paused by the provider for this payment. Anything else fails closed with a 503.
+
+How it holds up at contact-centre load:
+
+- What to do is decided by pure functions (:mod:`app.domain.gate`); this module does the
+  I/O. A payment start is one short write transaction that plans the command and claims the
+  segment, the provider command with no transaction and no pooled connection held, and one
+  short write transaction that records the answer.
+- One command per segment is in flight at a time, across replicas: the segment row holds the
+  claim (``command_id``, ``command_until``). A request that finds it claimed waits for that
+  command (in this process, on the command's task; from another replica, by reading the row
+  now and then) and answers from its outcome. Nobody holds a lock or a connection while
+  waiting, so the pool cannot starve.
+- The command runs in a task of its own, so a request that gives up or is cancelled never
+  leaves a segment half done; a claim whose holder died runs out and the segment becomes due
+  for the upkeep (:meth:`PaymentGate.run_due`), which drives each due segment in its own
+  bounded attempt: one stuck call never delays another's retries.
+- Everything a request does is bounded by its deadline (``RECGATE_PAUSE_TIMEOUT_MS`` from
+  arrival): past it the IVR gets the fail-closed 503, never a 500 or silence.
 """
 
 from __future__ import annotations
@@ -13,28 +27,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.engine import Connection
 
 from app.config import Settings
+from app.domain import gate
 from app.domain.clock import Clock
+from app.domain.gate import Command, ConfirmedState, ControlOutcome
 from app.domain.scrub import scrub_text
+from app.domain.snapshots import Changes, RecordingSnap, SegmentSnap
 from app.domain.states import (
-    LIVE_RECORDING_STATES,
-    PROTECTED_SEGMENT_STATES,
     CallState,
-    ClosedBy,
-    ExposureKind,
+    IllegalTransition,
     PauseBehavior,
-    RecordingState,
     SegmentState,
 )
 from app.errors import (
+    CallBusy,
     CallEnded,
-    Conflict,
+    DatabaseUnavailable,
+    IllegalStateTransition,
     NoOpenPayment,
     PauseNotConfirmed,
     PaymentNotOpen,
@@ -42,24 +60,11 @@ from app.errors import (
     ProviderNotEnabled,
     ResumeNotConfirmed,
 )
-from app.services.concurrency import BackgroundTasks, CallBusy, CallLocks
+from app.services.concurrency import BackgroundTasks
 from app.services.metrics import Metrics
-from app.services.transitions import (
-    record_call_created,
-    set_recording_state,
-    set_segment_state,
-)
-from app.storage.models import Call, Exposure, PaymentSegment, Recording, SegmentRecording
-from app.storage.repositories import (
-    CallRepository,
-    ExposureRepository,
-    RecordingRepository,
-    SegmentRepository,
-    TransitionRepository,
-)
+from app.storage.db import Database, DatabaseUnreachable
+from app.storage.live import LiveCallRepository
 from app.telephony.base import (
-    ConfirmedState,
-    ControlOutcome,
     ControlTarget,
     ProviderRejected,
     ProviderUnavailable,
@@ -70,12 +75,17 @@ from app.telephony.base import (
 
 log = logging.getLogger("recgate.gating")
 
-_R = RecordingState
+T = TypeVar("T")
 _S = SegmentState
-_RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
-_ENFORCE_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-# A segment left pausing or resuming this long past the deadline has nobody working on it.
-_STUCK_GRACE_S = 5.0
+# Kept back from the provider round trip so the answer can be recorded within the deadline.
+_RECORD_RESERVE_S = 0.1
+# Less than this left: no other round trip is started; the segment fails closed.
+_MIN_ROUND_S = 0.02
+# Reading a segment another replica drives: first wait, then doubling up to the longest.
+_POLL_FIRST_S, _POLL_MAX_S = 0.005, 0.05
+# The upkeep: due segments taken per run, and driven at once.
+UPKEEP_BATCH = 100
+UPKEEP_CONCURRENCY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,742 +105,16 @@ class SegmentOutcome:
 
     @property
     def safe_to_collect(self) -> bool:
-        # A segment is only ever left in "paused" when every live recording was confirmed.
+        # A segment is only ever left "paused" when every live recording was confirmed.
         return self.state == _S.PAUSED.value
 
 
-class _CommandFailed(Exception):
-    """A pause or resume that was not confirmed; the message is safe to store and show."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
-
-
-def _confirmed(recording: Recording, link: SegmentRecording | None) -> bool:
-    """Paused, and the provider said so for this segment (a PBX report alone is not enough)."""
-    return recording.state == _R.PAUSED.value and link is not None and link.paused_at is not None
-
-
-class PaymentGate:
-    """Opens and closes payment segments and keeps every recording paused inside them."""
-
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        settings: Settings,
-        clock: Clock,
-        metrics: Metrics,
-        controllers: dict[str, RecordingController],
-        locks: CallLocks,
-        tasks: BackgroundTasks,
-    ) -> None:
-        self.sessions = sessions
-        self.settings = settings
-        self.clock = clock
-        self.metrics = metrics
-        self.controllers = controllers
-        self.locks = locks
-        self.tasks = tasks
-
-    @property
-    def _timeout_s(self) -> float:
-        return self.settings.pause_timeout_ms / 1000
-
-    # ---- public use cases -------------------------------------------------------------
-
-    async def start(
-        self,
-        provider: str,
-        provider_call_id: str,
-        *,
-        reference: str | None = None,
-        behavior: PauseBehavior = PauseBehavior.SILENCE,
-        idempotency_key: str | None = None,
-    ) -> SegmentOutcome:
-        """Open a payment segment and pause every recording; return once all are confirmed.
-
-        Raises :class:`PauseNotConfirmed` (503, ``safe_to_collect: false``) when they are not
-        within ``RECGATE_PAUSE_TIMEOUT_MS`` of the request, and :class:`PaymentNotOpen` (409)
-        when an idempotency key replays a payment that has ended.
-        """
-        controller = self._controller(provider)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        deadline = began + self._timeout_s
-        try:
-            async with self.locks.hold(provider, provider_call_id, self._timeout_s):
-                segment_id, behavior, answer = await self._open_segment(
-                    provider, provider_call_id, reference, behavior, idempotency_key
-                )
-                # Only a start that commanded the provider measures the pause latency; a
-                # repeated (idempotent) start is answered from the stored segment.
-                commanded = answer is None
-                if answer is None:
-                    answer = await self._pause_until_confirmed(
-                        controller, segment_id, behavior, deadline
-                    )
-        except CallBusy as exc:
-            raise PauseNotConfirmed(
-                "Another operation on this call did not finish in time: do not take card details.",
-                state=_S.PAUSE_FAILED.value,
-                safe_to_collect=False,
-            ) from exc
-        if answer.safe_to_collect and commanded:
-            self.metrics.pause_confirm_seconds.observe(loop.time() - began)
-        return self._answer_start(answer)
-
-    async def end(
-        self, provider: str, provider_call_id: str, *, outcome: str | None = None
-    ) -> SegmentOutcome:
-        """Close the payment segment and resume the recordings it paused.
-
-        Raises :class:`NoOpenPayment` (409) when no segment was ever opened and
-        :class:`ResumeNotConfirmed` (502) when a resume is not confirmed; retries then go on in
-        the background.
-        """
-        controller = self._controller(provider)
-        deadline = asyncio.get_running_loop().time() + self._timeout_s
-        try:
-            async with self.locks.hold(provider, provider_call_id, self._timeout_s):
-                async with self.sessions() as session, session.begin():
-                    now = self.clock()
-                    call = await CallRepository(session).get(provider, provider_call_id, lock=True)
-                    segment = (
-                        None
-                        if call is None
-                        else await SegmentRepository(session).latest_for_call(call.id)
-                    )
-                    if call is None or segment is None:
-                        raise NoOpenPayment("No payment was started on this call.")
-                    if segment.state == _S.CLOSED.value:
-                        return await self._outcome(session, segment)
-                    segment.outcome = outcome or segment.outcome
-                    segment.resume_requested_at = segment.resume_requested_at or now
-                    # A segment already resuming under this lock was left by a crashed attempt.
-                    set_segment_state(
-                        TransitionRepository(session), segment, _S.RESUMING, "ivr: payment end", now
-                    )
-                    segment_id = segment.id
-                result = await self._resume_until_confirmed(
-                    controller, segment_id, ClosedBy.IVR, deadline
-                )
-        except CallBusy as exc:
-            raise ResumeNotConfirmed(
-                "Another operation on this call did not finish in time; try again.",
-                safe_to_collect=False,
-            ) from exc
-        if result.state != _S.CLOSED.value:
-            raise ResumeNotConfirmed(
-                "Recording resume was not confirmed; recgate keeps retrying.",
-                **outcome_body(result),
-            )
-        return result
-
-    async def enforce_pause(self, provider: str, provider_call_id: str) -> None:
-        """Keep every recording paused while a payment is open (background).
-
-        Runs after a recording goes live mid-payment (a late start, a resume nobody asked
-        for). Retries with backoff while the segment stays open, up to ``RECGATE_MAX_PAUSE_S``.
-        """
-        controller = self.controllers.get(provider)
-        if controller is None:
-            return
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.settings.max_pause_s
-        attempt = 0
-        while loop.time() < give_up:
-            try:
-                async with self.locks.hold(provider, provider_call_id, self.settings.max_pause_s):
-                    segment_id, behavior = await self._segment_needing_pause(
-                        provider, provider_call_id, retry=attempt > 0
-                    )
-                    if segment_id is None:
-                        return
-                    deadline = loop.time() + self._timeout_s
-                    result = await self._pause_until_confirmed(
-                        controller, segment_id, behavior, deadline
-                    )
-            except CallBusy:
-                result = None
-            if result is not None and result.state != _S.PAUSE_FAILED.value:
-                return
-            await asyncio.sleep(_ENFORCE_BACKOFF_S[min(attempt, len(_ENFORCE_BACKOFF_S) - 1)])
-            attempt += 1
-
-    def spawn_enforce_pause(self, provider: str, provider_call_id: str) -> None:
-        self.tasks.spawn(
-            self.enforce_pause(provider, provider_call_id), name=f"enforce-pause:{provider}"
-        )
-
-    async def retry_resume(self, provider: str, provider_call_id: str) -> None:
-        """Try once more to resume the recordings of a ``resume_failed`` segment (background)."""
-        controller = self.controllers.get(provider)
-        if controller is None:
-            return
-        async with self.locks.hold(provider, provider_call_id):
-            async with self.sessions() as session, session.begin():
-                call = await CallRepository(session).get(provider, provider_call_id, lock=True)
-                segment = (
-                    None
-                    if call is None
-                    else await SegmentRepository(session).open_for_call(call.id)
-                )
-                if segment is None or segment.state not in (
-                    _S.RESUME_FAILED.value,
-                    _S.RESUMING.value,
-                ):
-                    return
-                set_segment_state(
-                    TransitionRepository(session),
-                    segment,
-                    _S.RESUMING,
-                    "background resume retry",
-                    self.clock(),
-                )
-                segment_id = segment.id
-            deadline = asyncio.get_running_loop().time() + self._timeout_s
-            await self._resume_until_confirmed(controller, segment_id, ClosedBy.IVR, deadline)
-
-    async def retry_due_resumes(self) -> int:
-        async with self.sessions() as session:
-            due = await SegmentRepository(session).resume_due(self.clock())
-        for provider, call_id in due:
-            await self.retry_resume(provider, call_id)
-        return len(due)
-
-    async def recover_stuck_segments(self) -> int:
-        """Finish segments left pausing or resuming by a crashed or cancelled attempt."""
-        grace = timedelta(seconds=2 * self._timeout_s + _STUCK_GRACE_S)
-        async with self.sessions() as session:
-            stuck = await SegmentRepository(session).stuck(self.clock() - grace)
-        for provider, call_id in stuck:
-            await self.enforce_pause(provider, call_id)
-            await self.retry_resume(provider, call_id)
-        return len(stuck)
-
-    async def alert_overlong_segments(self) -> int:
-        """Flag payment segments open longer than ``RECGATE_MAX_PAUSE_S``; never resume them."""
-        now = self.clock()
-        async with self.sessions() as session, session.begin():
-            overlong = await SegmentRepository(session).overlong(
-                now - timedelta(seconds=self.settings.max_pause_s)
-            )
-            for segment in overlong:
-                segment.overlong_alerted_at = now
-                log.warning(
-                    "payment segment %s open for more than %ss (state %s): check the IVR",
-                    segment.id,
-                    self.settings.max_pause_s,
-                    segment.state,
-                )
-        return len(overlong)
-
-    # ---- opening ----------------------------------------------------------------------
-
-    async def _open_segment(
-        self,
-        provider: str,
-        provider_call_id: str,
-        reference: str | None,
-        behavior: PauseBehavior,
-        idempotency_key: str | None,
-    ) -> tuple[uuid.UUID, PauseBehavior, SegmentOutcome | None]:
-        """The segment to pause for this start, and the answer when nothing is to be sent."""
-        async with self.sessions() as session, session.begin():
-            now = self.clock()
-            transitions = TransitionRepository(session)
-            call, created = await CallRepository(session).get_or_create_locked(
-                provider, provider_call_id, now
-            )
-            if created:
-                record_call_created(transitions, call, "ivr: payment start", now)
-            segments = SegmentRepository(session)
-            key = idempotency_key and scrub_text(idempotency_key)
-            replayed = key and await segments.by_idempotency_key(call.id, key)
-            if replayed and replayed.state not in PROTECTED_SEGMENT_STATES:
-                # The same request again after its payment ended: say so, never "safe".
-                return replayed.id, behavior, await self._outcome(session, replayed)
-            if call.state == CallState.ENDED.value:
-                raise CallEnded("The call has ended; no payment can be taken on it.")
-            segment = replayed or await segments.open_for_call(call.id)
-            if segment is not None and segment.state == _S.RESUME_FAILED.value:
-                # A new payment on a call whose last resume is unconfirmed: the new segment
-                # pauses everything again, so the old one is done with.
-                set_segment_state(
-                    transitions, segment, _S.CLOSED, "superseded by a new payment", now
-                )
-                segment.closed_at, segment.closed_by = now, ClosedBy.IVR.value
-                segment.next_resume_at = None
-                segment = None
-            if segment is not None and segment.state == _S.RESUMING.value:
-                raise Conflict("The previous payment on this call is still being ended.")
-            if segment is None:
-                segment = PaymentSegment(
-                    id=uuid.uuid4(),
-                    call_id=call.id,
-                    state=_S.PAUSING.value,
-                    reference=reference and scrub_text(reference),
-                    idempotency_key=key or None,
-                    pause_behavior=behavior.value,
-                    opened_at=now,
-                    state_changed_at=now,
-                    call_level=False,
-                    resume_attempts=0,
-                )
-                session.add(segment)
-                transitions.add(
-                    entity="segment",
-                    entity_id=segment.id,
-                    call_id=call.id,
-                    from_state=None,
-                    to_state=_S.PAUSING.value,
-                    cause="ivr: payment start",
-                    at=now,
-                )
-            elif segment.state == _S.PAUSED.value:
-                if await self._all_confirmed(session, call, segment):
-                    return segment.id, behavior, await self._outcome(session, segment)
-                set_segment_state(
-                    transitions, segment, _S.PAUSING, "a recording is live during payment", now
-                )
-            elif segment.state == _S.PAUSE_FAILED.value:
-                set_segment_state(transitions, segment, _S.PAUSING, "ivr: payment start again", now)
-            return segment.id, PauseBehavior(segment.pause_behavior), None
-
-    async def _segment_needing_pause(
-        self, provider: str, provider_call_id: str, *, retry: bool
-    ) -> tuple[uuid.UUID | None, PauseBehavior]:
-        async with self.sessions() as session, session.begin():
-            call = await CallRepository(session).get(provider, provider_call_id, lock=True)
-            segment = (
-                None if call is None else await SegmentRepository(session).open_for_call(call.id)
-            )
-            if call is None or segment is None or segment.state not in PROTECTED_SEGMENT_STATES:
-                return None, PauseBehavior.SILENCE
-            behavior = PauseBehavior(segment.pause_behavior)
-            if (
-                await self._all_confirmed(session, call, segment)
-                and segment.state != _S.PAUSING.value
-            ):
-                return None, behavior
-            if segment.state != _S.PAUSING.value:
-                cause = "background pause retry" if retry else "a recording is live during payment"
-                set_segment_state(
-                    TransitionRepository(session), segment, _S.PAUSING, cause, self.clock()
-                )
-            return segment.id, behavior
-
-    async def _all_confirmed(
-        self, session: AsyncSession, call: Call, segment: PaymentSegment
-    ) -> bool:
-        links = await SegmentRepository(session).links_for_segment(segment.id)
-        live = await RecordingRepository(session).live_for_call(call.id)
-        return all(_confirmed(r, links.get(r.id)) for r in live)
-
-    # ---- pause ------------------------------------------------------------------------
-
-    async def _pause_until_confirmed(
-        self,
-        controller: RecordingController,
-        segment_id: uuid.UUID,
-        behavior: PauseBehavior,
-        deadline: float,
-    ) -> SegmentOutcome:
-        async def step(
-            session: AsyncSession, segment: PaymentSegment, call: Call, first_round: bool
-        ) -> ControlTarget | SegmentOutcome:
-            if segment.state != _S.PAUSING.value:
-                return await self._outcome(session, segment)
-            links = await SegmentRepository(session).links_for_segment(segment.id)
-            live = await RecordingRepository(session).live_for_call(call.id)
-            pending = [r for r in live if not _confirmed(r, links.get(r.id))]
-            if not pending and not (first_round and not live):
-                now = self.clock()
-                set_segment_state(
-                    TransitionRepository(session),
-                    segment,
-                    _S.PAUSED,
-                    "every recording confirmed paused",
-                    now,
-                )
-                segment.paused_at = segment.paused_at or now
-                return await self._outcome(session, segment)
-            return await self._mark_pausing(session, call, segment, pending)
-
-        return await self._until_confirmed(
-            controller,
-            "pause",
-            segment_id,
-            deadline,
-            behavior,
-            step,
-            self._apply_pause,
-            self._fail_pause,
-        )
-
-    async def _until_confirmed(
-        self,
-        controller: RecordingController,
-        action: str,
-        segment_id: uuid.UUID,
-        deadline: float,
-        behavior: PauseBehavior | None,
-        step: Callable[
-            [AsyncSession, PaymentSegment, Call, bool], Awaitable[ControlTarget | SegmentOutcome]
-        ],
-        apply: Callable[
-            [AsyncSession, Call, PaymentSegment, Sequence[ControlOutcome]], Awaitable[None]
-        ],
-        fail: Callable[[uuid.UUID, str], Awaitable[SegmentOutcome]],
-    ) -> SegmentOutcome:
-        """Command, apply what was confirmed, repeat until ``step`` has an answer.
-
-        Each round: ``step`` (in a transaction) returns the answer or what to command; the
-        command goes out with no transaction open; transient failures are retried with backoff
-        while the deadline allows; ``fail`` records a command that was not confirmed in time.
-        """
-        loop = asyncio.get_running_loop()
-        first_round, attempt = True, 0
-        while True:
-            async with self.sessions() as session, session.begin():
-                segment, call = await self._locked_segment(session, segment_id)
-                decision = await step(session, segment, call, first_round)
-            if isinstance(decision, SegmentOutcome):
-                return decision
-            try:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise _CommandFailed(f"{action} not confirmed within the deadline")
-                outcomes = await self._send(controller, action, decision, remaining, behavior)
-            except _CommandFailed as exc:
-                retry_in = _RETRY_BACKOFF_S[min(attempt, len(_RETRY_BACKOFF_S) - 1)]
-                if exc.retryable and deadline - loop.time() > retry_in:
-                    attempt += 1
-                    await asyncio.sleep(retry_in)
-                    continue
-                return await fail(segment_id, exc.message)
-            first_round = False
-            async with self.sessions() as session, session.begin():
-                segment, call = await self._locked_segment(session, segment_id)
-                await apply(session, call, segment, outcomes)
-
-    async def _mark_pausing(
-        self,
-        session: AsyncSession,
-        call: Call,
-        segment: PaymentSegment,
-        pending: Sequence[Recording],
-    ) -> ControlTarget:
-        """Put ``pending`` in ``pausing``, link them to the segment, build the provider target."""
-        now = self.clock()
-        transitions = TransitionRepository(session)
-        segments = SegmentRepository(session)
-        for recording in pending:
-            if recording.state != _R.PAUSED.value:
-                set_recording_state(transitions, recording, _R.PAUSING, "payment start", now)
-            link = await segments.link_recording(segment.id, recording.id)
-            link.paused_at = None
-        if not pending:
-            segment.call_level_sent_at = segment.call_level_sent_at or now
-        return ControlTarget(
-            call.provider_call_id,
-            tuple(
-                RecordingRef(r.id, r.provider_recording_id, r.provider_container_id)
-                for r in pending
-            ),
-        )
-
-    async def _apply_pause(
-        self,
-        session: AsyncSession,
-        call: Call,
-        segment: PaymentSegment,
-        outcomes: Sequence[ControlOutcome],
-    ) -> None:
-        """Record what the provider confirmed for a pause."""
-        now = self.clock()
-        recordings = RecordingRepository(session)
-        segments = SegmentRepository(session)
-        transitions = TransitionRepository(session)
-        by_provider_id = {r.provider_recording_id: r for r in await recordings.for_call(call.id)}
-        open_exposures = await ExposureRepository(session).open_for_call(call.id)
-        for outcome in outcomes:
-            if outcome.provider_recording_id is None:
-                if outcome.state == ConfirmedState.PAUSED:
-                    segment.call_level = True
-                continue
-            recording = by_provider_id.get(outcome.provider_recording_id)
-            if recording is None:
-                # The provider named a recording recgate had not heard of (Twilio.CURRENT).
-                recording, _ = await recordings.get_or_create(
-                    call.id, outcome.provider_recording_id, _R.PENDING.value, now
-                )
-                by_provider_id[recording.provider_recording_id] = recording
-                set_recording_state(transitions, recording, _R.PAUSING, "named by provider", now)
-            if recording.state not in LIVE_RECORDING_STATES:
-                continue
-            link = await segments.link_recording(segment.id, recording.id)
-            if outcome.state == ConfirmedState.PAUSED:
-                if recording.state not in (_R.PAUSING.value, _R.PAUSED.value):
-                    # A PBX report moved it while the command was in flight (e.g. a resume):
-                    # this confirmation may predate it, so the next round pauses it again.
-                    continue
-                set_recording_state(transitions, recording, _R.PAUSED, "pause confirmed", now)
-                recording.control_confirmed_at = now
-                link.paused_at = now
-                for exposure in open_exposures:
-                    if (
-                        exposure.recording_id == recording.id
-                        and exposure.kind != ExposureKind.PAUSE_FAILED.value
-                    ):
-                        exposure.ended_at = now
-            elif outcome.state in (ConfirmedState.NOT_RECORDING, ConfirmedState.GONE):
-                recording.stopped_at = recording.stopped_at or now
-                set_recording_state(
-                    transitions, recording, _R.STOPPED, f"provider: {outcome.state.value}", now
-                )
-
-    async def _fail_pause(self, segment_id: uuid.UUID, reason: str) -> SegmentOutcome:
-        async with self.sessions() as session, session.begin():
-            segment, call = await self._locked_segment(session, segment_id)
-            if segment.state != _S.PAUSING.value:
-                return await self._outcome(session, segment)
-            now = self.clock()
-            transitions = TransitionRepository(session)
-            set_segment_state(transitions, segment, _S.PAUSE_FAILED, reason, now)
-            segment.last_error = reason[:500]
-            links = await SegmentRepository(session).links_for_segment(segment.id)
-            live = await RecordingRepository(session).live_for_call(call.id)
-            unconfirmed = [r for r in live if not _confirmed(r, links.get(r.id))]
-            for recording in unconfirmed:
-                if recording.state == _R.PAUSING.value:
-                    set_recording_state(
-                        transitions, recording, _R.RECORDING, "pause not confirmed", now
-                    )
-                recording.quarantined = True
-            already = {
-                e.recording_id
-                for e in await ExposureRepository(session).open_for_call(call.id)
-                if e.segment_id == segment.id and e.kind == ExposureKind.PAUSE_FAILED.value
-            }
-            recording_ids: list[uuid.UUID | None] = [r.id for r in unconfirmed] or [None]
-            for recording_id in recording_ids:
-                if recording_id in already:
-                    continue
-                ExposureRepository(session).add(
-                    Exposure(
-                        call_id=call.id,
-                        recording_id=recording_id,
-                        segment_id=segment.id,
-                        kind=ExposureKind.PAUSE_FAILED.value,
-                        started_at=segment.opened_at,
-                        detail=reason[:500],
-                    )
-                )
-                self.metrics.exposures.inc(kind=ExposureKind.PAUSE_FAILED.value)
-            log.error(
-                "pause not confirmed on a %s call: %s; IVR told not to collect",
-                call.provider,
-                reason,
-            )
-            return await self._outcome(session, segment)
-
-    # ---- resume -----------------------------------------------------------------------
-
-    async def _resume_until_confirmed(
-        self,
-        controller: RecordingController,
-        segment_id: uuid.UUID,
-        closed_by: ClosedBy,
-        deadline: float,
-    ) -> SegmentOutcome:
-        async def step(
-            session: AsyncSession, segment: PaymentSegment, call: Call, first_round: bool
-        ) -> ControlTarget | SegmentOutcome:
-            if segment.state != _S.RESUMING.value:
-                return await self._outcome(session, segment)
-            links = await SegmentRepository(session).links_for_segment(segment.id)
-            linked = [
-                r
-                for r in await RecordingRepository(session).live_for_call(call.id)
-                if r.id in links
-            ]
-            # A pause that timed out may still have landed: resume those too, once.
-            resumable = {_R.PAUSED.value, _R.PAUSING.value, _R.RESUMING.value}
-            if first_round:
-                resumable.add(_R.RECORDING.value)
-            pending = [r for r in linked if r.state in resumable]
-            call_level = first_round and segment.call_level_sent_at is not None and not linked
-            now = self.clock()
-            if not pending and not call_level:
-                set_segment_state(
-                    TransitionRepository(session),
-                    segment,
-                    _S.CLOSED,
-                    f"{closed_by.value}: resumed",
-                    now,
-                )
-                segment.closed_at, segment.closed_by, segment.next_resume_at = (
-                    now,
-                    closed_by.value,
-                    None,
-                )
-                for exposure in await ExposureRepository(session).open_for_call(call.id):
-                    if exposure.segment_id == segment.id:
-                        exposure.ended_at = now
-                return await self._outcome(session, segment)
-            transitions = TransitionRepository(session)
-            for recording in pending:
-                if recording.state != _R.RECORDING.value:
-                    set_recording_state(transitions, recording, _R.RESUMING, "payment end", now)
-            return ControlTarget(
-                call.provider_call_id,
-                tuple(
-                    RecordingRef(r.id, r.provider_recording_id, r.provider_container_id)
-                    for r in pending
-                ),
-            )
-
-        return await self._until_confirmed(
-            controller,
-            "resume",
-            segment_id,
-            deadline,
-            None,
-            step,
-            self._apply_resume,
-            self._fail_resume,
-        )
-
-    async def _apply_resume(
-        self,
-        session: AsyncSession,
-        call: Call,
-        segment: PaymentSegment,
-        outcomes: Sequence[ControlOutcome],
-    ) -> None:
-        now = self.clock()
-        transitions = TransitionRepository(session)
-        segments = SegmentRepository(session)
-        by_provider_id = {
-            r.provider_recording_id: r for r in await RecordingRepository(session).for_call(call.id)
-        }
-        for outcome in outcomes:
-            recording = by_provider_id.get(outcome.provider_recording_id or "")
-            if recording is None or recording.state not in LIVE_RECORDING_STATES:
-                continue
-            if outcome.state == ConfirmedState.RECORDING:
-                set_recording_state(transitions, recording, _R.RECORDING, "resume confirmed", now)
-                recording.control_confirmed_at = now
-                link = await segments.link_recording(segment.id, recording.id)
-                link.resumed_at = now
-            elif outcome.state in (ConfirmedState.NOT_RECORDING, ConfirmedState.GONE):
-                recording.stopped_at = recording.stopped_at or now
-                set_recording_state(
-                    transitions, recording, _R.STOPPED, f"provider: {outcome.state.value}", now
-                )
-
-    async def _fail_resume(self, segment_id: uuid.UUID, reason: str) -> SegmentOutcome:
-        async with self.sessions() as session, session.begin():
-            segment, call = await self._locked_segment(session, segment_id)
-            if segment.state != _S.RESUMING.value:
-                return await self._outcome(session, segment)
-            now = self.clock()
-            set_segment_state(TransitionRepository(session), segment, _S.RESUME_FAILED, reason, now)
-            segment.last_error = reason[:500]
-            segment.resume_attempts += 1
-            segment.next_resume_at = now + timedelta(seconds=self.settings.resume_retry_interval_s)
-            log.error(
-                "resume not confirmed on a %s call: %s; retrying in the background",
-                call.provider,
-                reason,
-            )
-            return await self._outcome(session, segment)
-
-    # ---- shared -----------------------------------------------------------------------
-
-    def _controller(self, provider: str) -> RecordingController:
-        controller = self.controllers.get(provider)
-        if controller is not None:
-            return controller
-        # Fail closed either way: the IVR must read "not safe", whatever the misconfiguration.
-        if provider in self.settings.enabled_providers:
-            raise ProviderControlMissing(
-                f"Recording control for {provider!r} is not configured: do not take card details.",
-                safe_to_collect=False,
-            )
-        raise ProviderNotEnabled(f"Provider {provider!r} is not enabled.", safe_to_collect=False)
-
-    def _answer_start(self, outcome: SegmentOutcome) -> SegmentOutcome:
-        if outcome.state == _S.PAUSED.value:
-            return outcome
-        if outcome.state in (_S.PAUSE_FAILED.value, _S.PAUSING.value):
-            raise PauseNotConfirmed(
-                "Recording pause was not confirmed: do not take card details.",
-                **outcome_body(outcome),
-            )
-        raise PaymentNotOpen(
-            "This payment has already ended: do not take card details.", **outcome_body(outcome)
-        )
-
-    async def _locked_segment(
-        self, session: AsyncSession, segment_id: uuid.UUID
-    ) -> tuple[PaymentSegment, Call]:
-        segment = await SegmentRepository(session).by_id(segment_id)
-        assert segment is not None
-        call = await CallRepository(session).by_id(segment.call_id)
-        assert call is not None
-        locked = await CallRepository(session).get(call.provider, call.provider_call_id, lock=True)
-        assert locked is not None
-        await session.refresh(segment)
-        return segment, locked
-
-    async def _send(
-        self,
-        controller: RecordingController,
-        action: str,
-        target: ControlTarget,
-        timeout_s: float,
-        behavior: PauseBehavior | None,
-    ) -> list[ControlOutcome]:
-        """One provider round trip, bounded by ``timeout_s``; typed failures become _CommandFailed."""
-        outcome = "ok"
-        try:
-            if action == "pause":
-                assert behavior is not None
-                return await asyncio.wait_for(controller.pause(target, behavior), timeout_s)
-            return await asyncio.wait_for(controller.resume(target), timeout_s)
-        except RecordingGone:
-            outcome = "gone"
-            ids = [r.provider_recording_id for r in target.recordings] or [None]
-            return [ControlOutcome(rid, ConfirmedState.GONE) for rid in ids]
-        except TimeoutError as exc:
-            outcome = "timeout"
-            raise _CommandFailed(
-                f"{action} timed out after {timeout_s:.2f}s", retryable=True
-            ) from exc
-        except ProviderUnavailable as exc:
-            outcome = "unavailable"
-            raise _CommandFailed(str(exc), retryable=True) from exc
-        except ProviderRejected as exc:
-            outcome = "rejected"
-            raise _CommandFailed(str(exc)) from exc
-        finally:
-            self.metrics.pause_commands.inc(
-                provider=controller.name, action=action, outcome=outcome
-            )
-
-    async def _outcome(self, session: AsyncSession, segment: PaymentSegment) -> SegmentOutcome:
-        recordings = await RecordingRepository(session).for_call(segment.call_id)
-        return SegmentOutcome(
-            segment_id=segment.id,
-            state=segment.state,
-            recordings=[
-                RecordingStatus(r.id, r.provider_recording_id, r.state) for r in recordings
-            ],
-        )
+def _outcome(segment: SegmentSnap, recordings: list[RecordingSnap]) -> SegmentOutcome:
+    return SegmentOutcome(
+        segment.id,
+        segment.state.value,
+        [RecordingStatus(r.id, r.provider_recording_id, r.state.value) for r in recordings],
+    )
 
 
 def outcome_body(outcome: SegmentOutcome) -> dict[str, object]:
@@ -844,3 +128,631 @@ def outcome_body(outcome: SegmentOutcome) -> dict[str, object]:
             for r in outcome.recordings
         ],
     }
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """Nothing to send: answer from the stored segment."""
+
+    outcome: SegmentOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class _Busy:
+    """Someone else has a command in flight on the segment: wait for it."""
+
+    segment_id: uuid.UUID
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Fly:
+    """Send this command (the segment is claimed for it)."""
+
+    command: Command
+    call_id: uuid.UUID
+    provider: str
+    provider_call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A command the provider did not confirm; the reason is safe to store and show."""
+
+    reason: str
+    # A transient failure (unreachable, 5xx): worth another round while time remains.
+    retryable: bool = False
+
+
+# A transient failure to be tried again: plan anew from what is stored now (a recording may
+# have been reported meanwhile), keeping the claim.
+_AGAIN = _Failure("try again", retryable=True)
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A command loop running in this process; requests that wait on it lend it their
+    deadline, so it can go on to what they asked for (an end: the resume)."""
+
+    deadline: float
+    task: asyncio.Task[SegmentOutcome] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    outcome: SegmentOutcome
+    next: Command | None
+    exposures: int = 0
+
+
+class PaymentGate:
+    """Opens and closes payment segments and keeps every recording paused inside them."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        clock: Clock,
+        metrics: Metrics,
+        controllers: dict[str, RecordingController],
+        tasks: BackgroundTasks,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics
+        self.controllers = controllers
+        self.tasks = tasks
+        # Commands in flight from this process, by segment; requests wait on these.
+        self._flights: dict[uuid.UUID, _Flight] = {}
+        # Segments asked to be driven while a command of theirs was in flight.
+        self._again: set[uuid.UUID] = set()
+        # Segments a background attempt is working on right now.
+        self._driving: set[uuid.UUID] = set()
+        self._upkeep_slots: asyncio.Semaphore | None = None
+
+    @property
+    def _timeout_s(self) -> float:
+        return self.settings.pause_timeout_ms / 1000
+
+    # ---- the IVR's requests -----------------------------------------------------------
+
+    async def start(
+        self,
+        provider: str,
+        provider_call_id: str,
+        *,
+        reference: str | None = None,
+        behavior: PauseBehavior = PauseBehavior.SILENCE,
+        idempotency_key: str | None = None,
+    ) -> SegmentOutcome:
+        """Open a payment segment and pause every recording; return once all are confirmed.
+
+        Raises :class:`PauseNotConfirmed` (503, ``safe_to_collect: false``) when they are not
+        within ``RECGATE_PAUSE_TIMEOUT_MS`` of the request, :class:`CallBusy` (503) when
+        another command on the call did not finish in that time, :class:`DatabaseUnavailable`
+        (503) when the database cannot be used, and :class:`PaymentNotOpen` (409) when an
+        idempotency key replays a payment that has ended. Identical starts at the same time
+        share one segment, one command and its outcome.
+        """
+        controller = self._controller(provider)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        deadline = began + self._timeout_s
+        arrived = self.clock()
+        key = scrub_text(idempotency_key) if idempotency_key else None
+        reference = scrub_text(reference) if reference else None
+        waited_on: _Busy | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    step = await self._write(
+                        partial(
+                            self._start_txn,
+                            provider=provider,
+                            provider_call_id=provider_call_id,
+                            reference=reference,
+                            behavior=behavior,
+                            key=key,
+                            arrived=arrived,
+                            waited=waited_on is not None,
+                            lease=self._lease(deadline),
+                        ),
+                        deadline,
+                    )
+                    if isinstance(step, _Busy):
+                        waited_on = step
+                        await self._wait(step.segment_id, deadline)
+                        continue
+                    if isinstance(step, _Answer):
+                        return self._answer_start(step.outcome)
+                    outcome = await self._launch(controller, step, deadline, keep_trying=False)
+                    if outcome.safe_to_collect:
+                        self.metrics.pause_confirm_seconds.observe(loop.time() - began)
+                    return self._answer_start(outcome)
+        except TimeoutError as exc:
+            if waited_on is not None:
+                raise CallBusy(
+                    "Another operation on this call did not finish in time: do not take "
+                    "card details.",
+                    segment_id=str(waited_on.segment_id),
+                    state=waited_on.state,
+                    safe_to_collect=False,
+                ) from exc
+            raise PauseNotConfirmed(
+                "Recording pause was not confirmed in time: do not take card details.",
+                state=_S.PAUSING.value,
+                safe_to_collect=False,
+            ) from exc
+        except DatabaseUnreachable as exc:
+            raise DatabaseUnavailable(
+                "The database is unavailable: do not take card details.",
+                state=_S.PAUSE_FAILED.value,
+                safe_to_collect=False,
+            ) from exc
+
+    async def end(
+        self, provider: str, provider_call_id: str, *, outcome: str | None = None
+    ) -> SegmentOutcome:
+        """Close the payment segment and resume the recordings it paused.
+
+        Raises :class:`NoOpenPayment` (409) when no segment was ever opened and
+        :class:`ResumeNotConfirmed` (502) when a resume is not confirmed in time; the end is
+        on record then, and the upkeep keeps resuming in the background.
+        """
+        controller = self._controller(provider)
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        state = _S.RESUMING.value
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    step = await self._write(
+                        partial(
+                            self._end_txn,
+                            provider=provider,
+                            provider_call_id=provider_call_id,
+                            outcome=outcome,
+                            lease=self._lease(deadline),
+                        ),
+                        deadline,
+                    )
+                    if isinstance(step, _Busy):
+                        state = step.state
+                        await self._wait(step.segment_id, deadline)
+                        continue
+                    if isinstance(step, _Answer):
+                        result = step.outcome
+                    else:
+                        result = await self._launch(controller, step, deadline, keep_trying=True)
+                    break
+        except TimeoutError as exc:
+            raise ResumeNotConfirmed(
+                "Recording resume was not confirmed in time; recgate keeps trying.",
+                state=state,
+                safe_to_collect=False,
+            ) from exc
+        except DatabaseUnreachable as exc:
+            raise DatabaseUnavailable(
+                "The database is unavailable; end the payment again.", safe_to_collect=False
+            ) from exc
+        if result.state != _S.CLOSED.value:
+            raise ResumeNotConfirmed(
+                "Recording resume was not confirmed; recgate keeps retrying.",
+                **outcome_body(result),
+            )
+        return result
+
+    # ---- background -------------------------------------------------------------------
+
+    def kick(self, segment_id: uuid.UUID) -> None:
+        """Drive the segment now (a recording went live during its payment), in the
+        background; if a command of it is in flight, once more after that command."""
+        if segment_id in self._flights or segment_id in self._driving:
+            self._again.add(segment_id)
+            return
+        self.tasks.spawn(self._background(segment_id), name="gate:kick")
+
+    async def drive(self, segment_id: uuid.UUID) -> SegmentOutcome | None:
+        """One attempt, bounded by the pause deadline, to bring a segment that is due where
+        it should be: every recording paused while the payment is open, resumed once it has
+        ended. None when it is not due, or another driver has it in hand."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        step = await self._write(
+            partial(self._drive_txn, segment_id=segment_id, lease=self._lease(deadline)), deadline
+        )
+        if isinstance(step, _Busy):
+            return None
+        if isinstance(step, _Answer):
+            return step.outcome
+        controller = self.controllers.get(step.provider)
+        if controller is None:
+            return None
+        return await self._launch(controller, step, deadline, keep_trying=True)
+
+    async def run_due(self) -> int:
+        """Start a bounded attempt for every segment that is due and not driven by anyone
+        (a retry after a failure, a driver that died); each runs on its own."""
+        now = self.clock()
+        due = await self.db.read(lambda c: LiveCallRepository(c).due_segments(now, UPKEEP_BATCH))
+        started = 0
+        for segment_id in due:
+            if segment_id in self._flights or segment_id in self._driving:
+                continue
+            self.tasks.spawn(self._background(segment_id), name="gate:upkeep")
+            started += 1
+        return started
+
+    async def alert_overlong_segments(self) -> int:
+        """Flag payment segments open longer than ``RECGATE_MAX_PAUSE_S``; never resume them."""
+        now = self.clock()
+        before = now - timedelta(seconds=self.settings.max_pause_s)
+        flagged = await self.db.write(lambda c: LiveCallRepository(c).flag_overlong(before, now))
+        for segment_id, state in flagged:
+            log.warning(
+                "payment segment %s open for more than %ss (state %s): check the IVR",
+                segment_id,
+                self.settings.max_pause_s,
+                state,
+            )
+        return len(flagged)
+
+    async def _background(self, segment_id: uuid.UUID) -> None:
+        if self._upkeep_slots is None:
+            self._upkeep_slots = asyncio.Semaphore(UPKEEP_CONCURRENCY)
+        self._driving.add(segment_id)
+        try:
+            async with self._upkeep_slots:
+                await self.drive(segment_id)
+                # Asked again while that attempt was under way: look once more.
+                while segment_id in self._again:
+                    self._again.discard(segment_id)
+                    await self.drive(segment_id)
+        except DatabaseUnreachable:
+            log.warning("segment %s not driven: database unavailable", segment_id)
+        except Exception:  # the upkeep tries again when the segment is next due
+            log.exception("segment %s could not be driven", segment_id)
+        finally:
+            self._driving.discard(segment_id)
+
+    # ---- transactions (each runs on one connection, in the database's thread) --------
+
+    def _start_txn(
+        self,
+        conn: Connection,
+        *,
+        provider: str,
+        provider_call_id: str,
+        reference: str | None,
+        behavior: PauseBehavior,
+        key: str | None,
+        arrived: datetime,
+        waited: bool,
+        lease: datetime,
+    ) -> _Answer | _Busy | _Fly:
+        repo = LiveCallRepository(conn)
+        now = self.clock()
+        changes = Changes(now)
+        call = repo.upsert_call(provider, provider_call_id, now)
+        if call.created:
+            changes.call_created(call, "ivr: payment start")
+        replayed = repo.segment_by_key(call.id, key) if key else None
+        if replayed is not None and gate.phase(replayed) != "pause":
+            # The same request again after its payment ended: say so, never "safe".
+            return _Answer(_outcome(replayed, repo.recordings(call.id, replayed.id)))
+        if call.state == CallState.ENDED:
+            raise CallEnded("The call has ended; no payment can be taken on it.")
+        segment = replayed or repo.open_segment(call.id)
+        if segment is not None and segment.claimed(now):
+            repo.write(changes, call=call)
+            return _Busy(segment.id, segment.state.value)
+        if segment is not None and gate.ending(segment):
+            gate.supersede(segment, changes)
+            segment = None
+        if (
+            waited
+            and segment is not None
+            and segment.state == _S.PAUSE_FAILED
+            and segment.state_changed_at is not None
+            and segment.state_changed_at >= arrived
+        ):
+            # The command this start waited for failed: that is its answer too.
+            return _Answer(_outcome(segment, repo.recordings(call.id, segment.id)))
+        if segment is None:
+            segment = gate.open_segment(call.id, behavior, reference, key, changes)
+        recordings = repo.recordings(call.id, segment.id)
+        command = gate.plan(segment, recordings, changes, lease_until=lease)
+        repo.write(changes, call=call)
+        if command is None:
+            return _Answer(_outcome(segment, recordings))
+        return _Fly(command, call.id, provider, call.provider_call_id)
+
+    def _end_txn(
+        self,
+        conn: Connection,
+        *,
+        provider: str,
+        provider_call_id: str,
+        outcome: str | None,
+        lease: datetime,
+    ) -> _Answer | _Busy | _Fly:
+        repo = LiveCallRepository(conn)
+        now = self.clock()
+        changes = Changes(now)
+        call = repo.call_by_key(provider, provider_call_id)
+        segment = None if call is None else repo.latest_segment(call.id)
+        if call is None or segment is None:
+            raise NoOpenPayment("No payment was started on this call.")
+        if segment.state == _S.CLOSED:
+            return _Answer(_outcome(segment, repo.recordings(call.id, segment.id)))
+        gate.request_end(segment, outcome, changes)
+        if segment.claimed(now):
+            # Its command finishes first; the end is on record for whoever drives next.
+            repo.write(changes, call=call)
+            return _Busy(segment.id, segment.state.value)
+        recordings = repo.recordings(call.id, segment.id)
+        command = gate.plan(segment, recordings, changes, lease_until=lease)
+        repo.write(changes, call=call)
+        if command is None:
+            return _Answer(_outcome(segment, recordings))
+        return _Fly(command, call.id, provider, call.provider_call_id)
+
+    def _drive_txn(
+        self, conn: Connection, *, segment_id: uuid.UUID, lease: datetime
+    ) -> _Answer | _Busy | _Fly:
+        repo = LiveCallRepository(conn)
+        now = self.clock()
+        changes = Changes(now)
+        call_id = repo.segment_call_id(segment_id)
+        call = None if call_id is None else repo.call_by_id(call_id)
+        segment = None if call is None else repo.segment(segment_id)
+        if call is None or segment is None:
+            return _Busy(segment_id, "unknown")
+        if segment.claimed(now):
+            return _Busy(segment.id, segment.state.value)
+        if segment.due_at is None or segment.due_at > now:
+            # Settled, or waiting out a backoff: not this attempt's to drive.
+            return _Busy(segment.id, segment.state.value)
+        recordings = repo.recordings(call.id, segment.id)
+        command = gate.plan(segment, recordings, changes, lease_until=lease)
+        repo.write(changes, call=call)
+        if command is None:
+            return _Answer(_outcome(segment, recordings))
+        return _Fly(command, call.id, call.provider, call.provider_call_id)
+
+    def _record_txn(
+        self,
+        conn: Connection,
+        *,
+        fly: _Fly,
+        result: list[ControlOutcome] | _Failure,
+        more_time: bool,
+        lease: datetime,
+        keep_trying: bool,
+    ) -> _Recorded:
+        repo = LiveCallRepository(conn)
+        now = self.clock()
+        changes = Changes(now)
+        command = fly.command
+        call = repo.call_by_id(fly.call_id)
+        segment = repo.segment(command.segment_id)
+        assert call is not None and segment is not None
+        recordings = repo.recordings(call.id, segment.id)
+        if segment.command_id != command.command_id:
+            # The claim was taken from us (it ran out) or the call ended: what the provider
+            # said is no longer ours to record.
+            return _Recorded(_outcome(segment, recordings), None)
+        if result is _AGAIN:
+            next_command = gate.plan(segment, recordings, changes, lease_until=lease)
+            repo.write(changes, call=call)
+            return _Recorded(_outcome(segment, recordings), next_command)
+        if isinstance(result, _Failure):
+            if command.action == "pause":
+                exposed = repo.pause_failed_exposed(segment.id)
+                if gate.fail_pause(
+                    segment,
+                    recordings,
+                    result.reason,
+                    changes,
+                    already_exposed=exposed,
+                    keep_trying=keep_trying,
+                ):
+                    call.has_call_exposure = True
+                    changes.touch_call(call)
+            else:
+                retry_in = timedelta(seconds=self.settings.resume_retry_interval_s)
+                gate.fail_resume(segment, result.reason, changes, retry_in=retry_in)
+            next_command = None
+            if command.action == "pause" and gate.phase(segment) == "resume" and more_time:
+                # The IVR ended the payment while this pause went unanswered: resume now,
+                # in case it landed after all.
+                next_command = gate.plan(segment, recordings, changes, lease_until=lease)
+            repo.write(changes, call=call)
+            return _Recorded(_outcome(segment, recordings), next_command, len(changes.exposures))
+        if command.action == "pause":
+            gate.apply_pause(segment, recordings, result, changes)
+        else:
+            gate.apply_resume(segment, recordings, result, changes, call_level=command.call_level)
+        next_command = None
+        if not gate.needs_command(segment, recordings) or more_time:
+            next_command = gate.plan(segment, recordings, changes, lease_until=lease)
+        elif gate.phase(segment) == "pause":
+            exposed = repo.pause_failed_exposed(segment.id)
+            if gate.fail_pause(
+                segment,
+                recordings,
+                "pause not confirmed within the deadline",
+                changes,
+                already_exposed=exposed,
+                keep_trying=keep_trying,
+            ):
+                call.has_call_exposure = True
+                changes.touch_call(call)
+        else:
+            # Out of time for the next resume: the upkeep carries on.
+            gate.release(segment, changes, due_at=now)
+        repo.write(changes, call=call)
+        return _Recorded(_outcome(segment, recordings), next_command, len(changes.exposures))
+
+    # ---- the command loop -------------------------------------------------------------
+
+    async def _launch(
+        self, controller: RecordingController, fly: _Fly, deadline: float, *, keep_trying: bool
+    ) -> SegmentOutcome:
+        """Run the command in a task of its own (so the requester may give up without
+        leaving the segment half done) and wait for its outcome."""
+        segment_id = fly.command.segment_id
+        flight = _Flight(deadline)
+        task = self.tasks.spawn(
+            self._flight(controller, fly, flight, keep_trying), name=f"gate:{fly.command.action}"
+        )
+        flight.task = task
+        self._flights[segment_id] = flight
+
+        def landed(_: asyncio.Task[SegmentOutcome]) -> None:
+            if self._flights.get(segment_id) is flight:
+                del self._flights[segment_id]
+            # A background attempt looks at its own leftovers; a request's does not.
+            if segment_id in self._again and segment_id not in self._driving:
+                self._again.discard(segment_id)
+                self.kick(segment_id)
+
+        task.add_done_callback(landed)
+        return await asyncio.shield(task)
+
+    async def _flight(
+        self, controller: RecordingController, fly: _Fly, flight: _Flight, keep_trying: bool
+    ) -> SegmentOutcome:
+        """Send, record the answer, and send again while the segment needs it and time
+        allows. The one place a provider is commanded."""
+        loop = asyncio.get_running_loop()
+        reserve = min(_RECORD_RESERVE_S, self._timeout_s / 10)
+        attempt = 0
+        while True:
+            result = await self._send(controller, fly, flight.deadline - reserve)
+            if isinstance(result, _Failure) and result.retryable:
+                pause_s = gate.retry_backoff(attempt)
+                if flight.deadline - reserve - loop.time() > pause_s + _MIN_ROUND_S:
+                    attempt += 1
+                    await asyncio.sleep(pause_s)
+                    result = _AGAIN
+            if isinstance(result, _Failure) and result is not _AGAIN:
+                log.error(
+                    "%s not confirmed on segment %s (a %s call): %s",
+                    fly.command.action,
+                    fly.command.segment_id,
+                    fly.provider,
+                    result.reason,
+                )
+            recorded = await self._write(
+                partial(
+                    self._record_txn,
+                    fly=fly,
+                    result=result,
+                    more_time=flight.deadline - reserve - loop.time() > _MIN_ROUND_S,
+                    lease=self._lease(flight.deadline),
+                    keep_trying=keep_trying,
+                )
+            )
+            if recorded.exposures:
+                self.metrics.exposures.inc(recorded.exposures, kind="pause_failed")
+            if recorded.next is None:
+                return recorded.outcome
+            fly = _Fly(recorded.next, fly.call_id, fly.provider, fly.provider_call_id)
+
+    async def _send(
+        self, controller: RecordingController, fly: _Fly, send_by: float
+    ) -> list[ControlOutcome] | _Failure:
+        """One command to the provider, bounded by ``send_by``."""
+        loop = asyncio.get_running_loop()
+        command = fly.command
+        target = ControlTarget(
+            fly.provider_call_id,
+            tuple(
+                RecordingRef(t.recording_id, t.provider_recording_id, t.container_id)
+                for t in command.recordings
+            ),
+        )
+        remaining = send_by - loop.time()
+        if remaining <= 0:
+            return _Failure(f"{command.action} not confirmed within the deadline")
+        label = "ok"
+        try:
+            if command.action == "pause":
+                return await asyncio.wait_for(controller.pause(target, command.behavior), remaining)
+            return await asyncio.wait_for(controller.resume(target), remaining)
+        except RecordingGone:
+            label = "gone"
+            ids: list[str | None] = [t.provider_recording_id for t in command.recordings]
+            return [ControlOutcome(rid, ConfirmedState.GONE) for rid in ids or [None]]
+        except TimeoutError:
+            label = "timeout"
+            return _Failure(f"{command.action} timed out after {remaining:.2f}s")
+        except ProviderUnavailable as exc:
+            label = "unavailable"
+            return _Failure(scrub_text(str(exc)), retryable=True)
+        except ProviderRejected as exc:
+            label = "rejected"
+            return _Failure(scrub_text(str(exc)))
+        finally:
+            self.metrics.pause_commands.inc(
+                provider=controller.name, action=command.action, outcome=label
+            )
+
+    async def _wait(self, segment_id: uuid.UUID, deadline: float) -> None:
+        """Until the command in flight on the segment is done: on its task when this
+        process sent it (lending it ``deadline``), otherwise by reading the segment's claim
+        now and then."""
+        flight = self._flights.get(segment_id)
+        if flight is not None and flight.task is not None:
+            flight.deadline = max(flight.deadline, deadline)
+            with suppress(Exception):  # its failure is its own requester's to report
+                await asyncio.shield(flight.task)
+            return
+        delay = _POLL_FIRST_S
+        while True:
+            await asyncio.sleep(delay)
+            claim = await self.db.read(lambda c: LiveCallRepository(c).segment_claim(segment_id))
+            if claim is None or claim <= self.clock():
+                return
+            delay = min(delay * 2, _POLL_MAX_S)
+
+    # ---- shared -----------------------------------------------------------------------
+
+    def _lease(self, deadline: float) -> datetime:
+        """Wall-clock end of a claim taken now for a command bounded by ``deadline``."""
+        left = max(0.0, deadline - asyncio.get_running_loop().time())
+        return self.clock() + timedelta(seconds=left) + gate.LEASE_GRACE
+
+    async def _write(self, work: Callable[[Connection], T], deadline: float | None = None) -> T:
+        try:
+            return await self.db.write(work, deadline=deadline)
+        except IllegalTransition as exc:
+            raise IllegalStateTransition(
+                str(exc), entity=exc.entity, current=exc.current, target=exc.target
+            ) from exc
+
+    def _controller(self, provider: str) -> RecordingController:
+        controller = self.controllers.get(provider)
+        if controller is not None:
+            return controller
+        # Fail closed either way: the IVR must read "not safe", whatever the misconfiguration.
+        if provider in self.settings.enabled_providers:
+            raise ProviderControlMissing(
+                f"Recording control for {provider!r} is not configured: do not take card details.",
+                safe_to_collect=False,
+            )
+        raise ProviderNotEnabled(f"Provider {provider!r} is not enabled.", safe_to_collect=False)
+
+    @staticmethod
+    def _answer_start(outcome: SegmentOutcome) -> SegmentOutcome:
+        if outcome.state == _S.PAUSED.value:
+            return outcome
+        if outcome.state in (_S.PAUSE_FAILED.value, _S.PAUSING.value):
+            raise PauseNotConfirmed(
+                "Recording pause was not confirmed: do not take card details.",
+                **outcome_body(outcome),
+            )
+        raise PaymentNotOpen(
+            "This payment has already ended: do not take card details.", **outcome_body(outcome)
+        )

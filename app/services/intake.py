@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.domain.call_facts import MAX_FUTURE, from_the_future
 from app.domain.events import PbxEvent
+from app.errors import MalformedInput
 from app.services.gating import PaymentGate
 from app.services.ingest import IngestResult, IngestService
 from app.services.media import MediaService
@@ -19,10 +21,23 @@ class EventIntake:
         self.gate = gate
         self.media = media
 
-    async def accept(self, event: PbxEvent, payload: dict[str, Any]) -> IngestResult:
+    async def accept(self, event: PbxEvent, payload: dict[str, Any], raw: bytes) -> IngestResult:
+        """Apply ``event``; :class:`MalformedInput` (dead-lettered) when it cannot be trusted.
+
+        An event dated more than a few minutes ahead of recgate's clock is refused: its date
+        would outrank every true report about the recording after it.
+        """
+        if from_the_future(event, self.ingest.clock()):
+            reason = (
+                f"occurred_at is more than {int(MAX_FUTURE.total_seconds() // 60)} minutes "
+                "ahead of recgate's clock"
+            )
+            await self.reject(event.provider, event.event_id, reason, raw)
+            raise MalformedInput(reason)
         result = await self.ingest.ingest(event, payload)
-        if result.needs_pause:
-            self.gate.spawn_enforce_pause(event.provider, event.call.provider_call_id)
+        if result.segment_to_drive is not None:
+            # Keyed by recgate's own segment id: the event may have named the call by an alias.
+            self.gate.kick(result.segment_to_drive)
         if result.media_ready is not None:
             self.media.spawn_fetch(result.media_ready)
         return result

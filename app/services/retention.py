@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.clock import Clock
-from app.domain.retention import add_months
+from app.domain.retention import Months, add_months
 from app.domain.scrub import scrub_text
 from app.domain.states import LIVE_RECORDING_STATES, RecordingState
 from app.errors import AppError, Conflict, MalformedInput, NotFound
@@ -53,12 +53,6 @@ NOTICE_RECORD_MONTHS = 72
 
 class HeldRecording(Conflict):
     slug, title = "recording-held", "The recording is under a legal hold"
-
-
-@dataclass(frozen=True, slots=True)
-class Months:
-    media: int
-    record: int
 
 
 @dataclass

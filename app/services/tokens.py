@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.domain.clock import Clock
 from app.domain.roles import Role
 from app.errors import Conflict, NotFound
+from app.storage.db import Database
+from app.storage.live import LiveCallRepository
 from app.storage.models import ApiToken
 from app.storage.repositories import TokenRepository
 
@@ -76,10 +78,18 @@ class TokenService:
             if token.revoked_at is None:
                 token.revoked_at = self.clock()
 
+
+class TokenAuthenticator:
+    """Checks the bearer token of every request: one indexed read that takes no write lock
+    (on SQLite it would otherwise queue behind every webhook)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
     async def authenticate(self, token: str) -> Principal | None:
         """The principal behind ``token``, or None when it is unknown or revoked."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return None
-        async with self.sessions() as session:
-            found = await TokenRepository(session).by_hash(hash_token(token))
-        return None if found is None else Principal(found.name, Role(found.role))
+        digest = hash_token(token)
+        found = await self.db.read(lambda conn: LiveCallRepository(conn).principal(digest))
+        return None if found is None else Principal(found[0], Role(found[1]))

@@ -1,18 +1,40 @@
-"""Engine and session factory. SQLite runs in WAL mode with foreign keys on."""
+"""Engines, sessions, and the short transactions of the hot paths.
+
+SQLite runs in WAL mode with foreign keys on. The ORM session factory serves everything that
+is not on a hot path; :class:`Database` runs the hot paths (webhook ingest, the payment gate,
+token checks) as plain functions of a synchronous Core ``Connection``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+T = TypeVar("T")
+
+
+class DatabaseUnreachable(Exception):
+    """The database cannot be reached or used right now (see :func:`database_unavailable`)."""
+
+
+# Connection checkouts wait this long at most; callers with a deadline give up sooner.
+POOL_TIMEOUT_S = 5.0
+_READ_OPTION = "recgate_read"
+_SQLITE_READERS = 4
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -22,38 +44,177 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """Create the async engine; for SQLite, make the directory and set the pragmas.
+def _sqlite_setup(engine: Engine) -> None:
+    """Pragmas on every connection; ``BEGIN IMMEDIATE`` for every transaction that may write,
+    so two writers queue on the lock instead of one failing when its read lock cannot be
+    upgraded. A read (execution option ``recgate_read``) begins deferred and takes no lock."""
 
-    SQLite transactions start with ``BEGIN IMMEDIATE`` so that two writers queue on the
-    busy timeout instead of one failing when its read lock cannot be upgraded.
-    """
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        read = conn.get_execution_options().get(_READ_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """Create the async engine; for SQLite, make the directory and set the pragmas."""
     sqlite_file = _sqlite_file(url)
     if sqlite_file is not None:
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+        _sqlite_setup(engine.sync_engine)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_timeout", POOL_TIMEOUT_S)
+    # A server that does not answer a connect is unavailable, not a 30 s wait.
+    kwargs.setdefault("connect_args", {"timeout": POOL_TIMEOUT_S})
     return create_async_engine(url, **kwargs)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+class Database:
+    """Short transactions for the hot paths, each a plain function of a Core ``Connection``.
+
+    On SQLite one writer thread runs every write transaction in turn: writers queue in
+    arrival order instead of sleeping in SQLite's busy handler, and a transaction costs one
+    hand-over between threads, not several per statement. Reads run on a few reader threads
+    and take no lock. On PostgreSQL each function runs in a pooled connection of the async
+    engine (``run_sync``), asyncpg underneath.
+
+    A write given a ``deadline`` (the event loop's clock) that has not started by then is
+    dropped; one that has started finishes, whoever still waits for it.
+    """
+
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        self.engine = engine
+        self.is_sqlite = url.startswith("sqlite")
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._sync: Engine | None = None
+        if self.is_sqlite:
+            sync_url = make_url(url).set(drivername="sqlite")
+            self._sync = sa.create_engine(
+                sync_url,
+                connect_args={"timeout": 30, "check_same_thread": False},
+                pool_size=_SQLITE_READERS + 1,
+                max_overflow=0,
+            )
+            _sqlite_setup(self._sync)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="recgate-db-writer")
+            self._readers = ThreadPoolExecutor(
+                _SQLITE_READERS, thread_name_prefix="recgate-db-reader"
+            )
+
+    @property
+    def sync_engine(self) -> Engine:
+        """The engine whose statements the hot paths issue (to observe them in tests)."""
+        return self._sync if self._sync is not None else self.engine.sync_engine
+
+    async def write(self, work: Callable[[Connection], T], *, deadline: float | None = None) -> T:
+        """Run ``work`` in one write transaction; commit when it returns.
+
+        Raises :class:`DatabaseUnreachable` when the database cannot be used, and
+        ``TimeoutError`` at ``deadline``."""
+        try:
+            return await self._write(work, deadline)
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise DatabaseUnreachable(type(exc).__name__) from exc
+            raise
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a transaction that writes nothing and takes no write lock."""
+        try:
+            return await self._read(work)
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise DatabaseUnreachable(type(exc).__name__) from exc
+            raise
+
+    async def _write(self, work: Callable[[Connection], T], deadline: float | None) -> T:
+        if self._sync is None:
+            async with asyncio.timeout_at(deadline):
+                async with self.engine.begin() as conn:
+                    return await conn.run_sync(work)
+        sync = self._sync
+
+        def run() -> T:
+            with sync.begin() as conn:
+                return work(conn)
+
+        async with asyncio.timeout_at(deadline):
+            return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+
+    async def _read(self, work: Callable[[Connection], T]) -> T:
+        if self._sync is None:
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(work)
+        sync = self._sync
+
+        def run() -> T:
+            with sync.connect() as raw:
+                conn = raw.execution_options(**{_READ_OPTION: True})
+                with conn.begin():
+                    return work(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    async def close(self) -> None:
+        for pool in (self._writer, self._readers):
+            if pool is not None:
+                await asyncio.to_thread(pool.shutdown, wait=True)
+        if self._sync is not None:
+            self._sync.dispose()
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the database cannot be reached or used
+    right now: a refused or dropped connection, a pool exhausted, a server shutting down, a
+    database locked past the busy timeout. Not a bug in a statement."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa.exc.TimeoutError | ConnectionError | socket.gaierror):
+            return True
+        if isinstance(current, sa.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sa.exc.OperationalError | sa.exc.InterfaceError):
+            return True
+        if isinstance(current, OSError) and not isinstance(
+            current, FileNotFoundError | TimeoutError
+        ):
+            return True
+        name = type(current).__name__
+        # asyncpg's own classes, without importing asyncpg here.
+        if name in {
+            "CannotConnectNowError",
+            "ConnectionDoesNotExistError",
+            "ConnectionFailureError",
+            "InterfaceError",
+            "TooManyConnectionsError",
+            "AdminShutdownError",
+            "CrashShutdownError",
+        }:
+            return True
+        current = current.__cause__ or current.__context__
+    return False

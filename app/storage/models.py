@@ -70,6 +70,9 @@ class Call(Base):
     ended_at: Mapped[datetime | None]
     record_retention_until: Mapped[datetime | None] = mapped_column(index=True)
     personal_erased_at: Mapped[datetime | None]
+    # A call-wide exposure exists (a pause failed before any recording was known): recordings
+    # learned later are checked against it. Kept on the call so ingest need not look otherwise.
+    has_call_exposure: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -221,11 +224,14 @@ class PaymentSegment(Base):
     reference: Mapped[str | None] = mapped_column(sa.String(255))
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     pause_behavior: Mapped[str] = mapped_column(sa.String(16))
-    # A call-level command (no recording known yet) was sent at this time / confirmed paused:
-    # resume the same way, and recordings live before it were covered where the provider's
-    # call-level pause covers every recording.
+    # A call-level command (no recording known yet): when it was sent, whether the provider
+    # confirmed it paused (recordings live before it were covered where the provider's
+    # call-level pause covers every recording), when it was answered at all (paused or
+    # "nothing recording"), and when the call-level resume was confirmed.
     call_level_sent_at: Mapped[datetime | None]
     call_level: Mapped[bool] = mapped_column(default=False)
+    call_level_confirmed_at: Mapped[datetime | None]
+    call_level_resumed_at: Mapped[datetime | None]
     state_changed_at: Mapped[datetime | None] = mapped_column(index=True)
     outcome: Mapped[str | None] = mapped_column(sa.String(16))
     opened_at: Mapped[datetime]
@@ -234,8 +240,15 @@ class PaymentSegment(Base):
     closed_at: Mapped[datetime | None]
     closed_by: Mapped[str | None] = mapped_column(sa.String(16))
     last_error: Mapped[str | None] = mapped_column(sa.String(500))
+    pause_attempts: Mapped[int] = mapped_column(default=0)
     resume_attempts: Mapped[int] = mapped_column(default=0)
-    next_resume_at: Mapped[datetime | None]
+    # When the upkeep should drive the segment next: a retry after a failure, or the moment
+    # a driver's claim runs out (should that driver have died).
+    due_at: Mapped[datetime | None] = mapped_column(index=True)
+    # The command in flight and who sent it: one command per segment at a time, across
+    # replicas, without holding a lock or a connection across the provider round trip.
+    command_id: Mapped[uuid.UUID | None]
+    command_until: Mapped[datetime | None]
     overlong_alerted_at: Mapped[datetime | None]
 
 
@@ -250,6 +263,9 @@ class SegmentRecording(Base):
     recording_id: Mapped[uuid.UUID] = mapped_column(
         sa.ForeignKey("recordings.id", ondelete="CASCADE"), primary_key=True
     )
+    # When recgate's pause covering it went out (to judge PBX reports against), and when the
+    # provider confirmed recgate's pause and resume of it.
+    pause_sent_at: Mapped[datetime | None]
     paused_at: Mapped[datetime | None]
     resumed_at: Mapped[datetime | None]
 

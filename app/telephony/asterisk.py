@@ -343,7 +343,7 @@ def _recording_event(
         event_id=stamp.event_id(recording.name),
         type=event_type,
         occurred_at=stamp.at(),
-        call=CallInfo(call_key),
+        call=CallInfo(call_key, via_alias=container is not None),
         recording=RecordingInfo(
             provider_recording_id=recording.name,
             media_url=media_url,

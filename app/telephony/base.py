@@ -11,11 +11,26 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from enum import StrEnum
 
 import httpx
 
+# The confirmed answers are the gate's own vocabulary (app.domain.gate); adapters return them.
+from app.domain.gate import ConfirmedState, ControlOutcome
 from app.domain.states import PauseBehavior
+
+__all__ = [
+    "ConfirmedState",
+    "ControlOutcome",
+    "ControlTarget",
+    "MediaSource",
+    "ProviderError",
+    "ProviderRejected",
+    "ProviderUnavailable",
+    "RecordingController",
+    "RecordingGone",
+    "RecordingRef",
+    "stream_http_media",
+]
 
 
 class ProviderError(Exception):
@@ -32,14 +47,6 @@ class ProviderRejected(ProviderError):
 
 class RecordingGone(ProviderError):
     """The recording (or call) no longer exists on the provider: nothing is being recorded."""
-
-
-class ConfirmedState(StrEnum):
-    PAUSED = "paused"
-    RECORDING = "recording"
-    # The provider says nothing is being recorded on the call (e.g. Twilio error 21220).
-    NOT_RECORDING = "not_recording"
-    GONE = "gone"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +68,6 @@ class ControlTarget:
     @property
     def call_level(self) -> bool:
         return not self.recordings
-
-
-@dataclass(frozen=True, slots=True)
-class ControlOutcome:
-    """The provider's confirmed answer for one recording (or the call, when the id is None)."""
-
-    provider_recording_id: str | None
-    state: ConfirmedState
 
 
 class RecordingController(ABC):

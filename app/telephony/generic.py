@@ -64,8 +64,9 @@ class _EventBody(BaseModel):
     recording: _RecordingBody | None = None
 
 
-def parse_event(provider: str, event_id: str, body: bytes) -> PbxEvent:
-    """Parse a generic-contract event body; raise :class:`MalformedEvent` when it is not one."""
+def parse_event(provider: str, event_id: str, body: bytes) -> tuple[PbxEvent, dict[str, Any]]:
+    """Parse a generic-contract event body into the event and the JSON it came in; raise
+    :class:`MalformedEvent` when it is not one."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -92,7 +93,7 @@ def parse_event(provider: str, event_id: str, body: bytes) -> PbxEvent:
             sha256=r.sha256.lower() if r.sha256 else None,
         )
     c = parsed.call
-    return PbxEvent(
+    event = PbxEvent(
         provider=provider,
         event_id=event_id,
         type=parsed.type,
@@ -107,6 +108,7 @@ def parse_event(provider: str, event_id: str, body: bytes) -> PbxEvent:
         ),
         recording=recording,
     )
+    return event, data
 
 
 _CONFIRMING = {"pause": ConfirmedState.PAUSED, "resume": ConfirmedState.RECORDING}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -466,7 +467,7 @@ async def test_pausing_twice_is_harmless(ast: Harness, api: respx.MockRouter) ->
     route = api.post(live(REC_BRIDGE, "mute")).respond(204)
     await bridged_call_recording(ast)
     first = await pay(ast, "start", reference="PAY-1")
-    await ast.services.gate.enforce_pause("asterisk", CALLER)  # a background re-check
+    await ast.services.gate.drive(uuid.UUID(first.json()["segment_id"]))  # a background re-check
     again = await pay(ast, "start", reference="PAY-1")
     assert first.json()["segment_id"] == again.json()["segment_id"]
     assert again.json()["safe_to_collect"] is True

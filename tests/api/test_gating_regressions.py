@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+import sqlalchemy as sa
 
 from app.domain.roles import Role
 from tests.api.test_payment_gating import PAUSE, RESUME, get_call, live_call
@@ -353,10 +354,12 @@ async def test_idempotency_key_replay_after_payment_end_is_payment_ended(
     assert recording_states(await get_call(harness)) == {"r-1": "recording"}
 
 
-async def test_end_after_an_interrupted_start_resumes_and_closes_the_payment(
+async def test_end_after_the_worker_died_mid_pause_resumes_once_its_claim_runs_out(
     harness: Harness, pbx: respx.MockRouter
 ) -> None:
-    """A start cancelled mid round trip (worker shutdown) leaves a payment the IVR can end."""
+    """A worker that dies mid round trip leaves its claim on the segment. The IVR's end is on
+    record at once (502, not safe); when the claim runs out the upkeep resumes what may have
+    paused, once, and the payment closes."""
     sent: list[int] = []
     first_sent = asyncio.Event()
 
@@ -371,13 +374,27 @@ async def test_end_after_an_interrupted_start_resumes_and_closes_the_payment(
     resume = pbx.post(RESUME).respond(200, json={"state": "recording"})
     ivr = harness.auth(Role.IVR)
     await live_call(harness)
-    interrupted = asyncio.create_task(harness.services.gate.start("generic", "c-123"))
+    interrupted = asyncio.create_task(harness.client.post(START, headers=ivr))
     await asyncio.wait_for(first_sent.wait(), 5)
+    # The worker dies: its request and its command go, its claim on the segment stays.
+    await harness.services.tasks.close()
     interrupted.cancel()
     await asyncio.gather(interrupted, return_exceptions=True)
 
-    ends = [await harness.client.post(END, headers=ivr) for _ in range(2)]
+    first_end = await harness.client.post(END, headers=ivr)
 
+    assert first_end.status_code == 502, first_end.text
+    assert first_end.json()["safe_to_collect"] is False
+    assert resume.call_count == 0, "resumed while the dead worker's pause could still land"
+
+    gate = harness.services.gate
+    real_clock = gate.clock
+    gate.clock = lambda: real_clock() + timedelta(seconds=10)  # the claim has run out
+    assert await gate.run_due() == 1
+    await harness.services.tasks.drain()
+    gate.clock = real_clock
+
+    ends = [await harness.client.post(END, headers=ivr) for _ in range(2)]
     assert [e.status_code for e in ends] == [200, 200], [e.text for e in ends]
     assert ends[0].json() == ends[1].json(), "a repeated end answers the same body"
     assert ends[0].json()["state"] == "closed"
@@ -391,6 +408,55 @@ async def test_end_after_an_interrupted_start_resumes_and_closes_the_payment(
     call = await get_call(harness)
     assert [s["state"] for s in call["segments"]] == ["closed", "paused"]
     assert recording_states(call) == {"r-1": "paused"}
+
+
+async def test_end_during_a_pause_in_flight_waits_for_its_answer_then_resumes(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
+    """An end while the pause is still out waits for the PBX's answer, then resumes at once:
+    never a resume that could overtake the pause. The start it raced hears the payment ended."""
+    answer_pause = asyncio.Event()
+    pause_sent = asyncio.Event()
+
+    async def slow_pause(request: httpx.Request) -> httpx.Response:
+        pause_sent.set()
+        await answer_pause.wait()
+        return httpx.Response(200, json={"state": "paused"})
+
+    pbx.post(PAUSE).mock(side_effect=slow_pause)
+    resume = pbx.post(RESUME).respond(200, json={"state": "recording"})
+    ivr = harness.auth(Role.IVR)
+    await live_call(harness)
+    start = asyncio.create_task(harness.client.post(START, headers=ivr))
+    await asyncio.wait_for(pause_sent.wait(), 5)
+    end = asyncio.create_task(harness.client.post(END, headers=ivr))
+    await until_end_requested(harness)
+    assert resume.call_count == 0, "a resume went out while the pause was unanswered"
+
+    answer_pause.set()
+    started, ended = await start, await end
+
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["state"] == "closed"
+    assert recording_states(ended.json()) == {"r-1": "recording"}
+    assert started.status_code == 409, started.text
+    assert started.json()["safe_to_collect"] is False
+    assert started.json()["type"].endswith("/payment-ended")
+    assert resume.call_count == 1
+    call = await get_call(harness)
+    segment_steps = [t["to_state"] for t in call["timeline"] if t["entity"] == "segment"]
+    assert segment_steps == ["pausing", "resuming", "closed"]
+
+
+async def until_end_requested(h: Harness) -> None:
+    """Wait (bounded) until the IVR's end is on record on the open segment."""
+    query = sa.text("SELECT count(*) FROM payment_segments WHERE resume_requested_at IS NOT NULL")
+    for _ in range(200):
+        async with h.services.engine.connect() as conn:
+            if (await conn.execute(query)).scalar_one():
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the end was never recorded")
 
 
 # ---- call end ----------------------------------------------------------------------------

@@ -333,7 +333,8 @@ async def test_resume_failure_is_502_and_retried_in_background(
     gate.clock = lambda: (
         real_clock() + timedelta(seconds=harness.services.settings.resume_retry_interval_s + 1)
     )
-    assert await gate.retry_due_resumes() == 1
+    assert await gate.run_due() == 1
+    await harness.services.tasks.drain()
     gate.clock = real_clock
     call = await get_call(harness)
     assert call["segments"][0]["state"] == "closed"

@@ -127,8 +127,8 @@ class Applied:
         intake = h.services.intake
         accept, reject = intake.accept, intake.reject
 
-        async def accept_spy(event: PbxEvent, payload: dict[str, Any]) -> IngestResult:
-            result = await accept(event, payload)
+        async def accept_spy(event: PbxEvent, payload: dict[str, Any], raw: bytes) -> IngestResult:
+            result = await accept(event, payload, raw)
             self.types.append(event.type)
             self.waiting.setdefault(event.type, asyncio.Event()).set()
             return result

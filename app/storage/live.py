@@ -1,0 +1,594 @@
+"""The rows of live calls, read and written with a few Core statements (the hot paths).
+
+:class:`LiveCallRepository` works on one synchronous ``Connection`` inside a transaction
+(see :class:`app.storage.db.Database`). It reads a call's rows into the domain's snapshots and
+writes back only the columns a decision changed, so work done on the same rows by other
+paths (the retention sweep, media copies) is never overwritten with stale values. Every
+statement is built once per dialect and reused, so SQLAlchemy compiles it once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import fields
+from datetime import datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+
+from app.domain.retention import Months
+from app.domain.snapshots import (
+    CallSnap,
+    Changes,
+    LinkSnap,
+    RecordingSnap,
+    SegmentSnap,
+)
+from app.domain.states import (
+    OPEN_SEGMENT_STATES,
+    CallState,
+    ExposureKind,
+    PauseBehavior,
+    RecordingState,
+    SegmentState,
+)
+from app.storage.models import (
+    ApiToken,
+    Call,
+    CallAlias,
+    DeadLetter,
+    Exposure,
+    InboundEvent,
+    PaymentSegment,
+    Recording,
+    RetentionPolicy,
+    SegmentRecording,
+    StateTransition,
+)
+
+calls = cast(sa.Table, Call.__table__)
+aliases = cast(sa.Table, CallAlias.__table__)
+recordings = cast(sa.Table, Recording.__table__)
+segments = cast(sa.Table, PaymentSegment.__table__)
+links = cast(sa.Table, SegmentRecording.__table__)
+exposures = cast(sa.Table, Exposure.__table__)
+transitions = cast(sa.Table, StateTransition.__table__)
+inbox = cast(sa.Table, InboundEvent.__table__)
+tokens = cast(sa.Table, ApiToken.__table__)
+policies = cast(sa.Table, RetentionPolicy.__table__)
+dead_letters = cast(sa.Table, DeadLetter.__table__)
+
+_OPEN = [s.value for s in OPEN_SEGMENT_STATES]
+
+# Snapshot field -> column, for the fields that a decision may change.
+_CALL_COLUMNS = {
+    f.name: f.name
+    for f in fields(CallSnap)
+    if f.name not in {"id", "provider", "provider_call_id", "created"}
+}
+_RECORDING_COLUMNS = {
+    f.name: "provider_container_id" if f.name == "container_id" else f.name
+    for f in fields(RecordingSnap)
+    if f.name not in {"id", "call_id", "provider_recording_id", "created", "link"}
+}
+_SEGMENT_COLUMNS = {
+    f.name: f.name for f in fields(SegmentSnap) if f.name not in {"id", "call_id", "created"}
+}
+_LINK_COLUMNS = ("pause_sent_at", "paused_at", "resumed_at")
+_LINK_MAP = {c: c for c in _LINK_COLUMNS}
+_MISSING = object()
+_RECORDING_SELECT = [recordings.c[c] for c in ("id", "call_id", "provider_recording_id")] + [
+    recordings.c[c] for c in _RECORDING_COLUMNS.values()
+]
+_LINK_SELECT = [links.c.segment_id.label("link_segment_id")] + [
+    links.c[c].label(f"link_{c}") for c in _LINK_COLUMNS
+]
+
+
+def _plain(value: Any) -> Any:
+    """Enum members as the strings they stand for (drivers want plain values)."""
+    if isinstance(value, SegmentState | RecordingState | CallState | PauseBehavior):
+        return value.value
+    if isinstance(value, ExposureKind):
+        return value.value
+    return value
+
+
+class _Statements:
+    """Statements that differ by dialect (upserts), built once per dialect."""
+
+    def __init__(self, dialect: str) -> None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.inbox = insert(inbox).on_conflict_do_nothing(index_elements=["provider", "event_id"])
+        call_insert = insert(calls)
+        self.upsert_call = call_insert.on_conflict_do_update(
+            index_elements=["provider", "provider_call_id"],
+            set_={"updated_at": call_insert.excluded.updated_at},
+        ).returning(*calls.c)
+        self.alias = insert(aliases).on_conflict_do_nothing(index_elements=["provider", "alias"])
+        link_insert = insert(links)
+        self.upsert_link = link_insert.on_conflict_do_update(
+            index_elements=["segment_id", "recording_id"],
+            set_={c: link_insert.excluded[c] for c in _LINK_COLUMNS},
+        )
+
+
+_BY_DIALECT: dict[str, _Statements] = {}
+
+
+def _statements(conn: Connection) -> _Statements:
+    name = conn.dialect.name
+    found = _BY_DIALECT.get(name)
+    if found is None:
+        found = _BY_DIALECT[name] = _Statements(name)
+    return found
+
+
+_ALIAS = (
+    sa.select(Call.provider_call_id)
+    .join(CallAlias, CallAlias.call_id == Call.id)
+    .where(CallAlias.provider == sa.bindparam("provider"), CallAlias.alias == sa.bindparam("alias"))
+)
+_CALL_BY_ID = sa.select(*calls.c).where(calls.c.id == sa.bindparam("id")).with_for_update()
+_CALL_BY_KEY = (
+    sa.select(*calls.c)
+    .where(
+        calls.c.provider == sa.bindparam("provider"),
+        calls.c.provider_call_id == sa.bindparam("provider_call_id"),
+    )
+    .with_for_update()
+)
+_SEGMENT_CALL = sa.select(segments.c.call_id).where(segments.c.id == sa.bindparam("id"))
+_SEGMENT_CLAIM = sa.select(segments.c.command_id, segments.c.command_until).where(
+    segments.c.id == sa.bindparam("id")
+)
+_SEGMENT_BY_ID = sa.select(*segments.c).where(segments.c.id == sa.bindparam("id"))
+_OPEN_SEGMENT = (
+    sa.select(*segments.c)
+    .where(segments.c.call_id == sa.bindparam("call_id"), segments.c.state.in_(_OPEN))
+    .order_by(segments.c.opened_at.desc())
+    .limit(1)
+)
+_LATEST_SEGMENT = (
+    sa.select(*segments.c)
+    .where(segments.c.call_id == sa.bindparam("call_id"))
+    .order_by(segments.c.opened_at.desc())
+    .limit(1)
+)
+_SEGMENT_BY_KEY = sa.select(*segments.c).where(
+    segments.c.call_id == sa.bindparam("call_id"),
+    segments.c.idempotency_key == sa.bindparam("key"),
+)
+_LINK_JOIN = sa.and_(
+    links.c.recording_id == recordings.c.id, links.c.segment_id == sa.bindparam("segment_id")
+)
+_RECORDINGS = (
+    sa.select(*_RECORDING_SELECT, *_LINK_SELECT)
+    .select_from(recordings.outerjoin(links, _LINK_JOIN))
+    .where(recordings.c.call_id == sa.bindparam("call_id"))
+    .order_by(recordings.c.created_at, recordings.c.id)
+)
+_RECORDING = (
+    sa.select(*_RECORDING_SELECT, *_LINK_SELECT)
+    .select_from(recordings.outerjoin(links, _LINK_JOIN))
+    .where(
+        recordings.c.call_id == sa.bindparam("call_id"),
+        recordings.c.provider_recording_id == sa.bindparam("provider_recording_id"),
+    )
+)
+_POLICY = sa.select(policies.c.media_months, policies.c.record_months).where(
+    policies.c.service_area == sa.bindparam("area")
+)
+_OPEN_EXPOSURE = (
+    sa.select(exposures.c.id)
+    .where(
+        exposures.c.segment_id == sa.bindparam("segment_id"),
+        exposures.c.recording_id == sa.bindparam("recording_id"),
+        exposures.c.ended_at.is_(None),
+    )
+    .limit(1)
+)
+_PAUSE_FAILED_EXPOSED = sa.select(exposures.c.recording_id).where(
+    exposures.c.segment_id == sa.bindparam("segment_id"),
+    exposures.c.kind == ExposureKind.PAUSE_FAILED.value,
+    exposures.c.ended_at.is_(None),
+)
+_CALL_EXPOSURE_WINDOWS = sa.select(exposures.c.started_at, exposures.c.ended_at).where(
+    exposures.c.call_id == sa.bindparam("call_id"), exposures.c.recording_id.is_(None)
+)
+_END_RECORDING_EXPOSURES = (
+    exposures.update()
+    .where(
+        exposures.c.recording_id.in_(sa.bindparam("recording_ids", expanding=True)),
+        exposures.c.ended_at.is_(None),
+        exposures.c.kind != ExposureKind.PAUSE_FAILED.value,
+    )
+    .values(ended_at=sa.bindparam("now"))
+)
+_END_SEGMENT_EXPOSURES = (
+    exposures.update()
+    .where(exposures.c.segment_id == sa.bindparam("of_segment"), exposures.c.ended_at.is_(None))
+    .values(ended_at=sa.bindparam("now"))
+)
+_CALL_END = sa.bindparam("ended", type_=exposures.c.started_at.type)
+_END_CALL_EXPOSURES = (
+    exposures.update()
+    .where(
+        exposures.c.call_id == sa.bindparam("of_call"),
+        sa.or_(exposures.c.ended_at.is_(None), exposures.c.ended_at > _CALL_END),
+    )
+    .values(
+        ended_at=sa.case(
+            (exposures.c.started_at > _CALL_END, exposures.c.started_at), else_=_CALL_END
+        )
+    )
+)
+_TOKEN = sa.select(tokens.c.name, tokens.c.role).where(
+    tokens.c.token_hash == sa.bindparam("token_hash"), tokens.c.revoked_at.is_(None)
+)
+_DUE = (
+    sa.select(segments.c.id)
+    .where(
+        segments.c.due_at <= sa.bindparam("now"),
+        sa.or_(segments.c.command_until.is_(None), segments.c.command_until <= sa.bindparam("now")),
+    )
+    .order_by(segments.c.due_at)
+    .limit(sa.bindparam("limit"))
+)
+_OVERLONG = (
+    segments.update()
+    .where(
+        segments.c.state.in_(_OPEN),
+        segments.c.opened_at < sa.bindparam("opened_before"),
+        segments.c.overlong_alerted_at.is_(None),
+    )
+    .values(overlong_alerted_at=sa.bindparam("now"))
+    .returning(segments.c.id, segments.c.state)
+)
+
+
+def _call(row: Row[Any]) -> CallSnap:
+    m = row._mapping
+    values: dict[str, Any] = {f: m[c] for f, c in _CALL_COLUMNS.items()}
+    values["state"] = CallState(values["state"])
+    return CallSnap(
+        id=m["id"], provider=m["provider"], provider_call_id=m["provider_call_id"], **values
+    )
+
+
+def _segment(row: Row[Any]) -> SegmentSnap:
+    m = row._mapping
+    values: dict[str, Any] = {f: m[c] for f, c in _SEGMENT_COLUMNS.items()}
+    values["state"] = SegmentState(values["state"])
+    values["pause_behavior"] = PauseBehavior(values["pause_behavior"])
+    return SegmentSnap(id=m["id"], call_id=m["call_id"], **values)
+
+
+def _recording(row: Row[Any]) -> RecordingSnap:
+    m = row._mapping
+    values: dict[str, Any] = {f: m[c] for f, c in _RECORDING_COLUMNS.items()}
+    values["state"] = RecordingState(values["state"])
+    link = None
+    if m["link_segment_id"] is not None:
+        link = LinkSnap(m["link_segment_id"], **{c: m[f"link_{c}"] for c in _LINK_COLUMNS})
+    return RecordingSnap(
+        id=m["id"],
+        call_id=m["call_id"],
+        provider_recording_id=m["provider_recording_id"],
+        link=link,
+        **values,
+    )
+
+
+def _values(snap: Any, columns: dict[str, str]) -> dict[str, Any]:
+    return {c: _plain(getattr(snap, f)) for f, c in columns.items()}
+
+
+class LiveCallRepository:
+    """Reads and writes one call's live rows inside the caller's transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sql = _statements(conn)
+        # What each row held when read, to write back only what changed.
+        self._loaded: dict[tuple[str, uuid.UUID], dict[str, Any]] = {}
+        self._links: dict[tuple[uuid.UUID, uuid.UUID], dict[str, Any]] = {}
+
+    def _remember(self, kind: str, key: uuid.UUID, values: dict[str, Any]) -> None:
+        self._loaded[(kind, key)] = values
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    def insert_inbox(self, values: dict[str, Any]) -> bool:
+        """Store an event in the inbox; False when it was there already (a duplicate)."""
+        return bool(self.conn.execute(self.sql.inbox, values).rowcount)
+
+    def resolve_alias(self, provider: str, alias: str) -> str | None:
+        found: str | None = self.conn.execute(
+            _ALIAS, {"provider": provider, "alias": alias}
+        ).scalar_one_or_none()
+        return found
+
+    def add_aliases(self, call: CallSnap, names: Iterable[str], now: datetime) -> None:
+        rows = [
+            {"provider": call.provider, "alias": name, "call_id": call.id, "created_at": now}
+            for name in names
+            if name != call.provider_call_id
+        ]
+        if rows:
+            self.conn.execute(self.sql.alias, rows)
+
+    def upsert_call(self, provider: str, provider_call_id: str, now: datetime) -> CallSnap:
+        """The call, created (``created``) if new; locked for the transaction."""
+        new_id = uuid.uuid4()
+        row = self.conn.execute(
+            self.sql.upsert_call,
+            {
+                "id": new_id,
+                "provider": provider,
+                "provider_call_id": provider_call_id,
+                "state": CallState.IN_PROGRESS.value,
+                "has_call_exposure": False,
+                "created_at": now,
+                "updated_at": now,
+            },
+        ).one()
+        call = _call(row)
+        call.created = call.id == new_id
+        self._remember("call", call.id, _values(call, _CALL_COLUMNS))
+        return call
+
+    def call_by_id(self, call_id: uuid.UUID) -> CallSnap | None:
+        """The call, locked for the transaction."""
+        row = self.conn.execute(_CALL_BY_ID, {"id": call_id}).one_or_none()
+        if row is None:
+            return None
+        call = _call(row)
+        self._remember("call", call.id, _values(call, _CALL_COLUMNS))
+        return call
+
+    def call_by_key(self, provider: str, provider_call_id: str) -> CallSnap | None:
+        """The call, locked for the transaction; None when recgate does not know it."""
+        params = {"provider": provider, "provider_call_id": provider_call_id}
+        row = self.conn.execute(_CALL_BY_KEY, params).one_or_none()
+        if row is None:
+            return None
+        call = _call(row)
+        self._remember("call", call.id, _values(call, _CALL_COLUMNS))
+        return call
+
+    def segment_call_id(self, segment_id: uuid.UUID) -> uuid.UUID | None:
+        found: uuid.UUID | None = self.conn.execute(
+            _SEGMENT_CALL, {"id": segment_id}
+        ).scalar_one_or_none()
+        return found
+
+    def segment_claim(self, segment_id: uuid.UUID) -> datetime | None:
+        """Until when the segment's command in flight holds its claim; None when none is."""
+        row = self.conn.execute(_SEGMENT_CLAIM, {"id": segment_id}).one_or_none()
+        if row is None or row.command_id is None:
+            return None
+        until: datetime | None = row.command_until
+        return until
+
+    def _one_segment(self, statement: sa.Select[Any], params: dict[str, Any]) -> SegmentSnap | None:
+        row = self.conn.execute(statement, params).one_or_none()
+        if row is None:
+            return None
+        segment = _segment(row)
+        self._remember("segment", segment.id, _values(segment, _SEGMENT_COLUMNS))
+        return segment
+
+    def segment(self, segment_id: uuid.UUID) -> SegmentSnap | None:
+        return self._one_segment(_SEGMENT_BY_ID, {"id": segment_id})
+
+    def open_segment(self, call_id: uuid.UUID) -> SegmentSnap | None:
+        return self._one_segment(_OPEN_SEGMENT, {"call_id": call_id})
+
+    def latest_segment(self, call_id: uuid.UUID) -> SegmentSnap | None:
+        return self._one_segment(_LATEST_SEGMENT, {"call_id": call_id})
+
+    def segment_by_key(self, call_id: uuid.UUID, key: str) -> SegmentSnap | None:
+        return self._one_segment(_SEGMENT_BY_KEY, {"call_id": call_id, "key": key})
+
+    def _loaded_recording(self, row: Row[Any]) -> RecordingSnap:
+        recording = _recording(row)
+        self._remember("recording", recording.id, _values(recording, _RECORDING_COLUMNS))
+        if recording.link is not None:
+            key = (recording.link.segment_id, recording.id)
+            self._links[key] = _values(recording.link, _LINK_MAP)
+        return recording
+
+    def recordings(self, call_id: uuid.UUID, segment_id: uuid.UUID | None) -> list[RecordingSnap]:
+        """Every recording of the call, each with its link to ``segment_id``."""
+        rows = self.conn.execute(_RECORDINGS, {"call_id": call_id, "segment_id": segment_id})
+        return [self._loaded_recording(row) for row in rows]
+
+    def recording(
+        self, call_id: uuid.UUID, provider_recording_id: str, segment_id: uuid.UUID | None
+    ) -> RecordingSnap | None:
+        row = self.conn.execute(
+            _RECORDING,
+            {
+                "call_id": call_id,
+                "provider_recording_id": provider_recording_id,
+                "segment_id": segment_id,
+            },
+        ).one_or_none()
+        return None if row is None else self._loaded_recording(row)
+
+    def policy_months(self, service_area: str | None, default: Months) -> Months:
+        if service_area is None:
+            return default
+        row = self.conn.execute(_POLICY, {"area": service_area}).one_or_none()
+        return default if row is None else Months(row.media_months, row.record_months)
+
+    def open_exposure(self, segment_id: uuid.UUID, recording_id: uuid.UUID) -> bool:
+        params = {"segment_id": segment_id, "recording_id": recording_id}
+        return self.conn.execute(_OPEN_EXPOSURE, params).first() is not None
+
+    def pause_failed_exposed(self, segment_id: uuid.UUID) -> set[uuid.UUID | None]:
+        """Recordings (None: the call) with an open pause_failed exposure in the segment."""
+        rows = self.conn.execute(_PAUSE_FAILED_EXPOSED, {"segment_id": segment_id})
+        return {row.recording_id for row in rows}
+
+    def call_exposure_windows(self, call_id: uuid.UUID) -> list[tuple[datetime, datetime | None]]:
+        rows = self.conn.execute(_CALL_EXPOSURE_WINDOWS, {"call_id": call_id})
+        return [(row.started_at, row.ended_at) for row in rows]
+
+    def principal(self, token_hash: str) -> tuple[str, str] | None:
+        row = self.conn.execute(_TOKEN, {"token_hash": token_hash}).one_or_none()
+        return None if row is None else (row.name, row.role)
+
+    def due_segments(self, now: datetime, limit: int) -> list[uuid.UUID]:
+        """Segments whose next step is due and that nobody drives right now."""
+        return list(self.conn.execute(_DUE, {"now": now, "limit": limit}).scalars())
+
+    def flag_overlong(self, opened_before: datetime, now: datetime) -> list[tuple[uuid.UUID, str]]:
+        rows = self.conn.execute(_OVERLONG, {"opened_before": opened_before, "now": now})
+        return [(row.id, row.state) for row in rows]
+
+    # ---- writes ---------------------------------------------------------------------------
+
+    def write(self, changes: Changes, *, call: CallSnap | None = None) -> None:
+        """Write what ``changes`` records: only changed columns of rows read, whole new rows,
+        and the state transitions, each kind of row in one statement where it can be."""
+        now = changes.now
+        conn = self.conn
+        call = changes.call or call
+        if call is not None and changes.call is not None:
+            self._update("call", calls, call.id, _values(call, _CALL_COLUMNS), now)
+        for segment in changes.segments.values():
+            values = _values(segment, _SEGMENT_COLUMNS)
+            if segment.created:
+                conn.execute(
+                    segments.insert(), {"id": segment.id, "call_id": segment.call_id, **values}
+                )
+                segment.created = False
+                self._remember("segment", segment.id, values)
+            else:
+                self._update("segment", segments, segment.id, values, None)
+        new = [r for r in changes.recordings.values() if r.created]
+        if new:
+            conn.execute(
+                recordings.insert(),
+                [
+                    {
+                        "id": r.id,
+                        "call_id": r.call_id,
+                        "provider_recording_id": r.provider_recording_id,
+                        "media_files": 1,
+                        "media_fetch_attempts": 0,
+                        "created_at": now,
+                        **_values(r, _RECORDING_COLUMNS),
+                        "updated_at": now,
+                    }
+                    for r in new
+                ],
+            )
+            for r in new:
+                r.created = False
+                self._remember("recording", r.id, _values(r, _RECORDING_COLUMNS))
+        for recording in changes.recordings.values():
+            if recording not in new:
+                self._update(
+                    "recording",
+                    recordings,
+                    recording.id,
+                    _values(recording, _RECORDING_COLUMNS),
+                    now,
+                )
+        rows = []
+        for (segment_id, recording_id), link in changes.links.items():
+            values = _values(link, _LINK_MAP)
+            if self._links.get((segment_id, recording_id)) != values:
+                rows.append({"segment_id": segment_id, "recording_id": recording_id, **values})
+                self._links[(segment_id, recording_id)] = values
+        if rows:
+            conn.execute(self.sql.upsert_link, rows)
+        if changes.exposures:
+            conn.execute(
+                exposures.insert(),
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "call_id": e.call_id,
+                        "recording_id": e.recording_id,
+                        "segment_id": e.segment_id,
+                        "kind": e.kind.value,
+                        "started_at": e.started_at,
+                        "ended_at": None,
+                        "detail": e.detail[:500],
+                    }
+                    for e in changes.exposures
+                ],
+            )
+        if changes.exposures_end_for:
+            conn.execute(
+                _END_RECORDING_EXPOSURES,
+                {"recording_ids": sorted(changes.exposures_end_for), "now": now},
+            )
+        for segment_id in changes.segment_exposures_end:
+            conn.execute(_END_SEGMENT_EXPOSURES, {"of_segment": segment_id, "now": now})
+        if changes.end_call_exposures_at is not None and call is not None:
+            conn.execute(
+                _END_CALL_EXPOSURES, {"of_call": call.id, "ended": changes.end_call_exposures_at}
+            )
+        if changes.transitions:
+            conn.execute(
+                transitions.insert(),
+                [
+                    {
+                        "entity": t.entity,
+                        "entity_id": t.entity_id,
+                        "call_id": t.call_id,
+                        "from_state": t.from_state,
+                        "to_state": t.to_state,
+                        "cause": t.cause[:255],
+                        "at": t.at,
+                    }
+                    for t in changes.transitions
+                ],
+            )
+            changes.transitions.clear()
+
+    def _update(
+        self,
+        kind: str,
+        table: sa.Table,
+        key: uuid.UUID,
+        values: dict[str, Any],
+        updated_at: datetime | None,
+    ) -> None:
+        before = self._loaded.get((kind, key), {})
+        changed = {c: v for c, v in values.items() if before.get(c, _MISSING) != v}
+        if not changed:
+            return
+        self._remember(kind, key, {**before, **changed})
+        if updated_at is not None:
+            changed["updated_at"] = updated_at
+        statement = _update_statement(table, tuple(sorted(changed)))
+        self.conn.execute(statement, {"row_id": key, **{f"v_{c}": v for c, v in changed.items()}})
+
+
+_UPDATES: dict[tuple[str, tuple[str, ...]], sa.Update] = {}
+
+
+def _update_statement(table: sa.Table, columns: tuple[str, ...]) -> sa.Update:
+    """``UPDATE table SET <columns> WHERE id = :row_id``, built once per column set."""
+    key = (table.name, columns)
+    found = _UPDATES.get(key)
+    if found is None:
+        found = _UPDATES[key] = (
+            table.update()
+            .where(table.c.id == sa.bindparam("row_id"))
+            .values({c: sa.bindparam(f"v_{c}") for c in columns})
+        )
+    return found
+
+
+def insert_dead_letter(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(dead_letters.insert(), values)
