@@ -15,7 +15,7 @@ from app.services.tokens import Principal
 from app.storage.db import DatabaseUnreachable
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 

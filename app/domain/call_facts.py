@@ -94,7 +94,11 @@ def merge_call_facts(
     )
     if after != before or info.agent_id is not None or area is not None:
         changes.touch_call(call)
-    return call.service_area != area_before
+    if call.service_area != area_before:
+        # The service area decides the retention: learning it late moves the deadlines.
+        changes.deadlines_for.add(call.id)
+        return True
+    return False
 
 
 def end_call(
@@ -109,7 +113,7 @@ def end_call(
     ended = _earliest(call.ended_at, event.occurred_at)
     if ended != call.ended_at:
         call.ended_at = ended
-        changes.ends_changed = True
+        changes.deadlines_for.add(call.id)
     changes.touch_call(call)
     changes.call_state(call, CallState.ENDED, cause)
     if segment is not None and segment.state != SegmentState.CLOSED:
@@ -117,7 +121,8 @@ def end_call(
         segment.closed_at, segment.closed_by = changes.now, ClosedBy.CALL_END.value
         segment.due_at = segment.command_id = segment.command_until = None
     # Whichever of two end reports arrives first, exposures end at the earliest.
-    changes.end_call_exposures_at = call.ended_at
+    assert call.ended_at is not None
+    changes.end_call_exposures[call.id] = call.ended_at
     # The PBX stops every recording with the call, whether or not it says so.
     for recording in recordings:
         merge_recording_end(call, recording, cause, changes)
@@ -171,7 +176,7 @@ def merge_recording_end(
         ended = _earliest(ended, moment)
     if ended is not None and ended != recording.ended_at:
         recording.ended_at = ended
-        changes.ends_changed = True
+        changes.deadlines_for.add(recording.call_id)
         changes.touch_recording(recording)
     if recording.completed_at is not None:
         target = _R.AVAILABLE

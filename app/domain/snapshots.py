@@ -180,7 +180,7 @@ class Changes:
 
     now: datetime
     transitions: list[Transition] = field(default_factory=list)
-    call: CallSnap | None = None
+    calls: dict[uuid.UUID, CallSnap] = field(default_factory=dict)
     recordings: dict[uuid.UUID, RecordingSnap] = field(default_factory=dict)
     segments: dict[uuid.UUID, SegmentSnap] = field(default_factory=dict)
     # Links whose columns changed, by (segment id, recording id).
@@ -191,13 +191,14 @@ class Changes:
     exposures_end_for: set[uuid.UUID] = field(default_factory=set)
     # Segments whose open exposures all end now (the payment is over).
     segment_exposures_end: set[uuid.UUID] = field(default_factory=set)
-    # The call ended: end its exposures at that time.
-    end_call_exposures_at: datetime | None = None
-    # An end time (call or recording) changed: retention deadlines must be worked out again.
-    ends_changed: bool = False
+    # Calls that ended, and when: their exposures end then at the latest.
+    end_call_exposures: dict[uuid.UUID, datetime] = field(default_factory=dict)
+    # Calls whose retention deadlines must be worked out again (an end time or the service
+    # area changed).
+    deadlines_for: set[uuid.UUID] = field(default_factory=set)
 
     def touch_call(self, call: CallSnap) -> None:
-        self.call = call
+        self.calls[call.id] = call
 
     def touch_recording(self, recording: RecordingSnap) -> None:
         self.recordings[recording.id] = recording

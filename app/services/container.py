@@ -75,6 +75,7 @@ class Services:
             settings,
             clock,
             metrics,
+            tasks,
             frozenset(name for name, c in controllers.items() if c.call_level_covers_all),
         )
         media = MediaService(

@@ -444,7 +444,7 @@ class PaymentGate:
             raise CallEnded("The call has ended; no payment can be taken on it.")
         segment = replayed or repo.open_segment(call.id)
         if segment is not None and segment.claimed(now):
-            repo.write(changes, call=call)
+            repo.write(changes)
             return _Busy(segment.id, segment.state.value)
         if segment is not None and gate.ending(segment):
             gate.supersede(segment, changes)
@@ -462,7 +462,7 @@ class PaymentGate:
             segment = gate.open_segment(call.id, behavior, reference, key, changes)
         recordings = repo.recordings(call.id, segment.id)
         command = gate.plan(segment, recordings, changes, lease_until=lease)
-        repo.write(changes, call=call)
+        repo.write(changes)
         if command is None:
             return _Answer(_outcome(segment, recordings))
         return _Fly(command, call.id, provider, call.provider_call_id)
@@ -488,11 +488,11 @@ class PaymentGate:
         gate.request_end(segment, outcome, changes)
         if segment.claimed(now):
             # Its command finishes first; the end is on record for whoever drives next.
-            repo.write(changes, call=call)
+            repo.write(changes)
             return _Busy(segment.id, segment.state.value)
         recordings = repo.recordings(call.id, segment.id)
         command = gate.plan(segment, recordings, changes, lease_until=lease)
-        repo.write(changes, call=call)
+        repo.write(changes)
         if command is None:
             return _Answer(_outcome(segment, recordings))
         return _Fly(command, call.id, provider, call.provider_call_id)
@@ -515,7 +515,7 @@ class PaymentGate:
             return _Busy(segment.id, segment.state.value)
         recordings = repo.recordings(call.id, segment.id)
         command = gate.plan(segment, recordings, changes, lease_until=lease)
-        repo.write(changes, call=call)
+        repo.write(changes)
         if command is None:
             return _Answer(_outcome(segment, recordings))
         return _Fly(command, call.id, call.provider, call.provider_call_id)
@@ -544,7 +544,7 @@ class PaymentGate:
             return _Recorded(_outcome(segment, recordings), None)
         if result is _AGAIN:
             next_command = gate.plan(segment, recordings, changes, lease_until=lease)
-            repo.write(changes, call=call)
+            repo.write(changes)
             return _Recorded(_outcome(segment, recordings), next_command)
         if isinstance(result, _Failure):
             if command.action == "pause":
@@ -567,8 +567,9 @@ class PaymentGate:
                 # The IVR ended the payment while this pause went unanswered: resume now,
                 # in case it landed after all.
                 next_command = gate.plan(segment, recordings, changes, lease_until=lease)
-            repo.write(changes, call=call)
-            return _Recorded(_outcome(segment, recordings), next_command, len(changes.exposures))
+            exposed_now = len(changes.exposures)
+            repo.write(changes)
+            return _Recorded(_outcome(segment, recordings), next_command, exposed_now)
         if command.action == "pause":
             gate.apply_pause(segment, recordings, result, changes)
         else:
@@ -591,8 +592,9 @@ class PaymentGate:
         else:
             # Out of time for the next resume: the upkeep carries on.
             gate.release(segment, changes, due_at=now)
-        repo.write(changes, call=call)
-        return _Recorded(_outcome(segment, recordings), next_command, len(changes.exposures))
+        exposed_now = len(changes.exposures)
+        repo.write(changes)
+        return _Recorded(_outcome(segment, recordings), next_command, exposed_now)
 
     # ---- the command loop -------------------------------------------------------------
 

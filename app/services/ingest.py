@@ -1,18 +1,22 @@
-"""Webhook ingestion: the inbox, then the event applied to its call, in one short transaction.
+"""Webhook ingestion: the inbox, then each event applied to its call, with group commit.
 
-The transaction reads only what the event needs (the call; for a recording event its
-recording and the call's open payment; for a call's end all its recordings), lets
-:mod:`app.domain.call_facts` decide, and writes back what changed: a handful of Core
-statements. Retention policy is read only when a deadline is being worked out.
+Webhooks that arrive together are stored and applied together, in arrival order, in one
+short transaction: the inbox rows, the calls, their open payments and recordings are read
+and written a whole batch at a time, so a busy contact centre costs a few statements per
+batch rather than per event. Each webhook is answered only once its batch has committed:
+2xx still means "durably stored and applied". An event that cannot be applied does not take
+its batch down with it: the batch is then applied one event at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -23,14 +27,19 @@ from app.domain.clock import Clock
 from app.domain.events import EventType, PbxEvent
 from app.domain.retention import Months
 from app.domain.scrub import scrub, scrub_text
-from app.domain.snapshots import Changes, RecordingSnap, SegmentSnap
+from app.domain.snapshots import CallSnap, Changes, RecordingSnap, SegmentSnap
 from app.domain.states import IllegalTransition, RecordingState
 from app.errors import IllegalStateTransition
+from app.services.concurrency import BackgroundTasks
 from app.services.metrics import Metrics
-from app.storage.db import Database
+from app.storage.db import Database, DatabaseUnreachable
 from app.storage.live import LiveCallRepository, insert_dead_letter
 
 log = logging.getLogger("recgate.ingest")
+
+# Events applied in one transaction at most: enough to pay for the statements many times
+# over, few enough that a payment's transaction never queues long behind a batch (SQLite).
+MAX_BATCH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +55,24 @@ class IngestResult:
     exposures: tuple[tuple[str, uuid.UUID | None], ...] = ()
 
 
+@dataclass(slots=True)
+class _Pending:
+    event: PbxEvent
+    payload: dict[str, Any]
+    future: asyncio.Future[IngestResult]
+
+
+@dataclass
+class _Batch:
+    """One transaction's worth of events, and the rows they share."""
+
+    repo: LiveCallRepository
+    changes: Changes
+    segments: dict[uuid.UUID, SegmentSnap] = field(default_factory=dict)
+    recordings: dict[uuid.UUID, list[RecordingSnap]] = field(default_factory=dict)
+    created_noted: set[uuid.UUID] = field(default_factory=set)
+
+
 class IngestService:
     def __init__(
         self,
@@ -53,30 +80,72 @@ class IngestService:
         settings: Settings,
         clock: Clock,
         metrics: Metrics,
+        tasks: BackgroundTasks,
         call_level_covers_all: frozenset[str] = frozenset(),
     ) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
+        self.tasks = tasks
         # Providers whose call-level pause pauses every recording of the call (not just one).
         self.call_level_covers_all = call_level_covers_all
         self.skew = timedelta(milliseconds=settings.pbx_clock_skew_ms)
         self.months = Months(settings.retention_media_months, settings.retention_record_months)
+        self._pending: list[_Pending] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def ingest(self, event: PbxEvent, payload: dict[str, Any]) -> IngestResult:
-        """Store ``event`` in the inbox and apply it, in one transaction.
+        """Store ``event`` in the inbox and apply it; return once that is committed.
 
         ``payload`` is the provider's raw payload; it is scrubbed before it is stored.
         """
-        stored = scrub(payload)
-        now = self.clock()
+        pending = _Pending(event, scrub(payload), asyncio.get_running_loop().create_future())
+        self._pending.append(pending)
+        if self._committer is None or self._committer.done():
+            self._committer = self.tasks.spawn(self._commit_pending(), name="ingest-commit")
+        # Shielded: a webhook whose sender hung up is still applied with its batch.
+        return await asyncio.shield(pending.future)
+
+    async def _commit_pending(self) -> None:
+        batch: list[_Pending] = []
         try:
-            result = await self.db.write(lambda conn: self._apply(conn, event, stored, now))
-        except IllegalTransition as exc:
-            raise IllegalStateTransition(
-                str(exc), entity=exc.entity, current=exc.current, target=exc.target
-            ) from exc
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                await self._commit(batch)
+        except asyncio.CancelledError:
+            # Shutting down: nothing more is applied, and nobody is left waiting.
+            for pending in (*batch, *self._pending):
+                if not pending.future.done():
+                    pending.future.cancel()
+            self._pending = []
+            raise
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        items = [(p.event, p.payload) for p in batch]
+        try:
+            results = await self.db.write(partial(self._apply_batch, items=items))
+        except Exception as exc:
+            if len(batch) > 1 and not isinstance(exc, DatabaseUnreachable):
+                # One event spoiled the batch: the others must not be refused with it.
+                for pending in batch:
+                    await self._commit([pending])
+                return
+            error: Exception = exc
+            if isinstance(exc, IllegalTransition):
+                error = IllegalStateTransition(
+                    str(exc), entity=exc.entity, current=exc.current, target=exc.target
+                )
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        for pending, result in zip(batch, results, strict=True):
+            self._count(pending.event, result)
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    def _count(self, event: PbxEvent, result: IngestResult) -> None:
         self.metrics.webhook_events.inc(
             provider=event.provider,
             type=event.type.value,
@@ -90,50 +159,78 @@ class IngestService:
                 recording_id,
                 result.call_id,
             )
-        return result
 
-    def _apply(
-        self, conn: Connection, event: PbxEvent, payload: dict[str, Any], now: datetime
-    ) -> IngestResult:
+    # ---- one transaction (runs on one connection, in the database's thread) -------------
+
+    def _apply_batch(
+        self, conn: Connection, *, items: list[tuple[PbxEvent, dict[str, Any]]]
+    ) -> list[IngestResult]:
+        now = self.clock()
         repo = LiveCallRepository(conn)
-        if not repo.insert_inbox(
-            {
-                "provider": event.provider,
-                "event_id": event.event_id,
-                "type": event.type.value,
-                "provider_call_id": event.call.provider_call_id,
-                "occurred_at": event.occurred_at,
-                "received_at": now,
-                "payload": payload,
-            }
-        ):
-            return IngestResult(duplicate=True)
-        key = event.call.provider_call_id
-        if event.call.via_alias:
-            key = repo.resolve_alias(event.provider, key) or key
-        call = repo.upsert_call(event.provider, key, now)
-        changes = Changes(now)
-        cause = f"{event.provider}:{event.type.value}"
-        if call.created:
-            changes.call_created(call, cause)
-        if event.aliases:
-            repo.add_aliases(call, event.aliases, now)
-        area_changed = call_facts.merge_call_facts(
-            call, event, self.settings.service_areas, changes
+        fresh = repo.insert_inbox_many(
+            [
+                {
+                    "provider": event.provider,
+                    "event_id": event.event_id,
+                    "type": event.type.value,
+                    "provider_call_id": event.call.provider_call_id,
+                    "occurred_at": event.occurred_at,
+                    "received_at": now,
+                    "payload": payload,
+                }
+                for event, payload in items
+            ]
         )
-        ends_call = event.type == EventType.CALL_ENDED
-        segment = repo.open_segment(call.id) if ends_call or event.recording is not None else None
-        segment_id = segment.id if segment is not None else None
-        recordings: list[RecordingSnap] = []
-        if ends_call or area_changed:
-            recordings = repo.recordings(call.id, segment_id)
-        if ends_call:
-            call_facts.end_call(call, recordings, segment, event, changes)
+        results: list[IngestResult] = [IngestResult(duplicate=True)] * len(items)
+        todo: list[int] = []
+        for index, (event, _) in enumerate(items):
+            key = (event.provider, event.event_id)
+            if key in fresh:
+                fresh.discard(key)  # the same id twice in one batch: the second is a duplicate
+                todo.append(index)
+        if not todo:
+            return results
+        keys: dict[int, tuple[str, str]] = {}
+        for index in todo:
+            event = items[index][0]
+            name = event.call.provider_call_id
+            if event.call.via_alias:
+                name = repo.resolve_alias(event.provider, name) or name
+            keys[index] = (event.provider, name)
+        calls = repo.upsert_calls(sorted(set(keys.values())), now)
+        batch = _Batch(repo, Changes(now))
+        wanted = {
+            calls[keys[i]].id
+            for i in todo
+            if items[i][0].recording is not None or items[i][0].type == EventType.CALL_ENDED
+        }
+        batch.segments = repo.open_segments(wanted)
+        batch.recordings = repo.recordings_of(wanted, batch.segments)
+        for index in todo:
+            results[index] = self._apply(batch, calls[keys[index]], items[index][0])
+        if batch.changes.deadlines_for:
+            self._fill_deadlines(batch, calls)
+        repo.write(batch.changes)
+        return results
+
+    def _apply(self, batch: _Batch, call: CallSnap, event: PbxEvent) -> IngestResult:
+        changes, repo = batch.changes, batch.repo
+        exposures_before = len(changes.exposures)
+        if call.created and call.id not in batch.created_noted:
+            batch.created_noted.add(call.id)
+            changes.call_created(call, f"{event.provider}:{event.type.value}")
+        if event.aliases:
+            repo.add_aliases(call, event.aliases, changes.now)
+        call_facts.merge_call_facts(call, event, self.settings.service_areas, changes)
+        segment = batch.segments.get(call.id)
+        if event.type == EventType.CALL_ENDED:
+            call_facts.end_call(call, self._recordings(batch, call), segment, event, changes)
         to_drive = media_ready = None
         if event.recording is not None:
-            recording = self._recording(repo, recordings, call.id, event, segment_id, now)
+            recording = self._recording(batch, call, event)
             if self._guard(repo, call, recording, segment, event, changes):
-                to_drive = segment_id
+                assert segment is not None
+                to_drive = segment.id
             if (
                 event.type == EventType.RECORDING_COMPLETED
                 and recording.state == RecordingState.AVAILABLE
@@ -141,49 +238,46 @@ class IngestService:
                 and recording.media_path is None
             ):
                 media_ready = recording.id
-        if changes.ends_changed or area_changed:
-            months = repo.policy_months(call.service_area, self.months)
-            call_facts.fill_deadlines(call, recordings, months, changes)
-        repo.write(changes, call=call)
         return IngestResult(
             duplicate=False,
             call_id=call.id,
             segment_to_drive=to_drive,
             media_ready=media_ready,
-            exposures=tuple((e.kind.value, e.recording_id) for e in changes.exposures),
+            exposures=tuple(
+                (e.kind.value, e.recording_id) for e in changes.exposures[exposures_before:]
+            ),
         )
 
     @staticmethod
-    def _recording(
-        repo: LiveCallRepository,
-        recordings: list[RecordingSnap],
-        call_id: uuid.UUID,
-        event: PbxEvent,
-        segment_id: uuid.UUID | None,
-        now: datetime,
-    ) -> RecordingSnap:
-        """The event's recording: already read, read now, or new."""
+    def _recordings(batch: _Batch, call: CallSnap) -> list[RecordingSnap]:
+        found = batch.recordings.get(call.id)
+        if found is None:
+            found = batch.repo.recordings_of([call.id], batch.segments)[call.id]
+            batch.recordings[call.id] = found
+        return found
+
+    def _recording(self, batch: _Batch, call: CallSnap, event: PbxEvent) -> RecordingSnap:
+        """The event's recording: already read, or new."""
         assert event.recording is not None
         name = event.recording.provider_recording_id
+        recordings = self._recordings(batch, call)
         for recording in recordings:
             if recording.provider_recording_id == name:
                 return recording
-        found = repo.recording(call_id, name, segment_id)
-        if found is None:
-            found = RecordingSnap(
-                id=uuid.uuid4(),
-                call_id=call_id,
-                provider_recording_id=name,
-                state=RecordingState.PENDING,
-                created=True,
-            )
-        recordings.append(found)
-        return found
+        recording = RecordingSnap(
+            id=uuid.uuid4(),
+            call_id=call.id,
+            provider_recording_id=name,
+            state=RecordingState.PENDING,
+            created=True,
+        )
+        recordings.append(recording)
+        return recording
 
     def _guard(
         self,
         repo: LiveCallRepository,
-        call: Any,
+        call: CallSnap,
         recording: RecordingSnap,
         segment: SegmentSnap | None,
         event: PbxEvent,
@@ -212,6 +306,14 @@ class IngestService:
         return call_facts.guard_recording(
             recording, segment, event, changes, danger=danger, already_exposed=exposed
         )
+
+    def _fill_deadlines(self, batch: _Batch, calls: dict[tuple[str, str], CallSnap]) -> None:
+        policies = batch.repo.policies()
+        by_id = {call.id: call for call in calls.values()}
+        for call_id in sorted(batch.changes.deadlines_for):
+            call = by_id[call_id]
+            months = policies.get(call.service_area or "", self.months)
+            call_facts.fill_deadlines(call, self._recordings(batch, call), months, batch.changes)
 
     async def dead_letter(
         self, provider: str, event_id: str | None, reason: str, body: bytes

@@ -179,6 +179,19 @@ _RECORDING = (
         recordings.c.provider_recording_id == sa.bindparam("provider_recording_id"),
     )
 )
+_OPEN_SEGMENTS = sa.select(*segments.c).where(
+    segments.c.call_id.in_(sa.bindparam("call_ids", expanding=True)),
+    segments.c.state.in_(_OPEN),
+)
+_RECORDINGS_OF = (
+    sa.select(*_RECORDING_SELECT)
+    .where(recordings.c.call_id.in_(sa.bindparam("call_ids", expanding=True)))
+    .order_by(recordings.c.created_at, recordings.c.id)
+)
+_LINKS_OF = sa.select(*links.c).where(
+    links.c.segment_id.in_(sa.bindparam("segment_ids", expanding=True))
+)
+_POLICY_ALL = (policies.c.service_area, policies.c.media_months, policies.c.record_months)
 _POLICY = sa.select(policies.c.media_months, policies.c.record_months).where(
     policies.c.service_area == sa.bindparam("area")
 )
@@ -267,12 +280,12 @@ def _segment(row: Row[Any]) -> SegmentSnap:
     return SegmentSnap(id=m["id"], call_id=m["call_id"], **values)
 
 
-def _recording(row: Row[Any]) -> RecordingSnap:
+def _recording(row: Row[Any], *, linked: bool = True) -> RecordingSnap:
     m = row._mapping
     values: dict[str, Any] = {f: m[c] for f, c in _RECORDING_COLUMNS.items()}
     values["state"] = RecordingState(values["state"])
     link = None
-    if m["link_segment_id"] is not None:
+    if linked and m["link_segment_id"] is not None:
         link = LinkSnap(m["link_segment_id"], **{c: m[f"link_{c}"] for c in _LINK_COLUMNS})
     return RecordingSnap(
         id=m["id"],
@@ -305,6 +318,87 @@ class LiveCallRepository:
     def insert_inbox(self, values: dict[str, Any]) -> bool:
         """Store an event in the inbox; False when it was there already (a duplicate)."""
         return bool(self.conn.execute(self.sql.inbox, values).rowcount)
+
+    def insert_inbox_many(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        """Store events in the inbox; the (provider, event id) of those that were new."""
+        result = self.conn.execute(
+            self.sql.inbox.returning(inbox.c.provider, inbox.c.event_id), rows
+        )
+        return {(row.provider, row.event_id) for row in result}
+
+    def upsert_calls(
+        self, keys: list[tuple[str, str]], now: datetime
+    ) -> dict[tuple[str, str], CallSnap]:
+        """The calls, created (``created``) where new, locked for the transaction. Keys are
+        taken in order, so concurrent batches lock calls in the same order."""
+        new_ids = {key: uuid.uuid4() for key in keys}
+        rows = [
+            {
+                "id": new_ids[key],
+                "provider": key[0],
+                "provider_call_id": key[1],
+                "state": CallState.IN_PROGRESS.value,
+                "has_call_exposure": False,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for key in sorted(keys)
+        ]
+        found: dict[tuple[str, str], CallSnap] = {}
+        for row in self.conn.execute(self.sql.upsert_call, rows):
+            call = _call(row)
+            key = (call.provider, call.provider_call_id)
+            call.created = call.id == new_ids[key]
+            self._remember("call", call.id, _values(call, _CALL_COLUMNS))
+            found[key] = call
+        return found
+
+    def open_segments(self, call_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, SegmentSnap]:
+        """Each call's open payment segment (the latest), for calls that have one."""
+        ids = sorted(set(call_ids))
+        if not ids:
+            return {}
+        found: dict[uuid.UUID, SegmentSnap] = {}
+        for row in self.conn.execute(_OPEN_SEGMENTS, {"call_ids": ids}):
+            segment = _segment(row)
+            current = found.get(segment.call_id)
+            if current is None or segment.opened_at > current.opened_at:
+                found[segment.call_id] = segment
+        for segment in found.values():
+            self._remember("segment", segment.id, _values(segment, _SEGMENT_COLUMNS))
+        return found
+
+    def recordings_of(
+        self, call_ids: Iterable[uuid.UUID], segments: dict[uuid.UUID, SegmentSnap]
+    ) -> dict[uuid.UUID, list[RecordingSnap]]:
+        """Every recording of each call, with its link to the call's segment in
+        ``segments``."""
+        ids = sorted(set(call_ids))
+        found: dict[uuid.UUID, list[RecordingSnap]] = {call_id: [] for call_id in ids}
+        if not ids:
+            return found
+        by_id: dict[uuid.UUID, RecordingSnap] = {}
+        for row in self.conn.execute(_RECORDINGS_OF, {"call_ids": ids}):
+            recording = _recording(row, linked=False)
+            self._remember("recording", recording.id, _values(recording, _RECORDING_COLUMNS))
+            found[recording.call_id].append(recording)
+            by_id[recording.id] = recording
+        segment_ids = sorted(s.id for c, s in segments.items() if c in found)
+        if segment_ids and by_id:
+            for row in self.conn.execute(_LINKS_OF, {"segment_ids": segment_ids}):
+                linked = by_id.get(row.recording_id)
+                if linked is None:
+                    continue
+                linked.link = LinkSnap(
+                    row.segment_id, row.pause_sent_at, row.paused_at, row.resumed_at
+                )
+                self._links[(row.segment_id, row.recording_id)] = _values(linked.link, _LINK_MAP)
+        return found
+
+    def policies(self) -> dict[str, Months]:
+        """Every service area's retention override."""
+        rows = self.conn.execute(sa.select(*_POLICY_ALL))
+        return {row.service_area: Months(row.media_months, row.record_months) for row in rows}
 
     def resolve_alias(self, provider: str, alias: str) -> str | None:
         found: str | None = self.conn.execute(
@@ -453,24 +547,35 @@ class LiveCallRepository:
 
     # ---- writes ---------------------------------------------------------------------------
 
-    def write(self, changes: Changes, *, call: CallSnap | None = None) -> None:
+    def write(self, changes: Changes) -> None:
         """Write what ``changes`` records: only changed columns of rows read, whole new rows,
-        and the state transitions, each kind of row in one statement where it can be."""
+        and the state transitions; rows of a kind with the same changed columns in one
+        statement."""
         now = changes.now
         conn = self.conn
-        call = changes.call or call
-        if call is not None and changes.call is not None:
-            self._update("call", calls, call.id, _values(call, _CALL_COLUMNS), now)
-        for segment in changes.segments.values():
-            values = _values(segment, _SEGMENT_COLUMNS)
-            if segment.created:
-                conn.execute(
-                    segments.insert(), {"id": segment.id, "call_id": segment.call_id, **values}
-                )
+        self._update_rows(
+            "call", calls, [(c.id, _values(c, _CALL_COLUMNS)) for c in changes.calls.values()], now
+        )
+        new_segments = [s for s in changes.segments.values() if s.created]
+        if new_segments:
+            rows = [
+                {"id": s.id, "call_id": s.call_id, **_values(s, _SEGMENT_COLUMNS)}
+                for s in new_segments
+            ]
+            conn.execute(segments.insert(), rows)
+            for segment, row in zip(new_segments, rows, strict=True):
                 segment.created = False
-                self._remember("segment", segment.id, values)
-            else:
-                self._update("segment", segments, segment.id, values, None)
+                self._remember("segment", segment.id, row)
+        self._update_rows(
+            "segment",
+            segments,
+            [
+                (s.id, _values(s, _SEGMENT_COLUMNS))
+                for s in changes.segments.values()
+                if s not in new_segments
+            ],
+            None,
+        )
         new = [r for r in changes.recordings.values() if r.created]
         if new:
             conn.execute(
@@ -492,15 +597,16 @@ class LiveCallRepository:
             for r in new:
                 r.created = False
                 self._remember("recording", r.id, _values(r, _RECORDING_COLUMNS))
-        for recording in changes.recordings.values():
-            if recording not in new:
-                self._update(
-                    "recording",
-                    recordings,
-                    recording.id,
-                    _values(recording, _RECORDING_COLUMNS),
-                    now,
-                )
+        self._update_rows(
+            "recording",
+            recordings,
+            [
+                (r.id, _values(r, _RECORDING_COLUMNS))
+                for r in changes.recordings.values()
+                if r not in new
+            ],
+            now,
+        )
         rows = []
         for (segment_id, recording_id), link in changes.links.items():
             values = _values(link, _LINK_MAP)
@@ -526,17 +632,19 @@ class LiveCallRepository:
                     for e in changes.exposures
                 ],
             )
+            changes.exposures.clear()
         if changes.exposures_end_for:
             conn.execute(
                 _END_RECORDING_EXPOSURES,
                 {"recording_ids": sorted(changes.exposures_end_for), "now": now},
             )
+            changes.exposures_end_for.clear()
         for segment_id in changes.segment_exposures_end:
             conn.execute(_END_SEGMENT_EXPOSURES, {"of_segment": segment_id, "now": now})
-        if changes.end_call_exposures_at is not None and call is not None:
-            conn.execute(
-                _END_CALL_EXPOSURES, {"of_call": call.id, "ended": changes.end_call_exposures_at}
-            )
+        changes.segment_exposures_end.clear()
+        for call_id, ended in changes.end_call_exposures.items():
+            conn.execute(_END_CALL_EXPOSURES, {"of_call": call_id, "ended": ended})
+        changes.end_call_exposures.clear()
         if changes.transitions:
             conn.execute(
                 transitions.insert(),
@@ -555,23 +663,28 @@ class LiveCallRepository:
             )
             changes.transitions.clear()
 
-    def _update(
+    def _update_rows(
         self,
         kind: str,
         table: sa.Table,
-        key: uuid.UUID,
-        values: dict[str, Any],
+        rows: list[tuple[uuid.UUID, dict[str, Any]]],
         updated_at: datetime | None,
     ) -> None:
-        before = self._loaded.get((kind, key), {})
-        changed = {c: v for c, v in values.items() if before.get(c, _MISSING) != v}
-        if not changed:
-            return
-        self._remember(kind, key, {**before, **changed})
-        if updated_at is not None:
-            changed["updated_at"] = updated_at
-        statement = _update_statement(table, tuple(sorted(changed)))
-        self.conn.execute(statement, {"row_id": key, **{f"v_{c}": v for c, v in changed.items()}})
+        """UPDATE the columns of each row that differ from what was read, one statement
+        per set of changed columns."""
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for key, values in rows:
+            before = self._loaded.get((kind, key), {})
+            changed = {c: v for c, v in values.items() if before.get(c, _MISSING) != v}
+            if not changed:
+                continue
+            self._remember(kind, key, {**before, **changed})
+            if updated_at is not None:
+                changed["updated_at"] = updated_at
+            params = {"row_id": key, **{f"v_{c}": v for c, v in changed.items()}}
+            groups.setdefault(tuple(sorted(changed)), []).append(params)
+        for columns, group in groups.items():
+            self.conn.execute(_update_statement(table, columns), group)
 
 
 _UPDATES: dict[tuple[str, tuple[str, ...]], sa.Update] = {}
