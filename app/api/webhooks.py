@@ -7,11 +7,10 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
-from app.api.deps import ServicesDep
 from app.api.schemas import WebhookAck
 from app.domain.events import PbxEvent
 from app.errors import AppError, BadSignature, MalformedInput, ProviderNotEnabled
@@ -47,11 +46,32 @@ def _refuse(services: Services, provider: str, reason: str) -> BadSignature:
     return BadSignature()
 
 
+Status = Literal["applied", "duplicate", "ignored"]
+# Prebuilt answers: webhooks are the busiest route, and these never change.
+_ACKS = {
+    status: Response(
+        content=WebhookAck(status=status).model_dump_json().encode(),
+        media_type="application/json",
+    ).body
+    for status in ("applied", "duplicate", "ignored")
+}
+
+
+def _ack(status: Status) -> Response:
+    return Response(content=_ACKS[status], media_type="application/json")
+
+
+def _services(request: Request) -> Services:
+    # Not a dependency: resolving one costs each webhook more than the lookup itself.
+    services: Services = request.app.state.services
+    return services
+
+
 async def _apply(
     services: Services, event: PbxEvent, payload: dict[str, Any], raw: bytes
-) -> WebhookAck:
+) -> Status:
     result = await services.intake.accept(event, payload, raw)
-    return WebhookAck(status="duplicate" if result.duplicate else "applied")
+    return "duplicate" if result.duplicate else "applied"
 
 
 async def _verify_signed(request: Request, services: Services, provider: str) -> tuple[str, bytes]:
@@ -71,7 +91,7 @@ async def _verify_signed(request: Request, services: Services, provider: str) ->
     return event_id, body
 
 
-async def _signed_json_webhook(request: Request, services: Services, provider: str) -> WebhookAck:
+async def _signed_json_webhook(request: Request, services: Services, provider: str) -> Status:
     event_id, body = await _verify_signed(request, services, provider)
     try:
         event, data = parse_event(provider, event_id, body)
@@ -82,21 +102,25 @@ async def _signed_json_webhook(request: Request, services: Services, provider: s
 
 
 @router.post("/generic", response_model=WebhookAck)
-async def generic_webhook(request: Request, services: ServicesDep) -> WebhookAck:
-    return await _signed_json_webhook(request, services, "generic")
+async def generic_webhook(request: Request) -> Response:
+    return _ack(await _signed_json_webhook(request, _services(request), "generic"))
 
 
 @router.post("/sim", response_model=WebhookAck)
-async def sim_webhook(request: Request, services: ServicesDep) -> WebhookAck:
+async def sim_webhook(request: Request) -> Response:
     """The simulator speaks the generic contract, signed with the same secret."""
-    return await _signed_json_webhook(request, services, "sim")
+    return _ack(await _signed_json_webhook(request, _services(request), "sim"))
 
 
 @router.post("/asterisk", response_model=WebhookAck)
-async def asterisk_webhook(request: Request, services: ServicesDep) -> WebhookAck:
+async def asterisk_webhook(request: Request) -> Response:
     """One ARI event object, relayed by the call-control application and signed like generic
     webhooks. Its id is built from the ARI event itself, so an event relayed twice, or also
     consumed from the ARI WebSocket, is applied once."""
+    return _ack(await _asterisk(request, _services(request)))
+
+
+async def _asterisk(request: Request, services: Services) -> Status:
     event_id, body = await _verify_signed(request, services, "asterisk")
     try:
         payload = asterisk.parse_body(body)
@@ -109,14 +133,14 @@ async def asterisk_webhook(request: Request, services: ServicesDep) -> WebhookAc
     if event is None:
         # Not stored: events recgate does not map (DTMF digits among them) stay out of the inbox.
         services.metrics.webhook_events.inc(provider="asterisk", type="unmapped", outcome="ignored")
-        return WebhookAck(status="ignored")
+        return "ignored"
     return await _apply(services, event, payload, body)
 
 
 TwilioParser = Callable[[twilio.Params, str | None, str | None, datetime], PbxEvent | None]
 
 
-async def _twilio_callback(request: Request, services: Services, parse: TwilioParser) -> WebhookAck:
+async def _twilio_callback(request: Request, services: Services, parse: TwilioParser) -> Status:
     settings = services.settings
     token = settings.twilio_auth_token
     if "twilio" not in settings.enabled_providers or token is None:
@@ -150,31 +174,35 @@ async def _twilio_callback(request: Request, services: Services, parse: TwilioPa
         raise MalformedInput(str(exc)) from exc
     if event is None:
         services.metrics.webhook_events.inc(provider="twilio", type="child-leg", outcome="ignored")
-        return WebhookAck(status="ignored")
+        return "ignored"
     payload = {name: values[0] if len(values) == 1 else values for name, values in params.items()}
     return await _apply(services, event, payload, body)
 
 
 @router.post("/twilio/call-status", response_model=WebhookAck)
-async def twilio_call_status(request: Request, services: ServicesDep) -> WebhookAck:
+async def twilio_call_status(request: Request) -> Response:
     """Twilio ``statusCallback`` (call progress). Add ``?service_area=…`` to the URL."""
-    return await _twilio_callback(request, services, twilio.parse_call_status)
+    return _ack(await _twilio_callback(request, _services(request), twilio.parse_call_status))
 
 
 @router.post("/twilio/recording-status", response_model=WebhookAck)
-async def twilio_recording_status(request: Request, services: ServicesDep) -> WebhookAck:
+async def twilio_recording_status(request: Request) -> Response:
     """Twilio ``recordingStatusCallback`` (in-progress, completed, absent)."""
-    return await _twilio_callback(request, services, twilio.parse_recording_status)
+    return _ack(await _twilio_callback(request, _services(request), twilio.parse_recording_status))
 
 
 @router.post("/rtpengine", response_model=WebhookAck)
-async def rtpengine_notification(request: Request, services: ServicesDep) -> WebhookAck:
+async def rtpengine_notification(request: Request) -> Response:
     """The rtpengine recording daemon's finish notification, one per file
     (``--notify-uri https://…/v1/webhooks/rtpengine?token=… --notify-post``).
 
     Everything is in ``X-Recording-*`` headers; the body (the file itself, with
     ``--notify-record``) is not read.
     """
+    return _ack(await _rtpengine(request, _services(request)))
+
+
+async def _rtpengine(request: Request, services: Services) -> Status:
     settings = services.settings
     expected = settings.rtpengine_notify_token
     if "rtpengine" not in settings.enabled_providers or expected is None:

@@ -8,6 +8,7 @@ stored or logged.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -36,6 +37,8 @@ _SECURITY_CODE = re.compile(
 _CODE_KEY_WORDS = frozenset({"cvv", "cvv2", "cvc", "cvc2", "cv2", "csc", "cav2"})
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _KEY_SPLIT = re.compile(r"[^a-z0-9]+")
+_PLAIN_KEY = re.compile(r"^[A-Za-z_.-]{1,64}$")
+_ASCII_DIGIT = re.compile(r"[0-9]")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -93,6 +96,19 @@ def _card_numbers(text: str) -> str:
 
 def _names_security_code(key: str) -> bool:
     """True for keys such as "cvv", "CVV2", "card_cvv", "cardCvv", "security-code"."""
+    if _PLAIN_KEY.match(key):
+        # Field names repeat on every webhook; one with no digit cannot hold card data, so
+        # its answer may be remembered.
+        return _names_security_code_cached(key)
+    return _key_names_security_code(key)
+
+
+@lru_cache(maxsize=1024)
+def _names_security_code_cached(key: str) -> bool:
+    return _key_names_security_code(key)
+
+
+def _key_names_security_code(key: str) -> bool:
     words = [w for w in _KEY_SPLIT.split(_CAMEL_BOUNDARY.sub("_", key).lower()) if w]
     compact = "".join(words)
     return (
@@ -105,7 +121,10 @@ def _names_security_code(key: str) -> bool:
 
 def scrub_text(text: str) -> str:
     """Return ``text`` with card numbers and labelled security codes redacted."""
-    if not any(ch.isdigit() for ch in text):
+    if text.isascii():
+        if _ASCII_DIGIT.search(text) is None:
+            return text
+    elif not any(ch.isdigit() for ch in text):
         return text
     # Card numbers first: a card word just before a card number must not take its first digits
     # as a security code and leave the rest too short to be recognised.

@@ -202,10 +202,14 @@ class IngestService:
         wanted = {
             calls[keys[i]].id
             for i in todo
-            if items[i][0].recording is not None or items[i][0].type == EventType.CALL_ENDED
+            if not calls[keys[i]].created
+            and (items[i][0].recording is not None or items[i][0].type == EventType.CALL_ENDED)
         }
         batch.segments = repo.open_segments(wanted)
         batch.recordings = repo.recordings_of(wanted, batch.segments)
+        for call in calls.values():
+            if call.created:
+                batch.recordings.setdefault(call.id, [])  # nothing to read for a new call
         for index in todo:
             results[index] = self._apply(batch, calls[keys[index]], items[index][0])
         if batch.changes.deadlines_for:

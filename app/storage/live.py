@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import fields
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -90,11 +91,7 @@ _LINK_SELECT = [links.c.segment_id.label("link_segment_id")] + [
 
 def _plain(value: Any) -> Any:
     """Enum members as the strings they stand for (drivers want plain values)."""
-    if isinstance(value, SegmentState | RecordingState | CallState | PauseBehavior):
-        return value.value
-    if isinstance(value, ExposureKind):
-        return value.value
-    return value
+    return value.value if isinstance(value, StrEnum) else value
 
 
 class _Statements:
@@ -263,37 +260,43 @@ _OVERLONG = (
 )
 
 
-def _call(row: Row[Any]) -> CallSnap:
+def _call(row: Row[Any]) -> tuple[CallSnap, dict[str, Any]]:
+    """The snapshot, and the row's values as read (to tell later what changed)."""
     m = row._mapping
-    values: dict[str, Any] = {f: m[c] for f, c in _CALL_COLUMNS.items()}
+    read = {c: m[c] for c in _CALL_COLUMNS.values()}
+    values: dict[str, Any] = {f: read[c] for f, c in _CALL_COLUMNS.items()}
     values["state"] = CallState(values["state"])
-    return CallSnap(
+    snap = CallSnap(
         id=m["id"], provider=m["provider"], provider_call_id=m["provider_call_id"], **values
     )
+    return snap, read
 
 
-def _segment(row: Row[Any]) -> SegmentSnap:
+def _segment(row: Row[Any]) -> tuple[SegmentSnap, dict[str, Any]]:
     m = row._mapping
-    values: dict[str, Any] = {f: m[c] for f, c in _SEGMENT_COLUMNS.items()}
+    read = {c: m[c] for c in _SEGMENT_COLUMNS.values()}
+    values: dict[str, Any] = {f: read[c] for f, c in _SEGMENT_COLUMNS.items()}
     values["state"] = SegmentState(values["state"])
     values["pause_behavior"] = PauseBehavior(values["pause_behavior"])
-    return SegmentSnap(id=m["id"], call_id=m["call_id"], **values)
+    return SegmentSnap(id=m["id"], call_id=m["call_id"], **values), read
 
 
-def _recording(row: Row[Any], *, linked: bool = True) -> RecordingSnap:
+def _recording(row: Row[Any], *, linked: bool = True) -> tuple[RecordingSnap, dict[str, Any]]:
     m = row._mapping
-    values: dict[str, Any] = {f: m[c] for f, c in _RECORDING_COLUMNS.items()}
+    read = {c: m[c] for c in _RECORDING_COLUMNS.values()}
+    values: dict[str, Any] = {f: read[c] for f, c in _RECORDING_COLUMNS.items()}
     values["state"] = RecordingState(values["state"])
     link = None
     if linked and m["link_segment_id"] is not None:
         link = LinkSnap(m["link_segment_id"], **{c: m[f"link_{c}"] for c in _LINK_COLUMNS})
-    return RecordingSnap(
+    snap = RecordingSnap(
         id=m["id"],
         call_id=m["call_id"],
         provider_recording_id=m["provider_recording_id"],
         link=link,
         **values,
     )
+    return snap, read
 
 
 def _values(snap: Any, columns: dict[str, str]) -> dict[str, Any]:
@@ -346,10 +349,10 @@ class LiveCallRepository:
         ]
         found: dict[tuple[str, str], CallSnap] = {}
         for row in self.conn.execute(self.sql.upsert_call, rows):
-            call = _call(row)
+            call, read = _call(row)
             key = (call.provider, call.provider_call_id)
             call.created = call.id == new_ids[key]
-            self._remember("call", call.id, _values(call, _CALL_COLUMNS))
+            self._remember("call", call.id, read)
             found[key] = call
         return found
 
@@ -360,12 +363,11 @@ class LiveCallRepository:
             return {}
         found: dict[uuid.UUID, SegmentSnap] = {}
         for row in self.conn.execute(_OPEN_SEGMENTS, {"call_ids": ids}):
-            segment = _segment(row)
+            segment, read = _segment(row)
             current = found.get(segment.call_id)
             if current is None or segment.opened_at > current.opened_at:
                 found[segment.call_id] = segment
-        for segment in found.values():
-            self._remember("segment", segment.id, _values(segment, _SEGMENT_COLUMNS))
+                self._remember("segment", segment.id, read)
         return found
 
     def recordings_of(
@@ -379,8 +381,8 @@ class LiveCallRepository:
             return found
         by_id: dict[uuid.UUID, RecordingSnap] = {}
         for row in self.conn.execute(_RECORDINGS_OF, {"call_ids": ids}):
-            recording = _recording(row, linked=False)
-            self._remember("recording", recording.id, _values(recording, _RECORDING_COLUMNS))
+            recording, read = _recording(row, linked=False)
+            self._remember("recording", recording.id, read)
             found[recording.call_id].append(recording)
             by_id[recording.id] = recording
         segment_ids = sorted(s.id for c, s in segments.items() if c in found)
@@ -430,9 +432,9 @@ class LiveCallRepository:
                 "updated_at": now,
             },
         ).one()
-        call = _call(row)
+        call, read = _call(row)
         call.created = call.id == new_id
-        self._remember("call", call.id, _values(call, _CALL_COLUMNS))
+        self._remember("call", call.id, read)
         return call
 
     def call_by_id(self, call_id: uuid.UUID) -> CallSnap | None:
@@ -440,8 +442,8 @@ class LiveCallRepository:
         row = self.conn.execute(_CALL_BY_ID, {"id": call_id}).one_or_none()
         if row is None:
             return None
-        call = _call(row)
-        self._remember("call", call.id, _values(call, _CALL_COLUMNS))
+        call, read = _call(row)
+        self._remember("call", call.id, read)
         return call
 
     def call_by_key(self, provider: str, provider_call_id: str) -> CallSnap | None:
@@ -450,8 +452,8 @@ class LiveCallRepository:
         row = self.conn.execute(_CALL_BY_KEY, params).one_or_none()
         if row is None:
             return None
-        call = _call(row)
-        self._remember("call", call.id, _values(call, _CALL_COLUMNS))
+        call, read = _call(row)
+        self._remember("call", call.id, read)
         return call
 
     def segment_call_id(self, segment_id: uuid.UUID) -> uuid.UUID | None:
@@ -472,8 +474,8 @@ class LiveCallRepository:
         row = self.conn.execute(statement, params).one_or_none()
         if row is None:
             return None
-        segment = _segment(row)
-        self._remember("segment", segment.id, _values(segment, _SEGMENT_COLUMNS))
+        segment, read = _segment(row)
+        self._remember("segment", segment.id, read)
         return segment
 
     def segment(self, segment_id: uuid.UUID) -> SegmentSnap | None:
@@ -489,8 +491,8 @@ class LiveCallRepository:
         return self._one_segment(_SEGMENT_BY_KEY, {"call_id": call_id, "key": key})
 
     def _loaded_recording(self, row: Row[Any]) -> RecordingSnap:
-        recording = _recording(row)
-        self._remember("recording", recording.id, _values(recording, _RECORDING_COLUMNS))
+        recording, read = _recording(row)
+        self._remember("recording", recording.id, read)
         if recording.link is not None:
             key = (recording.link.segment_id, recording.id)
             self._links[key] = _values(recording.link, _LINK_MAP)
