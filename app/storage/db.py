@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +35,8 @@ class DatabaseUnreachable(Exception):
 # Connection checkouts wait this long at most; callers with a deadline give up sooner.
 POOL_TIMEOUT_S = 5.0
 _READ_OPTION = "recgate_read"
-_SQLITE_READERS = 4
+_IDLE_SINCE = "recgate_idle_since"
+_PING_AFTER_IDLE_S = 5.0
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -76,11 +78,34 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_timeout", POOL_TIMEOUT_S)
     # A server that does not answer a connect is unavailable, not a 30 s wait.
-    kwargs.setdefault("connect_args", {"timeout": POOL_TIMEOUT_S})
-    return create_async_engine(url, **kwargs)
+    kwargs.setdefault(
+        "connect_args", {"timeout": POOL_TIMEOUT_S, "prepared_statement_cache_size": 1000}
+    )
+    engine = create_async_engine(url, **kwargs)
+    _ping_when_idle(engine.sync_engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only when it has sat idle a while: a server
+    restart then costs nobody a failed request, and a busy connection no extra round trip
+    (which a ping on every checkout would cost every transaction)."""
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is not None and time.monotonic() - idle_since < _PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise sa.exc.DisconnectionError() from exc  # the pool opens a fresh one
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -92,8 +117,8 @@ class Database:
 
     On SQLite one writer thread runs every write transaction in turn: writers queue in
     arrival order instead of sleeping in SQLite's busy handler, and a transaction costs one
-    hand-over between threads, not several per statement. Reads run on a few reader threads
-    and take no lock. On PostgreSQL each function runs in a pooled connection of the async
+    hand-over between threads, not several per statement. A read (a token check) runs in the
+    event loop itself: in WAL mode it never waits for a writer. On PostgreSQL each function runs in a pooled connection of the async
     engine (``run_sync``), asyncpg underneath.
 
     A write given a ``deadline`` (the event loop's clock) that has not started by then is
@@ -104,21 +129,18 @@ class Database:
         self.engine = engine
         self.is_sqlite = url.startswith("sqlite")
         self._writer: ThreadPoolExecutor | None = None
-        self._readers: ThreadPoolExecutor | None = None
         self._sync: Engine | None = None
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         if self.is_sqlite:
             sync_url = make_url(url).set(drivername="sqlite")
             self._sync = sa.create_engine(
                 sync_url,
                 connect_args={"timeout": 30, "check_same_thread": False},
-                pool_size=_SQLITE_READERS + 1,
+                pool_size=4,
                 max_overflow=0,
             )
             _sqlite_setup(self._sync)
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="recgate-db-writer")
-            self._readers = ThreadPoolExecutor(
-                _SQLITE_READERS, thread_name_prefix="recgate-db-reader"
-            )
 
     @property
     def sync_engine(self) -> Engine:
@@ -166,22 +188,20 @@ class Database:
 
     async def _read(self, work: Callable[[Connection], T]) -> T:
         if self._sync is None:
-            async with self.engine.connect() as conn:
-                return await conn.run_sync(work)
-        sync = self._sync
-
-        def run() -> T:
-            with sync.connect() as raw:
-                conn = raw.execution_options(**{_READ_OPTION: True})
-                with conn.begin():
-                    return work(conn)
-
-        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+            # Autocommit: a read needs no BEGIN and ROLLBACK round trips around it.
+            async with self._autocommit.connect() as pooled:
+                return await pooled.run_sync(work)
+        # In WAL mode a read never waits for a writer (it reads the last committed
+        # snapshot) and writes nothing, so a short one runs right here: a hand-over to a
+        # reader thread would cost more than the read.
+        with self._sync.connect() as raw:
+            reader = raw.execution_options(**{_READ_OPTION: True})
+            with reader.begin():
+                return work(reader)
 
     async def close(self) -> None:
-        for pool in (self._writer, self._readers):
-            if pool is not None:
-                await asyncio.to_thread(pool.shutdown, wait=True)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.shutdown, wait=True)
         if self._sync is not None:
             self._sync.dispose()
 
