@@ -3,7 +3,8 @@
 A payment segment carries the claim of whoever has a command in flight (``command_id``,
 ``command_until``) and when the upkeep should drive it next (``due_at``, which replaces
 ``next_resume_at``); a segment's recording link keeps when recgate's pause of it went out, to
-judge PBX reports against; a call says whether it has a call-wide exposure.
+judge PBX reports against; a call says whether it has a call-wide exposure, and carries a
+version its live rows' writers bump.
 
 Revision ID: 0004
 Revises: 0003
@@ -27,12 +28,16 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("has_call_exposure", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+        batch_op.add_column(
+            sa.Column("live_version", sa.BigInteger(), nullable=False, server_default="0")
+        )
     op.execute(
         "UPDATE calls SET has_call_exposure = TRUE WHERE id IN "
         "(SELECT call_id FROM exposures WHERE recording_id IS NULL)"
     )
     with op.batch_alter_table("calls", schema=None) as batch_op:
         batch_op.alter_column("has_call_exposure", server_default=None)
+        batch_op.alter_column("live_version", server_default=None)
 
     with op.batch_alter_table("payment_segments", schema=None) as batch_op:
         batch_op.add_column(
@@ -81,4 +86,5 @@ def downgrade() -> None:
         ):
             batch_op.drop_column(column)
     with op.batch_alter_table("calls", schema=None) as batch_op:
+        batch_op.drop_column("live_version")
         batch_op.drop_column("has_call_exposure")

@@ -47,6 +47,7 @@ class CallSnap:
     record_retention_until: datetime | None = None
     # A call-wide exposure (a pause that failed before any recording was known) exists.
     has_call_exposure: bool = False
+    live_version: int = 0
     created: bool = False
 
 

@@ -146,6 +146,15 @@ class _Busy:
 
 
 @dataclass(frozen=True, slots=True)
+class _Seen:
+    """The rows a transaction left behind, and the call's live version it left them at."""
+
+    version: int
+    segment: SegmentSnap
+    recordings: list[RecordingSnap]
+
+
+@dataclass(frozen=True, slots=True)
 class _Fly:
     """Send this command (the segment is claimed for it)."""
 
@@ -153,6 +162,9 @@ class _Fly:
     call_id: uuid.UUID
     provider: str
     provider_call_id: str
+    # What the transaction that planned the command wrote: the next one reuses it when the
+    # call's live version shows nobody has changed it since.
+    seen: _Seen | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +195,7 @@ class _Recorded:
     outcome: SegmentOutcome
     next: Command | None
     exposures: int = 0
+    seen: _Seen | None = None
 
 
 class PaymentGate:
@@ -465,7 +478,8 @@ class PaymentGate:
         repo.write(changes)
         if command is None:
             return _Answer(_outcome(segment, recordings))
-        return _Fly(command, call.id, provider, call.provider_call_id)
+        seen = _Seen(call.live_version, segment, recordings)
+        return _Fly(command, call.id, provider, call.provider_call_id, seen)
 
     def _end_txn(
         self,
@@ -495,7 +509,8 @@ class PaymentGate:
         repo.write(changes)
         if command is None:
             return _Answer(_outcome(segment, recordings))
-        return _Fly(command, call.id, provider, call.provider_call_id)
+        seen = _Seen(call.live_version, segment, recordings)
+        return _Fly(command, call.id, provider, call.provider_call_id, seen)
 
     def _drive_txn(
         self, conn: Connection, *, segment_id: uuid.UUID, lease: datetime
@@ -518,7 +533,8 @@ class PaymentGate:
         repo.write(changes)
         if command is None:
             return _Answer(_outcome(segment, recordings))
-        return _Fly(command, call.id, call.provider, call.provider_call_id)
+        seen = _Seen(call.live_version, segment, recordings)
+        return _Fly(command, call.id, call.provider, call.provider_call_id, seen)
 
     def _record_txn(
         self,
@@ -535,9 +551,16 @@ class PaymentGate:
         changes = Changes(now)
         command = fly.command
         call = repo.call_by_id(fly.call_id)
-        segment = repo.segment(command.segment_id)
-        assert call is not None and segment is not None
-        recordings = repo.recordings(call.id, segment.id)
+        assert call is not None
+        seen = fly.seen
+        if seen is not None and call.live_version == seen.version + 1:
+            # Nobody has touched the call's live rows since this command was planned.
+            segment, recordings = seen.segment, seen.recordings
+            repo.adopt(segment, recordings)
+        else:
+            found = repo.segment(command.segment_id)
+            assert found is not None
+            segment, recordings = found, repo.recordings(call.id, found.id)
         if segment.command_id != command.command_id:
             # The claim was taken from us (it ran out) or the call ended: what the provider
             # said is no longer ours to record.
@@ -545,7 +568,8 @@ class PaymentGate:
         if result is _AGAIN:
             next_command = gate.plan(segment, recordings, changes, lease_until=lease)
             repo.write(changes)
-            return _Recorded(_outcome(segment, recordings), next_command)
+            seen = _Seen(call.live_version, segment, recordings)
+            return _Recorded(_outcome(segment, recordings), next_command, 0, seen)
         if isinstance(result, _Failure):
             if command.action == "pause":
                 exposed = repo.pause_failed_exposed(segment.id)
@@ -569,7 +593,8 @@ class PaymentGate:
                 next_command = gate.plan(segment, recordings, changes, lease_until=lease)
             exposed_now = len(changes.exposures)
             repo.write(changes)
-            return _Recorded(_outcome(segment, recordings), next_command, exposed_now)
+            seen = _Seen(call.live_version, segment, recordings)
+            return _Recorded(_outcome(segment, recordings), next_command, exposed_now, seen)
         if command.action == "pause":
             gate.apply_pause(segment, recordings, result, changes)
         else:
@@ -594,7 +619,12 @@ class PaymentGate:
             gate.release(segment, changes, due_at=now)
         exposed_now = len(changes.exposures)
         repo.write(changes)
-        return _Recorded(_outcome(segment, recordings), next_command, exposed_now)
+        return _Recorded(
+            _outcome(segment, recordings),
+            next_command,
+            exposed_now,
+            _Seen(call.live_version, segment, recordings),
+        )
 
     # ---- the command loop -------------------------------------------------------------
 
@@ -660,7 +690,9 @@ class PaymentGate:
                 self.metrics.exposures.inc(recorded.exposures, kind="pause_failed")
             if recorded.next is None:
                 return recorded.outcome
-            fly = _Fly(recorded.next, fly.call_id, fly.provider, fly.provider_call_id)
+            fly = _Fly(
+                recorded.next, fly.call_id, fly.provider, fly.provider_call_id, recorded.seen
+            )
 
     async def _send(
         self, controller: RecordingController, fly: _Fly, send_by: float

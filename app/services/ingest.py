@@ -312,12 +312,21 @@ class IngestService:
         )
 
     def _fill_deadlines(self, batch: _Batch, calls: dict[tuple[str, str], CallSnap]) -> None:
-        policies = batch.repo.policies()
         by_id = {call.id: call for call in calls.values()}
-        for call_id in sorted(batch.changes.deadlines_for):
-            call = by_id[call_id]
+        due = [
+            (call, recordings)
+            for call_id in sorted(batch.changes.deadlines_for)
+            for call in (by_id[call_id],)
+            for recordings in (self._recordings(batch, call),)
+            # Nothing has ended yet (a call that just learned its area): no deadline to set.
+            if call.ended_at is not None or any(r.ended_at is not None for r in recordings)
+        ]
+        if not due:
+            return
+        policies = batch.repo.policies()
+        for call, recordings in due:
             months = policies.get(call.service_area or "", self.months)
-            call_facts.fill_deadlines(call, self._recordings(batch, call), months, batch.changes)
+            call_facts.fill_deadlines(call, recordings, months, batch.changes)
 
     async def dead_letter(
         self, provider: str, event_id: str | None, reason: str, body: bytes

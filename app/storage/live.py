@@ -103,7 +103,10 @@ class _Statements:
         call_insert = insert(calls)
         self.upsert_call = call_insert.on_conflict_do_update(
             index_elements=["provider", "provider_call_id"],
-            set_={"updated_at": call_insert.excluded.updated_at},
+            set_={
+                "updated_at": call_insert.excluded.updated_at,
+                "live_version": calls.c.live_version + 1,
+            },
         ).returning(*calls.c)
         self.alias = insert(aliases).on_conflict_do_nothing(index_elements=["provider", "alias"])
         link_insert = insert(links)
@@ -129,14 +132,21 @@ _ALIAS = (
     .join(CallAlias, CallAlias.call_id == Call.id)
     .where(CallAlias.provider == sa.bindparam("provider"), CallAlias.alias == sa.bindparam("alias"))
 )
-_CALL_BY_ID = sa.select(*calls.c).where(calls.c.id == sa.bindparam("id")).with_for_update()
+# Lock the call for the transaction and bump its live version, in one statement.
+_CALL_BY_ID = (
+    calls.update()
+    .where(calls.c.id == sa.bindparam("of_id"))
+    .values(live_version=calls.c.live_version + 1)
+    .returning(*calls.c)
+)
 _CALL_BY_KEY = (
-    sa.select(*calls.c)
+    calls.update()
     .where(
-        calls.c.provider == sa.bindparam("provider"),
-        calls.c.provider_call_id == sa.bindparam("provider_call_id"),
+        calls.c.provider == sa.bindparam("of_provider"),
+        calls.c.provider_call_id == sa.bindparam("of_provider_call_id"),
     )
-    .with_for_update()
+    .values(live_version=calls.c.live_version + 1)
+    .returning(*calls.c)
 )
 _SEGMENT_CALL = sa.select(segments.c.call_id).where(segments.c.id == sa.bindparam("id"))
 _SEGMENT_CLAIM = sa.select(segments.c.command_id, segments.c.command_until).where(
@@ -438,8 +448,8 @@ class LiveCallRepository:
         return call
 
     def call_by_id(self, call_id: uuid.UUID) -> CallSnap | None:
-        """The call, locked for the transaction."""
-        row = self.conn.execute(_CALL_BY_ID, {"id": call_id}).one_or_none()
+        """The call, locked for the transaction (its live version bumped)."""
+        row = self.conn.execute(_CALL_BY_ID, {"of_id": call_id}).one_or_none()
         if row is None:
             return None
         call, read = _call(row)
@@ -447,8 +457,9 @@ class LiveCallRepository:
         return call
 
     def call_by_key(self, provider: str, provider_call_id: str) -> CallSnap | None:
-        """The call, locked for the transaction; None when recgate does not know it."""
-        params = {"provider": provider, "provider_call_id": provider_call_id}
+        """The call, locked for the transaction (its live version bumped); None when
+        recgate does not know it."""
+        params = {"of_provider": provider, "of_provider_call_id": provider_call_id}
         row = self.conn.execute(_CALL_BY_KEY, params).one_or_none()
         if row is None:
             return None
@@ -477,6 +488,16 @@ class LiveCallRepository:
         segment, read = _segment(row)
         self._remember("segment", segment.id, read)
         return segment
+
+    def adopt(self, segment: SegmentSnap, recordings: list[RecordingSnap]) -> None:
+        """Take rows read (and written) by an earlier transaction of this process as read
+        now: the call's live version says nobody has changed them since."""
+        self._remember("segment", segment.id, _values(segment, _SEGMENT_COLUMNS))
+        for recording in recordings:
+            self._remember("recording", recording.id, _values(recording, _RECORDING_COLUMNS))
+            if recording.link is not None:
+                key = (recording.link.segment_id, recording.id)
+                self._links[key] = _values(recording.link, _LINK_MAP)
 
     def segment(self, segment_id: uuid.UUID) -> SegmentSnap | None:
         return self._one_segment(_SEGMENT_BY_ID, {"id": segment_id})

@@ -73,6 +73,10 @@ class Call(Base):
     # A call-wide exposure exists (a pause failed before any recording was known): recordings
     # learned later are checked against it. Kept on the call so ingest need not look otherwise.
     has_call_exposure: Mapped[bool] = mapped_column(default=False)
+    # Bumped by every transaction that reads the call to change its live rows (recordings,
+    # payment segment): a gate transaction that finds it one above its own last bump knows
+    # nothing has changed since, and need not read those rows again.
+    live_version: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

@@ -38,6 +38,8 @@ class Proxy:
         self.pipes: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
+        if self.server is not None and self.server.is_serving():
+            return
         self.server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = self.server.sockets[0].getsockname()[1]
 

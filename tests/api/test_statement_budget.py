@@ -1,0 +1,125 @@
+"""The hot paths stay lean: SQL statements and transactions per request, counted (issue 8).
+
+Every statement the service sends to the database during one request is counted with
+SQLAlchemy's ``before_cursor_execute`` event, on the engine of the hot paths and on the ORM's
+(which they must not use). A budget exceeded fails the test; the budgets are documented in
+docs/gate.md, and raising one is a decision to write down there, not a number to bump here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import respx
+
+from app.domain.roles import Role
+from tests.api.test_payment_gating import PAUSE, RESUME, live_call
+from tests.conftest import Harness, event
+
+# Statements per request, BEGIN and COMMIT not counted; write transactions per request.
+INGEST_NEW_CALL = 4
+INGEST_RECORDING_EVENT = 7
+PAYMENT_START = 13
+PAYMENT_END = 13
+PAYMENT_WRITE_TRANSACTIONS = 2
+
+
+@dataclass
+class Tally:
+    statements: list[str] = field(default_factory=list)
+    writes: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+@contextmanager
+def counting(h: Harness) -> Iterator[Tally]:
+    from sqlalchemy import event as sa_event
+
+    tally = Tally()
+    engines = {id(e): e for e in (h.services.db.sync_engine, h.services.engine.sync_engine)}
+
+    def statement(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        head = sql.lstrip().split(None, 1)[0].upper()
+        if head == "BEGIN":
+            if "IMMEDIATE" in sql.upper():
+                tally.writes += 1
+            return
+        tally.statements.append(re.sub(r"\s+", " ", sql)[:100])
+
+    def begin(conn: Any) -> None:
+        # PostgreSQL: a transaction that is not autocommit (reads run in autocommit).
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            tally.writes += 1
+
+    for engine in engines.values():
+        sa_event.listen(engine, "before_cursor_execute", statement)
+        if engine.dialect.name == "postgresql":
+            sa_event.listen(engine, "begin", begin)
+    try:
+        yield tally
+    finally:
+        for engine in engines.values():
+            sa_event.remove(engine, "before_cursor_execute", statement)
+            if engine.dialect.name == "postgresql":
+                sa_event.remove(engine, "begin", begin)
+
+
+@pytest.fixture
+async def pbx() -> AsyncIterator[respx.MockRouter]:
+    async with respx.mock(assert_all_called=False) as router:
+        router.post(PAUSE).respond(200, json={"state": "paused"})
+        router.post(RESUME).respond(200, json={"state": "recording"})
+        yield router
+
+
+def over(tally: Tally, budget: int) -> str:
+    return f"{tally.count} statements (budget {budget}):\n" + "\n".join(tally.statements)
+
+
+async def test_webhook_ingest_statements(harness: Harness) -> None:
+    with counting(harness) as new_call:
+        assert (await harness.send_event(event("call.started"))).status_code == 200
+    assert new_call.count <= INGEST_NEW_CALL, over(new_call, INGEST_NEW_CALL)
+    assert new_call.writes == 1
+
+    with counting(harness) as recording:
+        started = event("recording.started", recording_id="r-1")
+        assert (await harness.send_event(started)).status_code == 200
+    assert recording.count <= INGEST_RECORDING_EVENT, over(recording, INGEST_RECORDING_EVENT)
+    assert recording.writes == 1, "webhook ingest is one transaction"
+
+
+async def test_payment_start_and_end_statements(harness: Harness, pbx: respx.MockRouter) -> None:
+    await live_call(harness)
+    ivr = harness.auth(Role.IVR)
+
+    with counting(harness) as start:
+        response = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=ivr)
+        assert response.status_code == 200, response.text
+    assert start.count <= PAYMENT_START, over(start, PAYMENT_START)
+    assert start.writes <= PAYMENT_WRITE_TRANSACTIONS, "more than two write transactions"
+
+    with counting(harness) as end:
+        response = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=ivr)
+        assert response.status_code == 200, response.text
+    assert end.count <= PAYMENT_END, over(end, PAYMENT_END)
+    assert end.writes <= PAYMENT_WRITE_TRANSACTIONS
+
+
+async def test_webhooks_arriving_together_share_statements(harness: Harness) -> None:
+    """Group commit: 30 webhooks at once cost a few statements per batch, not per event."""
+    import asyncio
+
+    bodies = [event("call.started", call_id=f"together-{n}") for n in range(30)]
+    with counting(harness) as together:
+        answers = await asyncio.gather(*(harness.send_event(body) for body in bodies))
+    assert {a.status_code for a in answers} == {200}
+    assert together.count <= 2 * INGEST_NEW_CALL, over(together, 2 * INGEST_NEW_CALL)
