@@ -1,26 +1,31 @@
 """The retention sweep over a large recordings table: due rows deleted per second, peak memory.
 
     .venv/bin/python bench/retention_sweep.py [--backend sqlite|postgres|both]
-        [--rows N --due M | --scales 10k:1k,100k:10k,1M:100k] [--trace separate|inline]
+        [--rows N --due M | --scales 10k:1k,100k:10k,1M:100k]
+        [--trace separate|inline|off] [--baseline-scale smallest|none|ROWS:DUE]
 
 For each backend and scale (rows:due): a fresh database built by the Alembic migrations,
-bulk-loaded with one call per recording (SQLite: Core executemany in one transaction;
-PostgreSQL: COPY through asyncpg's ``copy_records_to_table``). Every due recording (deadline
-in the past, spread through the table) gets a real 44-byte WAV file in a temporary media
-directory; 1 % of the due ones are under an active hold on the recording and 0.1 % under a
-hold on their caller's number (the sweep must skip both), another 1 % carry a released hold
-(deleted like the rest). Recordings not yet due have a ``media_path`` but no file: the sweep
-never looks at them. Calls' record deadlines are years away, so no call record is erased.
+bulk-loaded with one call per recording (SQLite: executemany in one transaction, values
+through the columns' own bind processors; PostgreSQL: COPY through asyncpg's
+``copy_records_to_table``, then ANALYZE of the loaded tables). Every due recording (deadline
+in the past, spread evenly through the table) gets a real 44-byte WAV file in a temporary
+media directory; 1 % of the due ones are under an active hold on the recording and 0.1 %
+under a hold on their caller's number (the sweep must skip both), another 1 % carry a
+released hold (deleted like the rest). Recordings not yet due have a ``media_path`` but no
+file: the sweep never touches them. Calls' record deadlines are years away, so no call record
+is erased. Each round sweeps its own copy of the loaded database.
 
-``RetentionService.sweep()`` then runs in a fresh child process, built by ``Services.build``
-from ``Settings`` as the service builds it (local media store, no provider that keeps a
-copy, so no provider deletion is timed). Reported per scale: rows/s (due rows deleted per
-second of sweep), the tracemalloc peak during the sweep and the child's RSS before the sweep
-and at its peak during the sweep (VmRSS sampled every 20 ms). With
+``RetentionService.sweep()`` runs in a fresh child process, built by ``Services.build`` from
+``Settings`` (local media store; no provider keeps a copy, so no provider deletion is timed).
+Reported per scale: rows/s (due rows deleted per second of sweep), the tracemalloc peak
+during the sweep, and the child's RSS before the sweep and at its peak during the sweep
+(VmRSS sampled every 20 ms; not ``ru_maxrss``, which imports reach first). With
 ``--trace separate`` (default) the timed sweep runs without tracemalloc, whose allocation
-hooks slow Python code down, and the tracemalloc peak comes from a second sweep over a copy
-of the same data; ``--trace inline`` measures both in one sweep (faster, rows/s pessimistic);
-``--trace off`` skips tracemalloc (RSS only).
+hooks slow this code about 2×, and the tracemalloc peak comes from a second sweep over a
+copy of the same data; ``--trace inline`` takes both from one sweep (rows/s pessimistic);
+``--trace off`` skips tracemalloc. Memory flatness is the largest scale over the smallest,
+in the same run. At ``--baseline-scale`` (default: the smallest) the pre-batching sweep loop
+(``_delete_one`` per claimed recording) also runs, for a same-run speed ratio.
 
 After every sweep the parent checks, in SQL: exactly the due, unheld recordings are
 tombstoned (state, reason, media path cleared), held and not-yet-due ones untouched, one
@@ -297,8 +302,7 @@ def load_sqlite(path: Path, scale: Scale, now: datetime) -> list[str]:
         (LegalHold.__table__, HOLD_COLUMNS, "holds"),
     ):
         processors = [
-            table.c[name].type.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[attr-defined]
-            for name in columns
+            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
         ]
         sql = (
             f"INSERT INTO {table.name} ({', '.join(columns)}) "  # type: ignore[attr-defined]
@@ -496,7 +500,35 @@ class RssSampler:
         self.peak_kib = max(self.peak_kib, _rss_kib())
 
 
-async def child_sweep(url: str, media_dir: str, trace: bool, profile: str | None) -> dict[str, Any]:
+async def per_recording_sweep(services: Any) -> Any:
+    """The sweep as it was before batching: each claimed recording through ``_delete_one``
+    (the manual-deletion path), one read, one media deletion and one transaction at a time."""
+    from app.services.audit import SYSTEM_SWEEP
+    from app.services.retention import _LEASE, SWEEP_BATCH, SweepResult
+    from app.storage.repositories import RetentionRepository
+
+    service = services.retention
+    result = SweepResult(dry_run=False)
+    async with service.sessions() as session, session.begin():
+        _, result.skipped_held = await RetentionRepository(session).count_due(service.clock())
+    while True:
+        async with service.sessions() as session, session.begin():
+            now = service.clock()
+            claimed = await RetentionRepository(session).claim_due(now, now + _LEASE, SWEEP_BATCH)
+        if not claimed:
+            return result
+        for recording_id in claimed:
+            error = await service._delete_one(recording_id, "retention", SYSTEM_SWEEP)
+            if error is None:
+                result.deleted += 1
+            else:
+                result.errors += 1
+                result.error_details.append(error)
+
+
+async def child_sweep(
+    url: str, media_dir: str, trace: bool, profile: str | None, per_recording: bool = False
+) -> dict[str, Any]:
     import tracemalloc
 
     from app.config import Settings
@@ -508,7 +540,7 @@ async def child_sweep(url: str, media_dir: str, trace: bool, profile: str | None
         sim_enabled=False,
         background_jobs=False,
         log_level="WARNING",
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     services = Services.build(settings)
     try:
@@ -525,7 +557,10 @@ async def child_sweep(url: str, media_dir: str, trace: bool, profile: str | None
             tracemalloc.start()
         with RssSampler() as rss:
             began = time.perf_counter()
-            result = await services.retention.sweep()
+            if per_recording:
+                result = await per_recording_sweep(services)
+            else:
+                result = await services.retention.sweep()
             seconds = time.perf_counter() - began
         peak = tracemalloc.get_traced_memory()[1] if trace else None
         tracemalloc.stop()
@@ -549,12 +584,16 @@ async def child_sweep(url: str, media_dir: str, trace: bool, profile: str | None
         await services.close()
 
 
-def run_child(url: str, media_dir: Path, trace: bool, profile: Path | None) -> dict[str, Any]:
+def run_child(
+    url: str, media_dir: Path, trace: bool, profile: Path | None, per_recording: bool = False
+) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECGATE_")}
     env["RECGATE_ALEMBIC_DIR"] = str(ROOT / "alembic")
     command = [sys.executable, str(Path(__file__).resolve()), "--child", url, str(media_dir)]
     if trace:
         command.append("--child-trace")
+    if per_recording:
+        command.append("--child-per-recording")
     if profile is not None:
         command += ["--profile", str(profile)]
     done = subprocess.run(
@@ -589,7 +628,7 @@ async def verify(url: str, media_dir: Path, scale: Scale, swept: dict[str, Any])
             media_dir=media_dir,
             sim_enabled=False,
             background_jobs=False,
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
         )
     )
     try:
@@ -680,12 +719,20 @@ class Row:
     timed: dict[str, Any]
     traced: dict[str, Any]
     checks: list[str]
+    baseline: dict[str, Any] | None = None
 
 
 def run_scale(
-    backend: Backend, scale: Scale, workdir: Path, trace: str, profile: Path | None
+    backend: Backend,
+    scale: Scale,
+    workdir: Path,
+    trace: str,
+    profile: Path | None,
+    baseline: bool,
 ) -> Row:
-    log = lambda msg: print(f"[{backend.name} {scale.label}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    def log(message: str) -> None:
+        print(f"[{backend.name} {scale.label}] {message}", file=sys.stderr, flush=True)
+
     now = datetime.now(UTC)
     began = time.perf_counter()
     media = backend.create_template(scale, now)
@@ -696,6 +743,8 @@ def run_scale(
         "inline": [("timed", True)],
         "off": [("timed", False)],
     }[trace]
+    if baseline:
+        rounds.insert(0, ("per-recording", False))
     results: dict[str, dict[str, Any]] = {}
     checks: list[str] = []
     try:
@@ -704,7 +753,13 @@ def run_scale(
             media_dir = workdir / f"media-{uuid.uuid4().hex[:8]}"
             try:
                 write_media(media_dir, media)
-                swept = run_child(url, media_dir, traced, profile if name == "timed" else None)
+                swept = run_child(
+                    url,
+                    media_dir,
+                    traced,
+                    profile if name == "timed" else None,
+                    per_recording=name == "per-recording",
+                )
                 results[name] = swept
                 log(
                     f"{name}: deleted {swept['deleted']:,} in {swept['seconds']:.1f} s "
@@ -726,7 +781,15 @@ def run_scale(
     finally:
         backend.drop_template()
     timed = results["timed"]
-    return Row(backend.name, scale, load_s, timed, results.get("traced", timed), checks)
+    return Row(
+        backend.name,
+        scale,
+        load_s,
+        timed,
+        results.get("traced", timed),
+        checks,
+        results.get("per-recording"),
+    )
 
 
 def _machine() -> list[str]:
@@ -766,7 +829,9 @@ def _pg_version(server_url: str) -> str:
     return asyncio.run(version())
 
 
-def report(rows: list[Row], trace: str, versions: dict[str, str]) -> str:
+def report(
+    rows: list[Row], trace: str, versions: dict[str, str], walls: dict[str, float], load: float
+) -> str:
     command = ".venv/bin/python bench/" + " ".join(
         shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]
     )
@@ -776,6 +841,7 @@ def report(rows: list[Row], trace: str, versions: dict[str, str]) -> str:
         f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Command: `{command}`",
         *_machine(),
+        f"- Load average when the run started: {load:.2f}",
         *(f"- {name}: {v}" for name, v in versions.items()),
         "- Data per scale: one call per recording; due recordings spread evenly through the "
         "table, each with a real 44-byte WAV file in a local media directory; 1 % of the due "
@@ -829,6 +895,22 @@ def report(rows: list[Row], trace: str, versions: dict[str, str]) -> str:
                 f"the rows, {large.scale.due // small.scale.due}× the due rows): {traced}"
                 f"RSS peak {rss_ratio:.2f}×; rows/s {rate_ratio:.2f}×.",
             ]
+        for r in mine:
+            if r.baseline is None:
+                continue
+            before = r.baseline["deleted"] / r.baseline["seconds"]
+            after = r.timed["deleted"] / r.timed["seconds"]
+            lines += [
+                "",
+                f"Same run, {r.scale.label}: the per-recording sweep (the loop before batching: "
+                f"`_delete_one` per claimed recording) deleted {r.baseline['deleted']:,} in "
+                f"{r.baseline['seconds']:.1f} s, {before:,.0f} rows/s; batched {after:,.0f} "
+                f"rows/s, **{after / before:.1f}×**.",
+            ]
+        lines += [
+            "",
+            f"Wall time for {backend}, loading and checks included: {walls[backend] / 60:.1f} min.",
+        ]
         failed = [f"{r.scale.label}: {c}" for r in mine for c in r.checks]
         if failed:
             lines += ["", "Checks that failed:", "", *(f"- {c}" for c in failed)]
@@ -866,23 +948,41 @@ def main() -> None:
         "--scales", default=DEFAULT_SCALES, help="rows:due pairs, smallest first (k, M allowed)"
     )
     parser.add_argument("--trace", choices=("separate", "inline", "off"), default="separate")
+    parser.add_argument(
+        "--baseline-scale",
+        default="smallest",
+        help="rows:due at which the per-recording sweep also runs, for a same-run ratio "
+        "('smallest', 'none', or one of the scales)",
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the timed sweep into this file")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", nargs=2, metavar=("URL", "MEDIA_DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--child-trace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-per-recording", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         url, media_dir = args.child
         profile = str(args.profile) if args.profile else None
-        print(json.dumps(asyncio.run(child_sweep(url, media_dir, args.child_trace, profile))))
+        swept = child_sweep(url, media_dir, args.child_trace, profile, args.child_per_recording)
+        print(json.dumps(asyncio.run(swept)))
         return
 
     scales = parse_scales(args)
+    baseline_scale: Scale | None = None
+    if args.baseline_scale == "smallest":
+        baseline_scale = scales[0]
+    elif args.baseline_scale != "none":
+        rows_text, due_text = args.baseline_scale.split(":")
+        baseline_scale = Scale(parse_count(rows_text), parse_count(due_text))
+        if baseline_scale not in scales:
+            raise SystemExit(f"--baseline-scale {args.baseline_scale} is not one of the scales")
+    load = os.getloadavg()[0]
     # A terminated run still drops its scratch databases and files (the finally blocks run).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server_url = os.environ.get("RECGATE_BENCH_POSTGRES_URL", DEFAULT_POSTGRES)
     rows: list[Row] = []
+    walls: dict[str, float] = {}
     versions = {"SQLite": sqlite3.sqlite_version}
     with tempfile.TemporaryDirectory(prefix="recgate-bench-sweep-") as tmp:
         workdir = Path(tmp)
@@ -895,9 +995,15 @@ def main() -> None:
             else:
                 backend = PostgresBackend(server_url)
                 versions["PostgreSQL"] = _pg_version(server_url)
+            began = time.perf_counter()
             for scale in scales:
-                rows.append(run_scale(backend, scale, workdir, args.trace, args.profile))
-    text = report(rows, args.trace, versions)
+                rows.append(
+                    run_scale(
+                        backend, scale, workdir, args.trace, args.profile, scale == baseline_scale
+                    )
+                )
+            walls[name] = time.perf_counter() - began
+    text = report(rows, args.trace, versions, walls, load)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
