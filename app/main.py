@@ -18,6 +18,8 @@ from app.jobs.ari_events import AriEventConsumer, ari_events_enabled
 from app.jobs.watchdog import run_jobs, service_jobs
 from app.services.container import Services
 
+_gc_settled = False
+
 
 def _settle_garbage_collector() -> None:
     """Keep the collector's full passes off the payment path.
@@ -27,6 +29,10 @@ def _settle_garbage_collector() -> None:
     request in flight. Frozen objects are left out of those passes, and young garbage is
     collected less eagerly.
     """
+    global _gc_settled
+    if _gc_settled:  # once per process (tests start many apps; freezing each would leak)
+        return
+    _gc_settled = True
     gc.collect()
     gc.freeze()
     gc.set_threshold(2_000, 10, 100)

@@ -160,18 +160,28 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Servers close idle keep-alive connections (uvicorn after 5 s); a client reusing one as it
+# closes gets no answer. Like any HTTP client pool, do not reuse one idle this long.
+_MAX_IDLE_S = 3.0
+
+
 @dataclass
 class Pool:
     host: str
     port: int
-    idle: list[Connection] = field(default_factory=list)
+    idle: list[tuple[float, Connection]] = field(default_factory=list)
 
     def take(self) -> Connection:
-        return self.idle.pop() if self.idle else Connection(self.host, self.port)
+        while self.idle:
+            since, conn = self.idle.pop()
+            if time.monotonic() - since < _MAX_IDLE_S:
+                return conn
+            conn.close()
+        return Connection(self.host, self.port)
 
     def give(self, conn: Connection) -> None:
         if conn.writer is not None:
-            self.idle.append(conn)
+            self.idle.append((time.monotonic(), conn))
 
 
 async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +223,7 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
         tasks.append(asyncio.create_task(one(target, raw, tag)))
     await asyncio.gather(*tasks)
     for pool in pools.values():
-        for conn in pool.idle:
+        for _, conn in pool.idle:
             conn.close()
     return {"mode": "open", "results": dict(results), "send_lag_ms": percentiles(lag)}
 

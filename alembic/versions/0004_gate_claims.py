@@ -35,10 +35,6 @@ def upgrade() -> None:
         "UPDATE calls SET has_call_exposure = TRUE WHERE id IN "
         "(SELECT call_id FROM exposures WHERE recording_id IS NULL)"
     )
-    with op.batch_alter_table("calls", schema=None) as batch_op:
-        batch_op.alter_column("has_call_exposure", server_default=None)
-        batch_op.alter_column("live_version", server_default=None)
-
     with op.batch_alter_table("payment_segments", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("call_level_confirmed_at", sa.DateTime(timezone=True), nullable=True)
@@ -60,7 +56,6 @@ def upgrade() -> None:
     )
     op.execute("UPDATE payment_segments SET due_at = next_resume_at")
     with op.batch_alter_table("payment_segments", schema=None) as batch_op:
-        batch_op.alter_column("pause_attempts", server_default=None)
         batch_op.drop_column("next_resume_at")
         batch_op.create_index(batch_op.f("ix_payment_segments_due_at"), ["due_at"], unique=False)
 

@@ -83,7 +83,8 @@ ALLOWED_SEGMENT_TRANSITIONS: dict[SegmentState, frozenset[SegmentState]] = {
     # Back to pausing when a recording goes live during the payment (a late start, a resume
     # nobody asked for) or when the IVR retries after a failed pause.
     _S.PAUSED: frozenset({_S.PAUSING, _S.RESUMING, _S.CLOSED}),
-    _S.PAUSE_FAILED: frozenset({_S.PAUSING, _S.RESUMING, _S.CLOSED}),
+    # Straight to paused when nothing is left to pause (the recordings have stopped since).
+    _S.PAUSE_FAILED: frozenset({_S.PAUSING, _S.PAUSED, _S.RESUMING, _S.CLOSED}),
     _S.RESUMING: frozenset({_S.CLOSED, _S.RESUME_FAILED}),
     _S.RESUME_FAILED: frozenset({_S.RESUMING, _S.CLOSED}),
     _S.CLOSED: frozenset(),

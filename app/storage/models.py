@@ -72,11 +72,11 @@ class Call(Base):
     personal_erased_at: Mapped[datetime | None]
     # A call-wide exposure exists (a pause failed before any recording was known): recordings
     # learned later are checked against it. Kept on the call so ingest need not look otherwise.
-    has_call_exposure: Mapped[bool] = mapped_column(default=False)
+    has_call_exposure: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     # Bumped by every transaction that reads the call to change its live rows (recordings,
     # payment segment): a gate transaction that finds it one above its own last bump knows
     # nothing has changed since, and need not read those rows again.
-    live_version: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    live_version: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -244,7 +244,7 @@ class PaymentSegment(Base):
     closed_at: Mapped[datetime | None]
     closed_by: Mapped[str | None] = mapped_column(sa.String(16))
     last_error: Mapped[str | None] = mapped_column(sa.String(500))
-    pause_attempts: Mapped[int] = mapped_column(default=0)
+    pause_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     resume_attempts: Mapped[int] = mapped_column(default=0)
     # When the upkeep should drive the segment next: a retry after a failure, or the moment
     # a driver's claim runs out (should that driver have died).
