@@ -277,7 +277,9 @@ def _plan_resume(
     if not targets and not call_level:
         changes.segment_state(segment, _S.CLOSED, f"{ClosedBy.IVR.value}: resumed")
         segment.closed_at, segment.closed_by = changes.now, ClosedBy.IVR.value
-        changes.segment_exposures_end.add(segment.id)
+        # Every exposure quarantines its recording, or follows a failure on the segment.
+        if segment.last_error is not None or any(r.quarantined for r in recordings):
+            changes.segment_exposures_end.add(segment.id)
         changes.touch_segment(segment)
         return None
     for recording in targets:

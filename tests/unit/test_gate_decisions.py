@@ -272,7 +272,16 @@ def test_an_ended_payment_resumes_everything_it_touched_until_confirmed() -> Non
     )
     assert gate.plan(seg, [paused, maybe, untouched], changes, lease_until=LEASE) is None
     assert (seg.state, seg.closed_by) == (_S.CLOSED, "ivr")
-    assert seg.id in changes.segment_exposures_end
+    assert changes.segment_exposures_end == set(), "no exposure can be open: none is ended"
+
+
+def test_closing_a_payment_ends_its_exposures_when_it_has_any() -> None:
+    seg = segment(_S.RESUMING)
+    exposed = recording(_R.RECORDING, linked(seg, resumed_at=NOW))
+    exposed.quarantined = True
+    changes = Changes(NOW)
+    assert gate.plan(seg, [exposed], changes, lease_until=LEASE) is None
+    assert changes.segment_exposures_end == {seg.id}
 
 
 @pytest.mark.parametrize(
