@@ -30,7 +30,6 @@ PostgreSQL comes from ``RECGATE_BENCH_POSTGRES_URL`` (default: the local ``test`
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import os
@@ -38,7 +37,6 @@ import pickle
 import platform
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +54,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
+
+from support import free_port  # noqa: E402
+from support import postgres_database as scratch_database  # noqa: E402
 
 from app.telephony.signing import signed_headers  # noqa: E402
 
@@ -78,13 +79,6 @@ class Config:
     rate: float = 20.0
     hold: float = 2.0
     memory_calls: int = 2000
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def rss_kib(pid: int) -> int:
@@ -145,30 +139,6 @@ def uvicorn_app(target: str, port: int, workdir: Path, name: str, extra_env: dic
         "warning",
     ]
     return process(command, env, workdir, name, f"http://127.0.0.1:{port}/docs")
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    server = make_url(POSTGRES)
-    name = f"recgate_bench_{uuid.uuid4().hex[:10]}"
-
-    async def admin(statement: str) -> None:
-        engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @dataclass
@@ -449,7 +419,7 @@ def run_backend(
         if backend == "sqlite":
             url = f"sqlite+aiosqlite:///{workdir}/{backend}.db"
         else:
-            url = stack.enter_context(postgres_database())
+            url = stack.enter_context(scratch_database(POSTGRES))
         site = Site(workdir, url, secret, pbx_port)
         replica = stack.enter_context(site.replica(f"recgate-{backend}"))
         print(f"[{backend}] ingest …", flush=True)
@@ -492,7 +462,7 @@ def run_scaleout(
     events = Events(secret)
     out: dict[str, Any] = {}
     with ExitStack() as stack:
-        url = stack.enter_context(postgres_database())
+        url = stack.enter_context(scratch_database(POSTGRES))
         site = Site(workdir, url, secret, pbx_port)
         a = stack.enter_context(site.replica("replica-a"))
         b = stack.enter_context(site.replica("replica-b"))

@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ import httpx
 # The daemon and SDP helpers are shared with the end-to-end test.
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from support import free_port, postgres_database  # noqa: E402
 
 from app.domain.states import PauseBehavior  # noqa: E402
 from app.telephony.base import ControlTarget  # noqa: E402
@@ -69,13 +70,6 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[rank - 1] * 1000
 
 
-def _free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
 def sqlite_database(directory: Path) -> Iterator[str]:
     """A fresh SQLite file in ``directory``."""
@@ -83,34 +77,9 @@ def sqlite_database(directory: Path) -> Iterator[str]:
 
 
 @contextmanager
-def postgres_database(server_url: str) -> Iterator[str]:
-    """A scratch PostgreSQL database on ``server_url``'s server, dropped afterwards."""
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    server = make_url(server_url)
-    name = f"recgate_bench_{uuid.uuid4().hex[:10]}"
-
-    async def admin(statement: str) -> None:
-        engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@contextmanager
 def recgate_server(workdir: Path, database_url: str, ng: str) -> Iterator[tuple[str, str]]:
     """``recgate serve`` on a loopback port; yields (base URL, IVR token). Stopped by PID."""
-    port = _free_tcp_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECGATE_")}
     env.update(
         RECGATE_ENV="development",

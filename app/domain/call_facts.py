@@ -51,12 +51,8 @@ def _earliest(current: datetime | None, candidate: datetime | None) -> datetime 
     return candidate if current is None or candidate < current else current
 
 
-def merge_call_facts(
-    call: CallSnap, event: PbxEvent, service_areas: Sequence[str], changes: Changes
-) -> bool:
-    """What the event says about the call; True when its service area changed."""
-    info, at = event.call, event.occurred_at
-    before = (
+def _facts(call: CallSnap) -> tuple[object, ...]:
+    return (
         call.started_at,
         call.answered_at,
         call.from_number,
@@ -65,6 +61,14 @@ def merge_call_facts(
         call.agent_id,
         call.service_area,
     )
+
+
+def merge_call_facts(
+    call: CallSnap, event: PbxEvent, service_areas: Sequence[str], changes: Changes
+) -> bool:
+    """What the event says about the call; True when its service area changed."""
+    info, at = event.call, event.occurred_at
+    before = _facts(call)
     area_before = call.service_area
     call.started_at = _earliest(call.started_at, at)
     if event.type == EventType.CALL_ANSWERED:
@@ -83,16 +87,7 @@ def merge_call_facts(
         area = "other"
     if area is not None and (call.service_area_at is None or at >= call.service_area_at):
         call.service_area, call.service_area_at = area, at
-    after = (
-        call.started_at,
-        call.answered_at,
-        call.from_number,
-        call.to_number,
-        call.direction,
-        call.agent_id,
-        call.service_area,
-    )
-    if after != before or info.agent_id is not None or area is not None:
+    if _facts(call) != before or info.agent_id is not None or area is not None:
         changes.touch_call(call)
     if call.service_area != area_before:
         # The service area decides the retention: learning it late moves the deadlines.

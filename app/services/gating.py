@@ -41,7 +41,7 @@ from app.domain import gate
 from app.domain.clock import Clock
 from app.domain.gate import Command, ConfirmedState, ControlOutcome
 from app.domain.scrub import scrub_text
-from app.domain.snapshots import Changes, RecordingSnap, SegmentSnap
+from app.domain.snapshots import CallSnap, Changes, RecordingSnap, SegmentSnap
 from app.domain.states import (
     CallState,
     IllegalTransition,
@@ -198,6 +198,24 @@ class _Recorded:
     seen: _Seen | None = None
 
 
+def _plan_and_write(
+    repo: LiveCallRepository,
+    changes: Changes,
+    call: CallSnap,
+    segment: SegmentSnap,
+    lease: datetime,
+) -> _Answer | _Fly:
+    """Plan the segment's next command, claim it, write: the end of every planning
+    transaction."""
+    recordings = repo.recordings(call.id, segment.id)
+    command = gate.plan(segment, recordings, changes, lease_until=lease)
+    repo.write(changes)
+    if command is None:
+        return _Answer(_outcome(segment, recordings))
+    seen = _Seen(call.live_version, segment, recordings)
+    return _Fly(command, call.id, call.provider, call.provider_call_id, seen)
+
+
 class PaymentGate:
     """Opens and closes payment segments and keeps every recording paused inside them."""
 
@@ -255,41 +273,36 @@ class PaymentGate:
         arrived = self.clock()
         key = scrub_text(idempotency_key) if idempotency_key else None
         reference = scrub_text(reference) if reference else None
-        waited_on: _Busy | None = None
+        waited: list[_Busy] = []
+
+        def plan(lease: datetime) -> Callable[[Connection], _Answer | _Busy | _Fly]:
+            return partial(
+                self._start_txn,
+                provider=provider,
+                provider_call_id=provider_call_id,
+                reference=reference,
+                behavior=behavior,
+                key=key,
+                arrived=arrived,
+                waited=bool(waited),
+                lease=lease,
+            )
+
         try:
             async with asyncio.timeout_at(deadline):
-                while True:
-                    step = await self._write(
-                        partial(
-                            self._start_txn,
-                            provider=provider,
-                            provider_call_id=provider_call_id,
-                            reference=reference,
-                            behavior=behavior,
-                            key=key,
-                            arrived=arrived,
-                            waited=waited_on is not None,
-                            lease=self._lease(deadline),
-                        ),
-                        deadline,
-                    )
-                    if isinstance(step, _Busy):
-                        waited_on = step
-                        await self._wait(step.segment_id, deadline)
-                        continue
-                    if isinstance(step, _Answer):
-                        return self._answer_start(step.outcome)
-                    outcome = await self._launch(controller, step, deadline, keep_trying=False)
-                    if outcome.safe_to_collect:
-                        self.metrics.pause_confirm_seconds.observe(loop.time() - began)
-                    return self._answer_start(outcome)
+                outcome, commanded = await self._until_answered(
+                    controller, plan, deadline, waited, keep_trying=False
+                )
+            if outcome.safe_to_collect and commanded:
+                self.metrics.pause_confirm_seconds.observe(loop.time() - began)
+            return self._answer_start(outcome)
         except TimeoutError as exc:
-            if waited_on is not None:
+            if waited:
                 raise CallBusy(
                     "Another operation on this call did not finish in time: do not take "
                     "card details.",
-                    segment_id=str(waited_on.segment_id),
-                    state=waited_on.state,
+                    segment_id=str(waited[-1].segment_id),
+                    state=waited[-1].state,
                     safe_to_collect=False,
                 ) from exc
             raise PauseNotConfirmed(
@@ -315,33 +328,26 @@ class PaymentGate:
         """
         controller = self._controller(provider)
         deadline = asyncio.get_running_loop().time() + self._timeout_s
-        state = _S.RESUMING.value
+        waited: list[_Busy] = []
+
+        def plan(lease: datetime) -> Callable[[Connection], _Answer | _Busy | _Fly]:
+            return partial(
+                self._end_txn,
+                provider=provider,
+                provider_call_id=provider_call_id,
+                outcome=outcome,
+                lease=lease,
+            )
+
         try:
             async with asyncio.timeout_at(deadline):
-                while True:
-                    step = await self._write(
-                        partial(
-                            self._end_txn,
-                            provider=provider,
-                            provider_call_id=provider_call_id,
-                            outcome=outcome,
-                            lease=self._lease(deadline),
-                        ),
-                        deadline,
-                    )
-                    if isinstance(step, _Busy):
-                        state = step.state
-                        await self._wait(step.segment_id, deadline)
-                        continue
-                    if isinstance(step, _Answer):
-                        result = step.outcome
-                    else:
-                        result = await self._launch(controller, step, deadline, keep_trying=True)
-                    break
+                result, _ = await self._until_answered(
+                    controller, plan, deadline, waited, keep_trying=True
+                )
         except TimeoutError as exc:
             raise ResumeNotConfirmed(
                 "Recording resume was not confirmed in time; recgate keeps trying.",
-                state=state,
+                state=waited[-1].state if waited else _S.RESUMING.value,
                 safe_to_collect=False,
             ) from exc
         except DatabaseUnreachable as exc:
@@ -354,6 +360,27 @@ class PaymentGate:
                 **outcome_body(result),
             )
         return result
+
+    async def _until_answered(
+        self,
+        controller: RecordingController,
+        plan: Callable[[datetime], Callable[[Connection], _Answer | _Busy | _Fly]],
+        deadline: float,
+        waited: list[_Busy],
+        *,
+        keep_trying: bool,
+    ) -> tuple[SegmentOutcome, bool]:
+        """Plan in a write transaction, then: answer from what is stored, wait behind
+        another command and plan again, or send. Whether a command was sent, too."""
+        while True:
+            step = await self._write(plan(self._lease(deadline)), deadline)
+            if isinstance(step, _Busy):
+                waited.append(step)
+                await self._wait(step.segment_id, deadline)
+                continue
+            if isinstance(step, _Answer):
+                return step.outcome, False
+            return await self._launch(controller, step, deadline, keep_trying=keep_trying), True
 
     # ---- background -------------------------------------------------------------------
 
@@ -473,13 +500,7 @@ class PaymentGate:
             return _Answer(_outcome(segment, repo.recordings(call.id, segment.id)))
         if segment is None:
             segment = gate.open_segment(call.id, behavior, reference, key, changes)
-        recordings = repo.recordings(call.id, segment.id)
-        command = gate.plan(segment, recordings, changes, lease_until=lease)
-        repo.write(changes)
-        if command is None:
-            return _Answer(_outcome(segment, recordings))
-        seen = _Seen(call.live_version, segment, recordings)
-        return _Fly(command, call.id, provider, call.provider_call_id, seen)
+        return _plan_and_write(repo, changes, call, segment, lease)
 
     def _end_txn(
         self,
@@ -504,13 +525,7 @@ class PaymentGate:
             # Its command finishes first; the end is on record for whoever drives next.
             repo.write(changes)
             return _Busy(segment.id, segment.state.value)
-        recordings = repo.recordings(call.id, segment.id)
-        command = gate.plan(segment, recordings, changes, lease_until=lease)
-        repo.write(changes)
-        if command is None:
-            return _Answer(_outcome(segment, recordings))
-        seen = _Seen(call.live_version, segment, recordings)
-        return _Fly(command, call.id, provider, call.provider_call_id, seen)
+        return _plan_and_write(repo, changes, call, segment, lease)
 
     def _drive_txn(
         self, conn: Connection, *, segment_id: uuid.UUID, lease: datetime
@@ -528,13 +543,7 @@ class PaymentGate:
         if segment.due_at is None or segment.due_at > now:
             # Settled, or waiting out a backoff: not this attempt's to drive.
             return _Busy(segment.id, segment.state.value)
-        recordings = repo.recordings(call.id, segment.id)
-        command = gate.plan(segment, recordings, changes, lease_until=lease)
-        repo.write(changes)
-        if command is None:
-            return _Answer(_outcome(segment, recordings))
-        seen = _Seen(call.live_version, segment, recordings)
-        return _Fly(command, call.id, call.provider, call.provider_call_id, seen)
+        return _plan_and_write(repo, changes, call, segment, lease)
 
     def _record_txn(
         self,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -152,25 +153,13 @@ class Database:
 
         Raises :class:`DatabaseUnreachable` when the database cannot be used, and
         ``TimeoutError`` at ``deadline``."""
-        try:
+        with _unreachable_as_such():
             return await self._write(work, deadline)
-        except TimeoutError:
-            raise
-        except Exception as exc:
-            if database_unavailable(exc):
-                raise DatabaseUnreachable(type(exc).__name__) from exc
-            raise
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a transaction that writes nothing and takes no write lock."""
-        try:
+        with _unreachable_as_such():
             return await self._read(work)
-        except TimeoutError:
-            raise
-        except Exception as exc:
-            if database_unavailable(exc):
-                raise DatabaseUnreachable(type(exc).__name__) from exc
-            raise
 
     async def _write(self, work: Callable[[Connection], T], deadline: float | None) -> T:
         if self._sync is None:
@@ -204,6 +193,20 @@ class Database:
             await asyncio.to_thread(self._writer.shutdown, wait=True)
         if self._sync is not None:
             self._sync.dispose()
+
+
+@contextmanager
+def _unreachable_as_such() -> Iterator[None]:
+    """Database errors that say it cannot be used become :class:`DatabaseUnreachable`; a
+    deadline (``TimeoutError``) and everything else pass through."""
+    try:
+        yield
+    except TimeoutError:
+        raise
+    except Exception as exc:
+        if database_unavailable(exc):
+            raise DatabaseUnreachable(type(exc).__name__) from exc
+        raise
 
 
 def database_unavailable(exc: BaseException) -> bool:
