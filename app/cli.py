@@ -270,7 +270,7 @@ def demo() -> None:
             ivr = await tokens.create("demo-ivr", Role.IVR)
             reader = await tokens.create("demo-supervisor", Role.SUPERVISOR)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-                key = settings.generic_secret_key
+                key = settings.webhook_key("sim")
                 assert key is not None
                 call = SimulatedCall(client, key, ivr)
                 typer.echo(
@@ -336,10 +336,12 @@ def simulate(
     from app.simulator import SimulatedCall
 
     settings = get_settings()
-    key = settings.generic_secret_key
+    key = settings.webhook_key("sim")
     if key is None or token is None:
         typer.echo(
-            "error: needs RECGATE_GENERIC_WEBHOOK_SECRET and an ivr token (--token)", err=True
+            "error: needs RECGATE_GENERIC_WEBHOOK_SECRET, the simulator enabled "
+            "(RECGATE_SIM_ENABLED, on in development) and an ivr token (--token)",
+            err=True,
         )
         raise typer.Exit(2)
 

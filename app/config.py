@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -60,6 +63,9 @@ class Settings(BaseSettings):
     # Generic provider
     generic_webhook_secret: SecretStr | None = None
     generic_control_url: str | None = None
+    # Hosts recgate may copy generic recording media from (``media_url``): comma-separated
+    # ``host`` or ``host:port`` (https), ``http://host[:port]`` for plain HTTP. Empty: no copies.
+    generic_media_hosts: str = ""
     webhook_tolerance_s: int = 300
 
     # Built-in simulator (demo, tests, benchmarks)
@@ -74,6 +80,9 @@ class Settings(BaseSettings):
     media_fetch_attempts: int = Field(default=10, ge=1)
 
     # Asterisk ARI
+    # Relayed ARI events (POST /v1/webhooks/asterisk) are signed with a secret of their own, so
+    # a body signed for another route is refused there.
+    asterisk_webhook_secret: SecretStr | None = None
     ari_url: str | None = None  # the ARI base *including* /ari, e.g. http://127.0.0.1:8088/ari
     ari_user: str | None = None
     ari_password: SecretStr | None = None
@@ -88,6 +97,12 @@ class Settings(BaseSettings):
     # carry ?token=<this>, compared in constant time.
     rtpengine_notify_token: SecretStr | None = None
     rtpengine_block_dtmf: bool = True
+    # rtpengine's --recording-dir (pcap method), readable by recgate: finished files become
+    # recordings whose media is copied into the store and deleted here when retention ends.
+    rtpengine_recording_dir: Path | None = None
+    # A SIP proxy in front of rtpengine (Kamailio, OpenSIPS) reports call start, answer, end
+    # and recording start to POST /v1/webhooks/sip-proxy with this in X-Recgate-Token.
+    sip_proxy_token: SecretStr | None = None
 
     # Retention
     retention_media_months: int = Field(default=18, ge=1)
@@ -99,7 +114,7 @@ class Settings(BaseSettings):
     metrics_public: bool = False
     background_jobs: bool = True
 
-    @field_validator("generic_webhook_secret")
+    @field_validator("generic_webhook_secret", "asterisk_webhook_secret")
     @classmethod
     def _secret_is_standard_webhooks(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
@@ -112,6 +127,12 @@ class Settings(BaseSettings):
             raise ValueError("must be whsec_<base64>") from exc
         if len(key) < 16:
             raise ValueError("must decode to at least 16 bytes")
+        return value
+
+    @field_validator("generic_media_hosts")
+    @classmethod
+    def _media_hosts_are_origins(cls, value: str) -> str:
+        media_origins(value)  # refuse a malformed entry at startup, not at the first fetch
         return value
 
     @model_validator(mode="after")
@@ -127,9 +148,11 @@ class Settings(BaseSettings):
             )
         for name in (
             "generic_webhook_secret",
+            "asterisk_webhook_secret",
             "twilio_auth_token",
             "ari_password",
             "rtpengine_notify_token",
+            "sip_proxy_token",
         ):
             secret = getattr(self, name)
             if secret is not None and secret.get_secret_value().lower() in _PLACEHOLDERS:
@@ -152,29 +175,71 @@ class Settings(BaseSettings):
 
     @property
     def generic_secret_key(self) -> bytes | None:
-        if self.generic_webhook_secret is None:
-            return None
-        raw = self.generic_webhook_secret.get_secret_value().removeprefix("whsec_")
-        return base64.b64decode(raw)
+        return _signing_key(self.generic_webhook_secret)
 
     @property
-    def enabled_providers(self) -> list[str]:
-        providers: list[str] = []
-        if self.generic_webhook_secret is not None:
-            providers.append("generic")
-        if self.sim_enabled:
-            providers.append("sim")
-        if self.twilio_account_sid and self.twilio_auth_token is not None:
-            providers.append("twilio")
-        if self.ari_url:
-            providers.append("asterisk")
-        if self.rtpengine_ng:
-            providers.append("rtpengine")
-        return providers
+    def generic_media_origins(self) -> frozenset[MediaOrigin]:
+        return media_origins(self.generic_media_hosts)
+
+    def webhook_key(self, route: str) -> bytes | None:
+        """The key that signs webhooks on ``/v1/webhooks/{route}``; None when that route takes
+        no signed webhooks. Each route has a key of its own, so a request signed for one route
+        is refused on every other: generic and asterisk by their own secrets, the simulator by
+        a key derived from the generic secret (it is a development tool; nobody configures it).
+        """
+        if route == "generic":
+            return self.generic_secret_key
+        if route == "asterisk":
+            return _signing_key(self.asterisk_webhook_secret)
+        if route == "sim" and self.sim_enabled and self.generic_secret_key is not None:
+            return hmac.new(self.generic_secret_key, _SIM_KEY_LABEL, hashlib.sha256).digest()
+        return None
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+_SIM_KEY_LABEL = b"recgate webhook route: sim"
+
+# (scheme, host, port) recgate may fetch media from; the port is explicit even when default.
+MediaOrigin = tuple[str, str, int]
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def media_origins(hosts: str) -> frozenset[MediaOrigin]:
+    """Parse ``RECGATE_GENERIC_MEDIA_HOSTS``: ``host`` or ``host:port`` means https, and only an
+    entry written ``http://host[:port]`` allows plain HTTP. Hosts are names, matched as written
+    (lower-cased); nothing is resolved. Raise ``ValueError`` on anything else."""
+    origins: set[MediaOrigin] = set()
+    # Errors name the entry's position, never its text: a mistake may carry credentials.
+    for position, entry in enumerate((part.strip() for part in hosts.split(",")), start=1):
+        if not entry:
+            continue
+        text = entry if "://" in entry else f"https://{entry}"
+        try:
+            url = httpx.URL(text)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise ValueError(f"generic media host #{position} is not host[:port]") from exc
+        if (
+            url.scheme not in _DEFAULT_PORTS
+            or not url.host
+            or url.userinfo
+            or url.path not in ("", "/")
+            or url.query
+            or url.fragment
+        ):
+            raise ValueError(
+                f"generic media host #{position} must be host[:port] or http://host[:port]"
+            )
+        origins.add((url.scheme, url.host, url.port or _DEFAULT_PORTS[url.scheme]))
+    return frozenset(origins)
+
+
+def _signing_key(secret: SecretStr | None) -> bytes | None:
+    if secret is None:
+        return None
+    return base64.b64decode(secret.get_secret_value().removeprefix("whsec_"))
 
 
 @lru_cache(maxsize=1)

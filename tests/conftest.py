@@ -34,6 +34,7 @@ from app.storage.migrate import upgrade
 from app.telephony.signing import signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"recgate-test-secret-0123456789ab").decode()
+ASTERISK_SECRET = "whsec_" + base64.b64encode(b"recgate-test-asterisk-0123456789").decode()
 CONTROL_URL = "http://127.0.0.1:9/pbx"
 POSTGRES_URL = os.environ.get("RECGATE_TEST_POSTGRES_URL")
 
@@ -111,6 +112,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         database_url=database_url,
         media_dir=tmp_path / "media",
         generic_webhook_secret=SECRET,  # type: ignore[arg-type]
+        asterisk_webhook_secret=ASTERISK_SECRET,  # type: ignore[arg-type]
         generic_control_url=CONTROL_URL,
         # Generous for a loaded CI machine; tests that need a deadline to pass make the PBX
         # slower than this rather than relying on a tight value.
@@ -142,11 +144,25 @@ class Harness:
     ) -> httpx.Response:
         body = json.dumps(event).encode()
         signed = signed_headers(
-            self.services.settings.generic_secret_key or b"", body, self.services.clock(), msg_id
+            self.services.settings.webhook_key(provider) or b"", body, self.services.clock(), msg_id
         )
         signed["content-type"] = "application/json"
         signed.update(headers or {})
         return await self.client.post(f"/v1/webhooks/{provider}", content=body, headers=signed)
+
+    async def recording_id(self, call_id: str, provider_recording_id: str) -> str:
+        """recgate's id of the recording a provider names so."""
+        async with self.services.engine.connect() as conn:
+            found = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT r.id FROM recordings r JOIN calls c ON c.id = r.call_id "
+                        "WHERE c.provider_call_id = :c AND r.provider_recording_id = :r"
+                    ),
+                    {"c": call_id, "r": provider_recording_id},
+                )
+            ).scalar_one()
+        return str(uuid.UUID(str(found)))
 
     async def count(self, table: str) -> int:
         async with self.services.engine.connect() as conn:

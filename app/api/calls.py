@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path
+from pydantic import AfterValidator
 
 from app.api.deps import ServicesDep, actor_of, require
 from app.api.schemas import (
@@ -17,6 +18,7 @@ from app.api.schemas import (
     SegmentRead,
     TimelineEntry,
 )
+from app.domain.ids import valid_id
 from app.domain.roles import Role
 from app.domain.states import PauseBehavior
 from app.services.gating import outcome_body
@@ -26,7 +28,18 @@ router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
 IvrDep = Annotated[Principal, Depends(require(Role.IVR, fail_closed=True))]
 ProviderPath = Annotated[str, Path(max_length=32, pattern=r"^[a-z_]+$")]
-CallIdPath = Annotated[str, Path(min_length=1, max_length=255)]
+# Ids are stored and echoed verbatim: one holding a card number, or characters that cannot be
+# shown faithfully, is refused (422) before anything is stored.
+CallIdPath = Annotated[
+    str,
+    Path(min_length=1, max_length=255),
+    AfterValidator(lambda value: valid_id(value, "the call id")),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255),
+    AfterValidator(lambda value: None if value is None else valid_id(value, "Idempotency-Key")),
+]
 CallReaderDep = Annotated[Principal, Depends(require(Role.IVR, Role.SUPERVISOR, Role.DPO))]
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
@@ -42,7 +55,7 @@ async def payment_start(
     services: ServicesDep,
     _: IvrDep,
     body: Annotated[PaymentStart | None, Body()] = None,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> dict[str, object]:
     body = body or PaymentStart()
     outcome = await services.gate.start(

@@ -11,6 +11,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.domain.scrub import scrub_text
 from app.errors import PROBLEM_BASE, PROBLEM_CONTENT_TYPE
 
 API_BODY_LIMIT = 64 * 1024
@@ -65,7 +66,7 @@ class BodySizeLimit:
             "type": PROBLEM_BASE + "too-large",
             "title": "Request body too large",
             "status": 413,
-            "instance": scope.get("path", ""),
+            "instance": scrub_text(str(scope.get("path", ""))),  # a path can hold a card number
         }
         raw = json.dumps(body).encode()
         await send(

@@ -99,7 +99,7 @@ async def get_audit(
     _: DpoDep,
     target_id: str | None = None,
     action: str | None = None,
-    cursor: Annotated[int, Query(ge=0)] = 0,
+    cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditPage:
     entries = await services.audit.list(

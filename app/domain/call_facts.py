@@ -9,11 +9,15 @@ While a payment is open, PBX clocks are never trusted to dismiss danger. A ``rec
 plus the allowed clock skew). A recording first seen live during a payment the IVR has been
 answered on is a ``late_recording`` exposure unless it provably started before a call-level
 pause that covers every recording of the call.
+
+Before any of that, :func:`plan_calls` decides which call each event of a batch lands on when
+a provider names parts of one conversation apart (an Asterisk agent's channel, a bridge).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.domain.events import EventType, PbxEvent
@@ -64,13 +68,26 @@ def _facts(call: CallSnap) -> tuple[object, ...]:
 
 
 def merge_call_facts(
-    call: CallSnap, event: PbxEvent, service_areas: Sequence[str], changes: Changes
+    call: CallSnap,
+    event: PbxEvent,
+    service_areas: Sequence[str],
+    changes: Changes,
+    *,
+    whole_call: bool = True,
 ) -> bool:
-    """What the event says about the call; True when its service area changed."""
+    """What the event says about the call; True when its service area changed.
+
+    ``whole_call`` False: the event is about a part of the call (an agent's leg, found through
+    an alias); it dates the call's start at the latest, and says nothing else about it.
+    """
     info, at = event.call, event.occurred_at
     before = _facts(call)
     area_before = call.service_area
     call.started_at = _earliest(call.started_at, at)
+    if not whole_call:
+        if _facts(call) != before:
+            changes.touch_call(call)
+        return False
     if event.type == EventType.CALL_ANSWERED:
         call.answered_at = _earliest(call.answered_at, at)
     if call.from_number is None and info.from_number:
@@ -292,7 +309,64 @@ def guard_recording(
     """Keep a live recording paused while the payment is open; True when it must be paused
     now. ``danger`` is :func:`judge_report`'s verdict; ``already_exposed`` says whether an
     exposure of this recording in this segment is open already."""
-    cause = f"{event.provider}:{event.type.value}"
+    return _keep_paused(
+        recording,
+        segment,
+        changes,
+        cause=f"{event.provider}:{event.type.value}",
+        reported=event.type,
+        at=event.occurred_at,
+        danger=danger,
+        already_exposed=already_exposed,
+    )
+
+
+def judge_joined(recording: RecordingSnap, segment: SegmentSnap) -> ExposureKind | None:
+    """Whether a live recording that has just been found to belong to the call (it was held
+    on a bridge or a channel not yet linked to the call) may have heard card details: it
+    may, once the IVR has been answered, unless recgate's pause of this segment covered it."""
+    if recording.confirmed_paused or not segment.answered:
+        return None
+    if recording.link is not None and recording.link.pause_sent_at is not None:
+        return None
+    return ExposureKind.LATE_RECORDING
+
+
+def guard_joined_recording(
+    recording: RecordingSnap,
+    segment: SegmentSnap,
+    changes: Changes,
+    *,
+    cause: str,
+    danger: ExposureKind | None,
+    already_exposed: bool,
+) -> bool:
+    """A live recording that joined the call during its open payment: paused at once, like a
+    recording that starts during the payment; True when it must be paused now. ``danger`` is
+    :func:`judge_joined`'s verdict."""
+    return _keep_paused(
+        recording,
+        segment,
+        changes,
+        cause=cause,
+        reported=None,
+        at=changes.now,
+        danger=danger,
+        already_exposed=already_exposed,
+    )
+
+
+def _keep_paused(
+    recording: RecordingSnap,
+    segment: SegmentSnap,
+    changes: Changes,
+    *,
+    cause: str,
+    reported: EventType | None,
+    at: datetime,
+    danger: ExposureKind | None,
+    already_exposed: bool,
+) -> bool:
     state = recording.state
     if danger == ExposureKind.UNEXPECTED_RESUME:
         # Whatever recgate confirmed before may predate this resume: it counts for nothing now.
@@ -300,14 +374,14 @@ def guard_recording(
             changes.recording_state(recording, _R.RECORDING, cause)
         if recording.link is not None and recording.link.paused_at is not None:
             changes.touch_link(recording, segment).paused_at = None
-    elif event.type == EventType.RECORDING_PAUSED and state in (_R.PENDING, _R.RECORDING):
+    elif reported == EventType.RECORDING_PAUSED and state in (_R.PENDING, _R.RECORDING):
         # The PBX's word, not a confirmation: recgate still sends its own pause.
         changes.recording_state(recording, _R.PAUSED, cause)
     if danger is not None:
         recording.quarantined = True
         changes.touch_recording(recording)
         if not already_exposed:
-            since = event.occurred_at
+            since = at
             if danger == ExposureKind.LATE_RECORDING and recording.started_at is not None:
                 since = recording.started_at
             floor = segment.paused_at or segment.opened_at
@@ -332,3 +406,126 @@ def guard_recording(
     segment.due_at = changes.now
     changes.touch_segment(segment)
     return True
+
+
+# ---- which call each event of a batch lands on ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KnownName:
+    """A name a provider gives calls by, as stored: the key of the call it stands for (the
+    name itself for a call's own key, another key for an alias), that call's start, and
+    whether the call only holds recordings of a container (an Asterisk bridge) that arrived
+    before the container was linked to its call (its key is their container's id)."""
+
+    key: str
+    started_at: datetime | None
+    container: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallMerge:
+    """A stored call found to be part of another (an agent's channel, a bridge recorded before
+    it was linked): its rows move to ``target`` and its key becomes an alias of it."""
+
+    index: int  # the event of the batch that showed it
+    source: tuple[str, str]  # (provider, key)
+    target: tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    keys: list[tuple[str, str]]  # per event, the (provider, key) of the call it lands on
+    merges: list[CallMerge]  # in the order the events showed them
+
+
+def _rank(container: bool, started_at: datetime | None) -> tuple[bool, int, float]:
+    # A call held under a container's name never keeps a conversation. A stored call with no
+    # date yet (a payment started before any event) counts as oldest: the IVR names it.
+    return (container, 0, 0.0) if started_at is None else (container, 1, started_at.timestamp())
+
+
+def plan_calls(events: Sequence[PbxEvent], known: Mapping[tuple[str, str], KnownName]) -> CallPlan:
+    """Which call each event lands on, in arrival order; ``known`` holds what is stored of the
+    names the events use (``via_alias`` names and aliases).
+
+    An event with no aliases lands on the call its name stands for (through an alias when it
+    is ``via_alias``), or on a new call of that key. An event with aliases says its name and
+    its aliases are one conversation. Of the calls they are the own keys of (and the event's
+    name, when it names nothing yet, dated by the event), the *oldest* is kept: the caller's,
+    whose channel came first, the way Asterisk names a conversation after its oldest channel
+    (``linkedid``); a call that only holds a container's early recordings is never kept. The
+    others are folded into it (:class:`CallMerge`), and every name becomes
+    an alias of it; an alias of another call moves over without taking that call with it (an
+    agent transferred, a bridge used again). When none of the names is a call's own key, the
+    event's name is an alias already, and the conversation is its call.
+    """
+    owner = {name: found.key for name, found in known.items()}
+    started: dict[tuple[str, str], datetime | None] = {}
+    held: set[tuple[str, str]] = set()  # calls named after a container
+    for (provider, _), found in known.items():
+        started[(provider, found.key)] = found.started_at
+        if found.container:
+            held.add((provider, found.key))
+    stored = set(started)
+    provisional: list[tuple[str, str]] = []
+    folded: list[tuple[int, tuple[str, str]]] = []
+
+    def dated(call: tuple[str, str], at: datetime) -> None:
+        current = started.get(call, at)
+        # An undated stored call stays undated: the oldest (see _rank).
+        if call not in started or (current is not None and at < current):
+            started[call] = at
+
+    for index, event in enumerate(events):
+        provider, name, at = event.provider, event.call.provider_call_id, event.occurred_at
+        if not event.aliases:
+            key = owner.get((provider, name), name) if event.call.via_alias else name
+            recording = event.recording
+            if (provider, key) not in owner and recording and recording.container_id == key:
+                held.add((provider, key))
+            owner.setdefault((provider, key), key)
+            dated((provider, key), at)
+            provisional.append((provider, key))
+            continue
+        names = list(dict.fromkeys((name, *event.aliases)))
+        own = [n for n in names if owner.get((provider, n)) == n]
+        if (provider, name) not in owner:
+            own.insert(0, name)
+            started[(provider, name)] = at
+        if own:
+            # min() keeps the first of equals: the event's own name wins a tie.
+            survivor = min(
+                own,
+                key=lambda n: _rank((provider, n) in held, started.get((provider, n))),
+            )
+        else:
+            survivor = owner[(provider, name)]
+        owner[(provider, survivor)] = survivor
+        for other in names:
+            if other == survivor:
+                continue
+            if owner.get((provider, other)) == other:
+                folded.append((index, (provider, other)))
+                for alias, key in owner.items():
+                    if key == other and alias[0] == provider:
+                        owner[alias] = survivor
+            owner[(provider, other)] = survivor
+        dated((provider, survivor), at)
+        provisional.append((provider, survivor))
+
+    def final(call: tuple[str, str]) -> tuple[str, str]:
+        provider, key = call
+        for _ in range(len(owner) + 1):
+            nxt = owner.get((provider, key), key)
+            if nxt == key:
+                break
+            key = nxt
+        return (provider, key)
+
+    merges = [
+        CallMerge(index, source, final(source))
+        for index, source in folded
+        if source in stored and final(source) != source
+    ]
+    return CallPlan([final(call) for call in provisional], merges)

@@ -1,27 +1,97 @@
 """Card-data scrubbing (SPEC §3.6).
 
-Card numbers (13–19 digits that pass the Luhn check, with or without spaces or dashes) and
-security codes written next to a card word are replaced by ``[REDACTED]`` before anything is
-stored or logged.
+What counts as card data:
+
+* A card number: 13–19 digits that pass the Luhn check. Text is normalised first: invisible
+  characters (zero-width spaces and joiners, other format characters) are removed, NFKC folds
+  fullwidth and other compatibility forms, and decimal digits of every script become ASCII, so
+  ``４１１１…`` and ``4111\\u200b1111…`` are the same number as ``4111111111111111``.
+  Digits split by spaces (any Unicode space), dashes or ``+`` count however they are grouped.
+  Digits split by a dot, slash or underscore count only in a card's own layout (4-4-4-4 with a
+  shorter or longer last group, Amex 4-6-5, Diners 4-6-4) and with a card issuer's prefix
+  (2221–2720, 3, 4, 5, 6): dates, amounts, IP addresses, version strings and timestamps are
+  written with those separators and must not add up to a card number. Digits inside a hex
+  identifier (a UUID, or 16 or more lower-case or 32 or more upper-case hex characters with a
+  letter among them, such as a Twilio SID) belong to the identifier: nobody writes a card
+  number into one by accident.
+* A security code: 3–4 digits next to a card word ("CVV 123", "security code: 999"), or the
+  value of a field named like one.
+
+Redacted text comes back in its normalised form; text with nothing to redact comes back as given.
+
+Known trade-off: a phone-number field (:func:`scrub_phone_number`) keeps a valid E.164 phone
+number verbatim even when its digits also pass Luhn, because subject-access searches need the
+real number. So a 13–15 digit card number that is also a valid phone number survives there (in
+free text the same digits are redacted).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from bisect import bisect_right
 from functools import lru_cache
 from typing import Any
 
+import phonenumbers
+
 REDACTED = "[REDACTED]"
 
-# A run of ASCII digits possibly broken by spaces or dashes ("4111 1111-1111 1111",
-# "4111 - 1111 - 1111 - 1111"); the length check and Luhn are applied to the digits alone.
-# [0-9] rather than \d: a Unicode digit next to a card number must not hide it.
-# Spaces, tabs, line breaks, dashes and '+' (a form-encoded space) all separate groups.
-_SEPARATOR = re.compile(r"[\s+-]+")
-_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[\s+-]{0,3}[0-9]){12,}(?![0-9])")
-# No legitimate value recgate stores is a run of this many digits: redact it outright rather
-# than search it, so a hostile payload cannot make the scrubber quadratic.
+# Invisible characters that would split a number in two without showing anything: every format
+# character (Unicode category Cf, checked by a test) and the other default-ignorable code points
+# (variation selectors, Hangul fillers, Mongolian selectors, tag characters).
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u17b4\u17b5"
+    "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
+    "\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]+"
+)
+# Decimal digits NFKC leaves alone (Arabic-Indic, Devanagari, Thai, …).
+_UNICODE_DIGIT = re.compile(r"(?![0-9])\d")
+# Combining marks on a digit ("4\u20e3" is a keycap 4) would hide it from the digit pattern.
+_MARK_AFTER_DIGIT = re.compile(
+    r"(?<=[0-9])[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+"
+)
+
+# Separators that may split a card number however it is grouped: spaces, tabs and line breaks
+# (every Unicode space), dashes, and '+' (a form-encoded space).
+_FREE_SEPARATORS = r"\s+\-\u2010-\u2015\u2212"
+# Separators that dates, amounts, addresses and versions use too: they only join groups laid
+# out like a card number.
+_STRICT_SEPARATOR_CHARS = "./_\u00b7\u2044\u2215"
+_STRICT_SEPARATORS = frozenset(_STRICT_SEPARATOR_CHARS)
+_SEPARATORS = _FREE_SEPARATORS + re.escape(_STRICT_SEPARATOR_CHARS)
+_GAP = re.compile(rf"[{_SEPARATORS}]+")
+_LEADING_SEPARATORS = re.compile(rf"[{_SEPARATORS}]*")
+# A run of digits broken by up to three separator characters at a time; the length check and
+# Luhn are applied to the digits alone.
+_DIGIT_RUN = re.compile(rf"(?<![0-9])[0-9](?:[{_SEPARATORS}]{{0,3}}[0-9]){{12,}}(?![0-9])")
+# No legitimate value recgate stores has this many digits split only by spaces or dashes, nor
+# this many in one run whatever splits it: redact such a run outright rather than search it, so
+# a hostile payload cannot make the scrubber slow.
 _LONGEST_SEARCHED_RUN = 64
+_LONGEST_SEARCHED_CHAIN = 1024
+# Group lengths of card numbers as people write them.
+_CARD_LAYOUTS = frozenset(
+    {(4, 4, 4, n) for n in range(1, 5)}
+    | {(4, 4, 4, 4, n) for n in range(1, 4)}
+    | {(4, 6, 4), (4, 6, 5)}
+)
+# Issuer prefixes: Mastercard 2221–2720, then 3 (Amex, Diners, JCB), 4 (Visa), 5, 6. Years
+# (19xx, 20xx) and most other numbers in a dotted or slashed list do not start like this.
+_CARD_PREFIX = re.compile(r"[3-6]|222[1-9]|22[3-9]|2[3-6]|27[01]|2720")
+# Identifiers written in hex (UUIDs, uuid4().hex, Twilio SIDs, hashes) are random: a run of
+# digits inside one is part of the identifier, not a card number (about one in 300 random UUIDs
+# would otherwise lose digits), and digits beside one do not run into it. Providers write them
+# in one case: lower-case hex from 16 characters (Twilio's "CA" + 32, rtpengine's 16-character
+# file suffix), upper-case from 32, and UUIDs in either. A mixed-case run such as
+# "CA4012888888881881" is no such identifier: its digits are read as a number.
+_HEX_ID = re.compile(
+    r"(?<![0-9a-fA-F])[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}(?![0-9a-fA-F])"
+    r"|(?<![0-9a-f])[0-9a-f]{16,}(?![0-9a-f])"
+    r"|(?<![0-9A-F])[0-9A-F]{32,}(?![0-9A-F])"
+)
+_HEX_LETTER = re.compile(r"[a-f]", re.IGNORECASE)
 _CARD_WORD = (
     r"cvv2?|cvc2?|cv2|cid|csc|cav2|security[ _-]?code|card[ _-]?verification"
     r"(?:[ _-]?(?:value|code|number))?|card[ _-]?security[ _-]?code"
@@ -54,6 +124,17 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _normalise(text: str) -> str:
+    """``text`` as the scrubber reads it: no invisible characters, NFKC, ASCII digits."""
+    if text.isascii():
+        return text  # already NFKC, and nothing in ASCII is invisible or a non-ASCII digit
+    text = unicodedata.normalize("NFKC", _INVISIBLE.sub("", text))
+    if text.isascii():
+        return text
+    text = _UNICODE_DIGIT.sub(lambda m: str(unicodedata.decimal(m.group())), text)
+    return _MARK_AFTER_DIGIT.sub("", text)
+
+
 def _has_card_window(digits: str) -> bool:
     """True when some 13-19 digit stretch of ``digits`` passes Luhn."""
     for length in range(19, 12, -1):
@@ -77,21 +158,78 @@ def _has_card_in_groups(groups: list[str]) -> bool:
     return False
 
 
-def _card_numbers(text: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        run = match.group(0)
-        groups = _SEPARATOR.split(run)
-        digits = "".join(groups)
-        if len(digits) > _LONGEST_SEARCHED_RUN:
-            return REDACTED
-        if len(digits) > 19:
-            # A longer run may hold a card number with other digits either side.
-            return REDACTED if _has_card_window(digits) else run
-        if luhn_ok(digits) or (len(groups) > 1 and _has_card_in_groups(groups)):
-            return REDACTED
-        return run
+def _has_card_in_layout(groups: list[str]) -> bool:
+    """True when consecutive groups are laid out like a card number ("4111.1111.1111.1111",
+    "3782/822463/10005"), start with an issuer's prefix and pass Luhn."""
+    for first, group in enumerate(groups):
+        if len(group) != 4 or not _CARD_PREFIX.match(group):
+            continue
+        layout: tuple[int, ...] = ()
+        for last in range(first, min(first + 5, len(groups))):
+            layout += (len(groups[last]),)
+            if layout in _CARD_LAYOUTS and luhn_ok("".join(groups[first : last + 1])):
+                return True
+    return False
 
-    return _DIGIT_RUN.sub(replace, text)
+
+def _has_card_in_piece(groups: list[str]) -> bool:
+    """The rule for digits split only by spaces, dashes or '+': any grouping counts."""
+    digits = "".join(groups)
+    if len(digits) < 13:
+        return False
+    if len(digits) > _LONGEST_SEARCHED_RUN:
+        return True
+    if len(digits) > 19:
+        # A longer run may hold a card number with other digits either side.
+        return _has_card_window(digits)
+    return luhn_ok(digits) or (len(groups) > 1 and _has_card_in_groups(groups))
+
+
+def _run_has_card(run: str) -> bool:
+    """True when a run matched by ``_DIGIT_RUN`` holds a card number."""
+    groups = _GAP.split(run)
+    if sum(map(len, groups)) > _LONGEST_SEARCHED_CHAIN:
+        return True
+    strict = False
+    piece_start = 0
+    # Pieces split only by spaces, dashes or '+' count however they are grouped; a dot, slash
+    # or underscore ends a piece, and only a card's own layout may cross it.
+    for end, gap in enumerate(_GAP.findall(run)):
+        if not _STRICT_SEPARATORS.isdisjoint(gap):
+            strict = True
+            if _has_card_in_piece(groups[piece_start : end + 1]):
+                return True
+            piece_start = end + 1
+    if _has_card_in_piece(groups[piece_start:]):
+        return True
+    return strict and _has_card_in_layout(groups)
+
+
+def _card_numbers(text: str) -> str:
+    if not any(_run_has_card(m.group(0)) for m in _DIGIT_RUN.finditer(text)):
+        return text
+    # Rarely reached: only now is it worth looking for hex identifiers.
+    masked = _mask_hex_ids(text)
+    cards = [m.span() for m in _DIGIT_RUN.finditer(masked) if _run_has_card(m.group(0))]
+    return _redact_spans(text, cards)
+
+
+def _mask_hex_ids(text: str) -> str:
+    """``text`` with each hex identifier overwritten by letters, so no digit run includes it."""
+
+    def mask(match: re.Match[str]) -> str:
+        hex_id = match.group(0)
+        # Decimal digits alone are no identifier of this kind: a card number is one of them.
+        return "x" * len(hex_id) if _HEX_LETTER.search(hex_id) else hex_id
+
+    return _HEX_ID.sub(mask, text)
+
+
+def _scrub_normalised(text: str) -> str:
+    # Card numbers first: a card word just before a card number must not take its first digits
+    # as a security code and leave the rest too short to be recognised.
+    text = _card_numbers(text)
+    return _SECURITY_CODE.sub(lambda m: m.group("word") + REDACTED, text)
 
 
 def _names_security_code(key: str) -> bool:
@@ -120,16 +258,128 @@ def _key_names_security_code(key: str) -> bool:
 
 
 def scrub_text(text: str) -> str:
-    """Return ``text`` with card numbers and labelled security codes redacted."""
+    """Return ``text`` with card numbers and labelled security codes redacted.
+
+    Where something is redacted the result is the normalised text (see the module docstring);
+    otherwise ``text`` itself is returned.
+    """
     if text.isascii():
         if _ASCII_DIGIT.search(text) is None:
             return text
-    elif not any(ch.isdigit() for ch in text):
-        return text
-    # Card numbers first: a card word just before a card number must not take its first digits
-    # as a security code and leave the rest too short to be recognised.
-    text = _card_numbers(text)
-    return _SECURITY_CODE.sub(lambda m: m.group("word") + REDACTED, text)
+        normal = text
+    else:
+        normal = _normalise(text)
+        if _ASCII_DIGIT.search(normal) is None:
+            return text
+    scrubbed = _scrub_normalised(normal)
+    return text if scrubbed == normal else scrubbed
+
+
+def has_card_number(text: str) -> bool:
+    """True when ``text`` holds a card number (security codes aside): an identifier such as
+    ``cid-1234`` names no card."""
+    normal = _normalise(text)
+    return _ASCII_DIGIT.search(normal) is not None and _card_numbers(normal) != normal
+
+
+def has_card_data(text: str) -> bool:
+    """True when ``text`` holds a card number or a labelled security code, i.e. when
+    :func:`scrub_text` would redact something. Used to refuse identifiers holding card data."""
+    normal = _normalise(text)
+    return _ASCII_DIGIT.search(normal) is not None and _scrub_normalised(normal) != normal
+
+
+def scrub_fields(*texts: str | None) -> tuple[str | None, ...]:
+    """Scrub fields that are written together (a hold's ``reference`` and ``note``), catching a
+    card number split between them. The digits that end one field and those that begin the next
+    are read as one number, split between two groups or inside one; when that number is laid
+    out like a card (4111 1111 | 1111 1111, 3782 822 | 463 10005) or is one undivided run
+    (41111111 | 11111111) and passes Luhn, the digits on both sides are redacted. Other layouts
+    do not count across the boundary, so dates or references either side of it do not add up.
+
+    ``None`` and empty fields are skipped, so the fields either side of them count as adjacent.
+    Each result is what :func:`scrub_text` would return, with the split digits redacted too.
+    """
+    normal = [_normalise(text) if text else text for text in texts]
+    scrubbed = [_scrub_normalised(n) if n and _ASCII_DIGIT.search(n) else n for n in normal]
+    between_groups = _split_card_spans(scrubbed, " ")
+    inside_a_group = _split_card_spans(scrubbed, "")
+    cuts = [_merged(a + b) for a, b in zip(between_groups, inside_a_group, strict=True)]
+    out: list[str | None] = []
+    for text, before, after, spans in zip(texts, normal, scrubbed, cuts, strict=True):
+        if after and spans:
+            after = _redact_spans(after, spans)
+        out.append(text if after == before else after)
+    return tuple(out)
+
+
+def _split_card_spans(fields: list[str | None], joiner: str) -> list[list[tuple[int, int]]]:
+    """For each field, the stretches of digits that belong to a card number continued in the
+    field before or after it, reading the fields joined by ``joiner``. The fields are already
+    scrubbed on their own, so what is found here needs digits from both sides."""
+    spans: list[list[tuple[int, int]]] = [[] for _ in fields]
+    cores: list[str] = []  # each field without separators at its ends
+    starts: list[int] = []  # where each core starts in the joined text
+    owners: list[tuple[int, int]] = []  # (field index, where the core starts in the field)
+    position = 0
+    for index, field in enumerate(fields):
+        if not field:
+            continue
+        lead = _leading_separators(field)
+        trail = _leading_separators(field[::-1])
+        core = field[lead : len(field) - trail]
+        if not core:
+            continue
+        if cores:
+            position += len(joiner)
+        cores.append(core)
+        starts.append(position)
+        owners.append((index, lead))
+        position += len(core)
+    if len(cores) < 2:
+        return spans
+    joined = _mask_hex_ids(joiner.join(cores))
+    for match in _DIGIT_RUN.finditer(joined):
+        first = bisect_right(starts, match.start()) - 1
+        last = bisect_right(starts, match.end() - 1) - 1
+        if first == last or not _split_run_has_card(match.group(0)):
+            continue
+        for k in range(first, last + 1):
+            index, lead = owners[k]
+            low = max(match.start(), starts[k]) - starts[k] + lead
+            high = min(match.end(), starts[k] + len(cores[k])) - starts[k] + lead
+            spans[index].append((low, high))
+    return spans
+
+
+def _split_run_has_card(run: str) -> bool:
+    groups = _GAP.split(run)
+    return (len(groups) == 1 and _has_card_in_piece(groups)) or _has_card_in_layout(groups)
+
+
+def _leading_separators(text: str) -> int:
+    match = _LEADING_SEPARATORS.match(text)
+    return match.end() if match else 0
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(spans):
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
+        else:
+            merged.append((low, high))
+    return merged
+
+
+def _redact_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    pieces: list[str] = []
+    done = 0
+    for low, high in spans:
+        pieces += [text[done:low], REDACTED]
+        done = high
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def scrub(value: Any, key: str | None = None) -> Any:
@@ -154,10 +404,21 @@ def scrub(value: Any, key: str | None = None) -> Any:
     return value
 
 
-_E164 = re.compile(r"^\+[1-9][0-9]{5,14}$")
+_E164 = re.compile(r"\+[1-9][0-9]{5,14}")
 
 
 def scrub_phone_number(number: str) -> str:
-    """A caller or callee number as stored: an E.164 number (at most 15 digits, so a PBX-labelled
-    phone number) is kept for subject-access searches; anything else is scrubbed like text."""
-    return number if _E164.match(number) else scrub_text(number)
+    """A caller or callee number as stored. A valid E.164 phone number is kept verbatim for
+    subject-access searches, even when its digits also pass Luhn (the trade-off in the module
+    docstring); anything else is scrubbed like text."""
+    scrubbed = scrub_text(number)
+    if scrubbed == number:
+        return number  # nothing card-like: no need to ask whether it is a real phone number
+    return number if _E164.fullmatch(number) and _is_valid_phone_number(number) else scrubbed
+
+
+def _is_valid_phone_number(number: str) -> bool:
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(number))
+    except phonenumbers.NumberParseException:
+        return False

@@ -15,7 +15,7 @@ Job = tuple[str, float, Callable[[], Awaitable[object]]]
 
 def service_jobs(services: Services) -> list[Job]:
     """What the service runs on its own, and how often (seconds)."""
-    return [
+    jobs: list[Job] = [
         # Due payment segments: resume retries (at least every 10 s, SPEC §3.1), background
         # re-pauses, and segments whose driver died. Each due segment is driven on its own.
         ("gate-upkeep", 1.0, services.gate.run_due),
@@ -25,6 +25,10 @@ def service_jobs(services: Services) -> list[Job]:
         # Several replicas may sweep at once: claims are leased rows, skipped when locked.
         ("retention-sweep", float(services.settings.sweep_interval_s), services.retention.sweep),
     ]
+    if services.spool is not None:
+        # rtpengine writes no notice of a finished file: its directory is read instead.
+        jobs.append(("rtpengine-spool", 5.0, services.spool.scan))
+    return jobs
 
 
 async def run_jobs(jobs: list[Job]) -> None:

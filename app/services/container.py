@@ -21,11 +21,13 @@ from app.services.metrics import Metrics
 from app.services.recordings import RecordingService
 from app.services.redaction import RedactionService
 from app.services.retention import RetentionService
+from app.services.spool import SpoolWatcher
 from app.services.tokens import TokenAuthenticator, TokenService
 from app.storage.db import Database, create_engine, session_factory
 from app.storage.media import build_media_store
 from app.telephony.base import RecordingController
 from app.telephony.registry import build_controllers
+from app.telephony.rtpengine import RtpengineSpoolController
 
 
 @dataclass
@@ -51,6 +53,8 @@ class Services:
     retention: RetentionService
     recordings: RecordingService
     redaction: RedactionService
+    # rtpengine's recording directory, when recgate is given it (RECGATE_RTPENGINE_RECORDING_DIR).
+    spool: SpoolWatcher | None = None
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock = utcnow) -> Services:
@@ -82,6 +86,11 @@ class Services:
             sessions, settings, clock, build_media_store(settings), controllers, tasks
         )
         audit = AuditService(sessions, clock)
+        intake = EventIntake(ingest, gate, media)
+        rtp = controllers.get("rtpengine")
+        spool = (
+            SpoolWatcher(rtp.spool, intake) if isinstance(rtp, RtpengineSpoolController) else None
+        )
         return cls(
             settings=settings,
             clock=clock,
@@ -94,7 +103,7 @@ class Services:
             tasks=tasks,
             gate=gate,
             ingest=ingest,
-            intake=EventIntake(ingest, gate, media),
+            intake=intake,
             media=media,
             tokens=TokenService(sessions, clock),
             auth=TokenAuthenticator(db),
@@ -106,6 +115,7 @@ class Services:
             ),
             recordings=RecordingService(sessions, clock, media.store, audit),
             redaction=RedactionService(sessions, settings, clock, media.store, audit),
+            spool=spool,
         )
 
     async def close(self) -> None:

@@ -72,6 +72,7 @@ from app.telephony.base import (
     RecordingGone,
     RecordingRef,
 )
+from app.telephony.registry import enabled_providers
 
 log = logging.getLogger("recgate.gating")
 
@@ -780,7 +781,7 @@ class PaymentGate:
         if controller is not None:
             return controller
         # Fail closed either way: the IVR must read "not safe", whatever the misconfiguration.
-        if provider in self.settings.enabled_providers:
+        if provider in enabled_providers(self.settings):
             raise ProviderControlMissing(
                 f"Recording control for {provider!r} is not configured: do not take card details.",
                 safe_to_collect=False,

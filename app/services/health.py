@@ -19,6 +19,7 @@ from app.storage.repositories import (
     SegmentRepository,
 )
 from app.telephony.base import RecordingController
+from app.telephony.registry import enabled_providers
 
 _DB_CHECK_TIMEOUT_S = 2.0
 
@@ -27,6 +28,22 @@ _DB_CHECK_TIMEOUT_S = 2.0
 class Readiness:
     status: str  # pass | warn | fail
     checks: dict[str, list[dict[str, Any]]]
+
+    def detailed(self) -> dict[str, Any]:
+        """The application/health+json document for operators: hosts, counts and messages."""
+        return {"status": self.status, "checks": self.checks}
+
+    def minimal(self) -> dict[str, Any]:
+        """The document for anyone else (load balancers, the internet): each check's name and
+        status only. Hosts, counts and messages tell an attacker what is behind the service
+        and when it is struggling."""
+        return {
+            "status": self.status,
+            "checks": {
+                name: [{"status": entry["status"]} for entry in entries]
+                for name, entries in self.checks.items()
+            },
+        }
 
 
 class HealthService:
@@ -63,10 +80,11 @@ class HealthService:
         checks["database:connection"] = [db]
         statuses.append(db["status"])
         entry: dict[str, Any]
-        if not self.settings.enabled_providers:
+        enabled = enabled_providers(self.settings)
+        if not enabled:
             checks["providers"] = [{"status": "warn", "output": "no telephony provider is enabled"}]
             statuses.append("warn")
-        for provider in self.settings.enabled_providers:
+        for provider in enabled:
             controller = self.controllers.get(provider)
             if controller is None:
                 entry = {

@@ -6,6 +6,10 @@ and written a whole batch at a time, so a busy contact centre costs a few statem
 batch rather than per event. Each webhook is answered only once its batch has committed:
 2xx still means "durably stored and applied". An event that cannot be applied does not take
 its batch down with it: the batch is then applied one event at a time.
+
+Where a provider names parts of one conversation apart (an Asterisk agent's channel, a
+bridge), the names are resolved in one statement per batch, and a call found to be part of
+another is folded into it before any event is applied (``call_facts.plan_calls``).
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ class _Batch:
     segments: dict[uuid.UUID, SegmentSnap] = field(default_factory=dict)
     recordings: dict[uuid.UUID, list[RecordingSnap]] = field(default_factory=dict)
     created_noted: set[uuid.UUID] = field(default_factory=set)
+    # By event: recordings that joined its call when another call was folded into it.
+    joined: dict[int, set[uuid.UUID]] = field(default_factory=dict)
 
 
 class IngestService:
@@ -190,46 +196,88 @@ class IngestService:
                 todo.append(index)
         if not todo:
             return results
-        keys: dict[int, tuple[str, str]] = {}
-        for index in todo:
-            event = items[index][0]
-            name = event.call.provider_call_id
-            if event.call.via_alias:
-                name = repo.resolve_alias(event.provider, name) or name
-            keys[index] = (event.provider, name)
-        calls = repo.upsert_calls(sorted(set(keys.values())), now)
+        events = [items[index][0] for index in todo]
+        plan = call_facts.plan_calls(events, self._known_names(repo, events))
+        keys = dict(zip(todo, plan.keys, strict=True))
+        # Calls folded into others are locked with the rest (keys in order), then folded
+        # before any event is applied: every event lands on the call it ends up on.
+        calls = repo.upsert_calls(sorted(set(plan.keys) | {m.source for m in plan.merges}), now)
         batch = _Batch(repo, Changes(now))
+        for merge in plan.merges:
+            source, target = calls.pop(merge.source), calls[merge.target]
+            moved = repo.merge_call(source, target, now)
+            log.info("%s call %s folded into call %s", source.provider, source.id, target.id)
+            batch.joined.setdefault(todo[merge.index], set()).update(moved)
+            if moved:
+                batch.changes.deadlines_for.add(target.id)  # its retention rules now
+            if source.has_call_exposure and not target.has_call_exposure:
+                target.has_call_exposure = True
+                batch.changes.touch_call(target)
         wanted = {
             calls[keys[i]].id
             for i in todo
             if not calls[keys[i]].created
             and (items[i][0].recording is not None or items[i][0].type == EventType.CALL_ENDED)
-        }
+        } | {calls[keys[i]].id for i in batch.joined}
         batch.segments = repo.open_segments(wanted)
         batch.recordings = repo.recordings_of(wanted, batch.segments)
         for call in calls.values():
             if call.created:
                 batch.recordings.setdefault(call.id, [])  # nothing to read for a new call
         for index in todo:
-            results[index] = self._apply(batch, calls[keys[index]], items[index][0])
+            event, call = items[index][0], calls[keys[index]]
+            # An event that names a part of the call (an agent's leg) says nothing of the
+            # call's start, answer or end.
+            whole = not event.call.via_alias or call.provider_call_id == event.call.provider_call_id
+            results[index] = self._apply(batch, call, event, whole, batch.joined.get(index))
         if batch.changes.deadlines_for:
             self._fill_deadlines(batch, calls)
         repo.write(batch.changes)
         return results
 
-    def _apply(self, batch: _Batch, call: CallSnap, event: PbxEvent) -> IngestResult:
+    @staticmethod
+    def _known_names(
+        repo: LiveCallRepository, events: list[PbxEvent]
+    ) -> dict[tuple[str, str], call_facts.KnownName]:
+        """What is stored of the names the events give calls by through aliases: one
+        statement per provider that uses aliases, none for the others."""
+        names: dict[str, set[str]] = {}
+        for event in events:
+            if event.call.via_alias or event.aliases:
+                wanted = names.setdefault(event.provider, set())
+                wanted.add(event.call.provider_call_id)
+                wanted.update(event.aliases)
+        return {
+            (provider, name): call_facts.KnownName(*found)
+            for provider in sorted(names)
+            for name, found in repo.resolve_names(provider, names[provider]).items()
+        }
+
+    def _apply(
+        self,
+        batch: _Batch,
+        call: CallSnap,
+        event: PbxEvent,
+        whole: bool = True,
+        joined: set[uuid.UUID] | None = None,
+    ) -> IngestResult:
         changes, repo = batch.changes, batch.repo
         exposures_before = len(changes.exposures)
         if call.created and call.id not in batch.created_noted:
             batch.created_noted.add(call.id)
             changes.call_created(call, f"{event.provider}:{event.type.value}")
         if event.aliases:
-            repo.add_aliases(call, event.aliases, changes.now)
-        call_facts.merge_call_facts(call, event, self.settings.service_areas, changes)
+            repo.add_aliases(call, (event.call.provider_call_id, *event.aliases), changes.now)
+        call_facts.merge_call_facts(
+            call, event, self.settings.service_areas, changes, whole_call=whole
+        )
         segment = batch.segments.get(call.id)
-        if event.type == EventType.CALL_ENDED:
+        if event.type == EventType.CALL_ENDED and whole:
             call_facts.end_call(call, self._recordings(batch, call), segment, event, changes)
         to_drive = media_ready = None
+        if joined and self._guard_joined(batch, call, joined, segment, event):
+            assert segment is not None
+            to_drive = segment.id
         if event.recording is not None:
             recording = self._recording(batch, call, event)
             if self._guard(repo, call, recording, segment, event, changes):
@@ -311,6 +359,41 @@ class IngestService:
             recording, segment, event, changes, danger=danger, already_exposed=exposed
         )
 
+    def _guard_joined(
+        self,
+        batch: _Batch,
+        call: CallSnap,
+        joined: set[uuid.UUID],
+        segment: SegmentSnap | None,
+        event: PbxEvent,
+    ) -> bool:
+        """Recordings that joined the call from a call folded into it are the call's like any
+        other: during its payment they are paused at once. True when the segment must be
+        driven now."""
+        if segment is None or not segment.protected:
+            return False
+        cause = f"{event.provider}:{event.type.value}"
+        drive = False
+        for recording in self._recordings(batch, call):
+            if recording.id not in joined or not recording.live:
+                continue
+            if call.has_call_exposure and not recording.quarantined:
+                windows = batch.repo.call_exposure_windows(call.id)
+                if call_facts.overlaps_call_exposure(recording, windows, self.skew):
+                    recording.quarantined = True
+                    batch.changes.touch_recording(recording)
+            danger = call_facts.judge_joined(recording, segment)
+            exposed = danger is not None and batch.repo.open_exposure(segment.id, recording.id)
+            drive |= call_facts.guard_joined_recording(
+                recording,
+                segment,
+                batch.changes,
+                cause=cause,
+                danger=danger,
+                already_exposed=exposed,
+            )
+        return drive
+
     def _fill_deadlines(self, batch: _Batch, calls: dict[tuple[str, str], CallSnap]) -> None:
         by_id = {call.id: call for call in calls.values()}
         due = [
@@ -339,7 +422,9 @@ class IngestService:
             stored = scrub_text(text)
         values = {
             "provider": provider,
-            "event_id": event_id and scrub_text(event_id)[:255],
+            # An id refused for its characters is kept escaped, so an operator sees what came.
+            "event_id": event_id
+            and scrub_text(event_id if event_id.isprintable() else ascii(event_id)[1:-1])[:255],
             "reason": scrub_text(reason)[:1000],
             "payload": stored,
             "received_at": self.clock(),

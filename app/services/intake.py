@@ -6,6 +6,7 @@ from typing import Any
 
 from app.domain.call_facts import MAX_FUTURE, from_the_future
 from app.domain.events import PbxEvent
+from app.domain.ids import event_problem, without_card_like_checksum
 from app.errors import MalformedInput
 from app.services.gating import PaymentGate
 from app.services.ingest import IngestResult, IngestService
@@ -24,16 +25,20 @@ class EventIntake:
     async def accept(self, event: PbxEvent, payload: dict[str, Any], raw: bytes) -> IngestResult:
         """Apply ``event``; :class:`MalformedInput` (dead-lettered) when it cannot be trusted.
 
-        An event dated more than a few minutes ahead of recgate's clock is refused: its date
-        would outrank every true report about the recording after it.
+        Refused: an event whose ids hold a card number or cannot be shown faithfully (nothing
+        of it is stored but the scrubbed dead letter), and one dated more than a few minutes
+        ahead of recgate's clock (its date would outrank every true report after it).
         """
-        if from_the_future(event, self.ingest.clock()):
+        reason = event_problem(event)
+        if reason is None and from_the_future(event, self.ingest.clock()):
             reason = (
                 f"occurred_at is more than {int(MAX_FUTURE.total_seconds() // 60)} minutes "
                 "ahead of recgate's clock"
             )
+        if reason is not None:
             await self.reject(event.provider, event.event_id, reason, raw)
             raise MalformedInput(reason)
+        event = without_card_like_checksum(event)
         result = await self.ingest.ingest(event, payload)
         if result.segment_to_drive is not None:
             # Keyed by recgate's own segment id: the event may have named the call by an alias.

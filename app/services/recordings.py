@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.domain.clock import Clock
-from app.domain.scrub import scrub_phone_number, scrub_text
-from app.errors import AppError, Conflict, Forbidden, NotFound
+from app.domain.scrub import scrub_fields, scrub_phone_number
+from app.errors import AppError, Conflict, Forbidden, MalformedInput, NotFound
 from app.services.audit import Actor, AuditService
 from app.storage.media import MediaMissing, MediaStore
 from app.storage.models import (
@@ -226,6 +226,11 @@ class RecordingService:
         caller: str | None = None,
     ) -> LegalHold:
         """A hold on one recording, or on every recording of a caller's number."""
+        if caller is not None and scrub_phone_number(caller) != caller:
+            # Stored scrubbed it would hold nothing the caller made, and every call whose
+            # number was redacted instead.
+            raise MalformedInput("caller is not a phone number recgate can match.")
+        reference, note = scrub_fields(reference, note)
         async with self.sessions() as session, session.begin():
             if recording_id is not None:
                 recording = await RecordingRepository(session).by_id(recording_id)
@@ -242,10 +247,10 @@ class RecordingService:
             hold = LegalHold(
                 id=uuid.uuid4(),
                 recording_id=recording_id,
-                caller=caller and scrub_phone_number(caller),
+                caller=caller,
                 reason=reason,
-                reference=reference and scrub_text(reference),
-                note=note and scrub_text(note),
+                reference=reference,
+                note=note,
                 placed_by=actor.name,
                 placed_at=self.clock(),
             )

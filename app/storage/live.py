@@ -108,7 +108,11 @@ class _Statements:
                 "live_version": calls.c.live_version + 1,
             },
         ).returning(*calls.c)
-        self.alias = insert(aliases).on_conflict_do_nothing(index_elements=["provider", "alias"])
+        alias_insert = insert(aliases)
+        # The latest link wins: a channel transferred, a bridge used again for the next call.
+        self.alias = alias_insert.on_conflict_do_update(
+            index_elements=["provider", "alias"], set_={"call_id": alias_insert.excluded.call_id}
+        )
         link_insert = insert(links)
         self.upsert_link = link_insert.on_conflict_do_update(
             index_elements=["segment_id", "recording_id"],
@@ -127,11 +131,70 @@ def _statements(conn: Connection) -> _Statements:
     return found
 
 
-_ALIAS = (
-    sa.select(Call.provider_call_id)
-    .join(CallAlias, CallAlias.call_id == Call.id)
-    .where(CallAlias.provider == sa.bindparam("provider"), CallAlias.alias == sa.bindparam("alias"))
+# Whether a call holds recordings under its own key as their container: a call made for a
+# bridge's recording that arrived before the bridge was linked to its call.
+_HELD = (
+    sa.exists()
+    .where(
+        recordings.c.call_id == calls.c.id,
+        recordings.c.provider_container_id == calls.c.provider_call_id,
+    )
+    .label("held")
 )
+# What each of some names stands for: the call it is an alias of, or the call it is the key of.
+_NAMES = sa.union_all(
+    sa.select(
+        aliases.c.alias.label("name"),
+        calls.c.provider_call_id.label("key"),
+        calls.c.started_at,
+        _HELD,
+        sa.literal(True).label("is_alias"),
+    )
+    .join_from(aliases, calls, aliases.c.call_id == calls.c.id)
+    .where(
+        aliases.c.provider == sa.bindparam("provider"),
+        aliases.c.alias.in_(sa.bindparam("names", expanding=True)),
+    ),
+    sa.select(
+        calls.c.provider_call_id.label("name"),
+        calls.c.provider_call_id.label("key"),
+        calls.c.started_at,
+        _HELD,
+        sa.literal(False).label("is_alias"),
+    ).where(
+        calls.c.provider == sa.bindparam("provider"),
+        calls.c.provider_call_id.in_(sa.bindparam("names", expanding=True)),
+    ),
+)
+# Folding one call into another (see LiveCallRepository.merge_call).
+_MOVE_RECORDINGS = (
+    recordings.update()
+    .where(recordings.c.call_id == sa.bindparam("source"))
+    .values(call_id=sa.bindparam("target"), updated_at=sa.bindparam("now"))
+    .returning(recordings.c.id)
+)
+_MOVE_SEGMENTS = (
+    segments.update()
+    .where(segments.c.call_id == sa.bindparam("source"))
+    .values(call_id=sa.bindparam("target"))
+)
+_MOVE_EXPOSURES = (
+    exposures.update()
+    .where(exposures.c.call_id == sa.bindparam("source"))
+    .values(call_id=sa.bindparam("target"))
+)
+# The call's own transitions stay as the record of the call that was folded.
+_MOVE_TRANSITIONS = (
+    transitions.update()
+    .where(transitions.c.call_id == sa.bindparam("source"), transitions.c.entity != "call")
+    .values(call_id=sa.bindparam("target"))
+)
+_MOVE_ALIASES = (
+    aliases.update()
+    .where(aliases.c.call_id == sa.bindparam("source"))
+    .values(call_id=sa.bindparam("target"))
+)
+_DELETE_CALL = calls.delete().where(calls.c.id == sa.bindparam("source"))
 # Lock the call for the transaction and bump its live version, in one statement.
 _CALL_BY_ID = (
     calls.update()
@@ -412,16 +475,38 @@ class LiveCallRepository:
         rows = self.conn.execute(sa.select(*_POLICY_ALL))
         return {row.service_area: Months(row.media_months, row.record_months) for row in rows}
 
-    def resolve_alias(self, provider: str, alias: str) -> str | None:
-        found: str | None = self.conn.execute(
-            _ALIAS, {"provider": provider, "alias": alias}
-        ).scalar_one_or_none()
+    def resolve_names(
+        self, provider: str, names: Iterable[str]
+    ) -> dict[str, tuple[str, datetime | None, bool]]:
+        """For each name that stands for a stored call (an alias, or a call's own key): that
+        call's key, its start, and whether it holds a container's recordings under the
+        container's own name; in one statement."""
+        params = {"provider": provider, "names": sorted(set(names))}
+        found: dict[str, tuple[str, datetime | None, bool]] = {}
+        for row in self.conn.execute(_NAMES, params):
+            if row.is_alias or row.name not in found:
+                found[row.name] = (row.key, row.started_at, bool(row.held))
         return found
 
+    def merge_call(self, source: CallSnap, target: CallSnap, now: datetime) -> set[uuid.UUID]:
+        """Fold ``source`` into ``target`` (both locked by this transaction): its recordings,
+        payment segments, exposures and aliases move over, its key becomes an alias of
+        ``target``, and the call itself goes. The ids of the recordings that moved."""
+        params = {"source": source.id, "target": target.id, "now": now}
+        moved = set(self.conn.execute(_MOVE_RECORDINGS, params).scalars())
+        for statement in (_MOVE_SEGMENTS, _MOVE_EXPOSURES, _MOVE_TRANSITIONS, _MOVE_ALIASES):
+            self.conn.execute(statement, params)
+        self.add_aliases(target, (source.provider_call_id,), now)
+        self.conn.execute(_DELETE_CALL, params)
+        self._loaded.pop(("call", source.id), None)
+        return moved
+
     def add_aliases(self, call: CallSnap, names: Iterable[str], now: datetime) -> None:
+        """``names`` stand for ``call`` from now on, whatever call they stood for before."""
         rows = [
             {"provider": call.provider, "alias": name, "call_id": call.id, "created_at": now}
-            for name in names
+            # Once each: PostgreSQL refuses to update one row twice in one statement.
+            for name in dict.fromkeys(names)
             if name != call.provider_call_id
         ]
         if rows:

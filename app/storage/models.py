@@ -132,6 +132,8 @@ class Recording(Base):
     media_size: Mapped[int | None] = mapped_column(sa.BigInteger)
     media_fetched_at: Mapped[datetime | None]
     media_fetch_attempts: Mapped[int] = mapped_column(default=0)
+    # After a failed copy, not before this (backoff); None: at the media job's next turn.
+    media_fetch_next_at: Mapped[datetime | None]
     quarantined: Mapped[bool] = mapped_column(default=False)
     retention_until: Mapped[datetime | None] = mapped_column(index=True)
     deleted_at: Mapped[datetime | None]

@@ -78,9 +78,22 @@ class RecordingRepository:
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def media_fetch_due(
-        self, providers: Sequence[str], max_attempts: int, limit: int = 50
+        self,
+        providers: Sequence[str],
+        max_attempts: int,
+        limit: int = 50,
+        *,
+        now: datetime | None = None,
     ) -> Sequence[uuid.UUID]:
-        """Recordings whose media the provider holds but recgate has not copied yet."""
+        """Recordings whose media the provider holds but recgate has not copied yet (and,
+        given ``now``, whose backoff after a failed copy has run out)."""
+        backoff_over = (
+            sa.true()
+            if now is None
+            else sa.or_(
+                Recording.media_fetch_next_at.is_(None), Recording.media_fetch_next_at <= now
+            )
+        )
         stmt = (
             sa.select(Recording.id)
             .join(Call, Call.id == Recording.call_id)
@@ -90,6 +103,7 @@ class RecordingRepository:
                 Recording.media_url.is_not(None),
                 Recording.media_path.is_(None),
                 Recording.media_fetch_attempts < max_attempts,
+                backoff_over,
             )
             .order_by(Recording.completed_at)
             .limit(limit)

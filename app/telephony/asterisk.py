@@ -5,14 +5,28 @@ Configuration: ``RECGATE_ARI_URL`` is the ARI base *including* ``/ari``, e.g.
 ``ari.conf`` user (HTTP Basic). The event WebSocket is derived from the same base:
 ``ws(s)://host:port/ari/events?app=RECGATE_ARI_APP``.
 
-Events. A call is keyed by the caller's channel id (the channel of ``StasisStart``; the IVR
-uses that id as ``provider_call_id``). Recordings are ARI *live recordings*, named by
-``LiveRecording.name``, on a channel (``target_uri`` ``channel:<id>``) or a bridge
-(``bridge:<id>``). A bridge is linked to the call of the first channel that enters it
-(``ChannelEnteredBridge``, or ``BridgeCreated`` with exactly one channel in it), so a bridge
-recording lands on the caller's call. ARI events carry no id of their own: recgate's event id
-is built from the event type, the object it is about and ARI's timestamp, so the same event
-relayed twice, or received both relayed and over the WebSocket, is stored once.
+Events. A call is one conversation, keyed by the caller's channel id (the channel of
+``StasisStart``; the IVR uses that id as ``provider_call_id``). An agent's channel is a *leg*
+of the caller's call: its id becomes an alias of the call (``CALL_LINKED``), so its events and
+recordings land there, and it never starts, answers or ends a call of its own. Two things make
+a channel a leg:
+
+- its ``linkedid`` at ``StasisStart`` names another channel: Asterisk gives a channel dialled
+  or originated for another (``originator``) that channel's ``linkedid``. Stock ARI does not put
+  ``linkedid`` in its Channel model; ``channelvars = CHANNEL(linkedid)`` in ``ari.conf``
+  adds it (``channel.channelvars["CHANNEL(linkedid)"]``), and a top-level ``linkedid`` is read
+  too. Only ``StasisStart``'s is used: Asterisk rewrites ``linkedid`` whenever a bridge joins
+  channels of two conversations, so later values can name an earlier caller of the agent.
+- it shares a mixing bridge with the caller (``ChannelEnteredBridge``, ``BridgeCreated``): the
+  event names every channel in the bridge and the bridge (``bridge:<id>``); ingest makes them
+  one call, kept under the oldest of their calls (the caller's, who was there first). Holding
+  bridges (callers waiting apart) link nothing.
+
+Recordings are ARI *live recordings*, named by ``LiveRecording.name``, on a channel
+(``target_uri`` ``channel:<id>``) or a bridge (``bridge:<id>``): each lands on the call its
+channel or bridge belongs to. ARI events carry no id of their own: recgate's event id is built
+from the event type, the object it is about and ARI's timestamp, so the same event relayed
+twice, or received both relayed and over the WebSocket, is stored once.
 
 Control (ARI ``recordings.json``, ``res_stasis_recording.c``): ``POST
 /recordings/live/{name}/mute`` (behaviour ``silence``: silence is written, the timeline kept) or
@@ -26,16 +40,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.config import Settings
+from app.domain.clock import Clock
 from app.domain.events import CallInfo, EventType, PbxEvent, RecordingInfo
+from app.domain.payloads import MalformedJson, load_json
 from app.domain.states import PauseBehavior
 from app.telephony.base import (
     ConfirmedState,
@@ -47,12 +63,23 @@ from app.telephony.base import (
     RecordingController,
     RecordingGone,
     RecordingRef,
+    status_error,
     stream_http_media,
+)
+from app.telephony.provider import (
+    Accepted,
+    IncomingWebhook,
+    Provider,
+    WebhookMalformed,
+    WebhookRoute,
+    signed,
 )
 
 PROVIDER = "asterisk"
 BRIDGE_PREFIX = "bridge:"
 CHANNEL_PREFIX = "channel:"
+# The ari.conf ``channelvars`` entry that puts a channel's linkedid in every Channel object.
+LINKEDID_VAR = "CHANNEL(linkedid)"
 _MAX_ID = 255
 _REMEMBERED_MAX = 10_000
 
@@ -78,14 +105,34 @@ class _Dialplan(_Model):
 
 class _Channel(_Model):
     id: str = Field(min_length=1, max_length=_MAX_ID)
+    # Not in stock ARI's Channel model; read where a relay or a later release puts it.
+    linkedid: str | None = Field(default=None, max_length=_MAX_ID)
     state: str | None = None
     caller: _CallerId | None = None
     dialplan: _Dialplan | None = None
+    # ari.conf ``channelvars``: variables (and functions) ARI adds to every Channel object.
+    channelvars: dict[str, Any] | None = None
+
+    def conversation(self) -> str:
+        """The channel's ``linkedid`` (the oldest channel of its conversation), else itself."""
+        found = self.linkedid
+        if not found and self.channelvars:
+            var = self.channelvars.get(LINKEDID_VAR)
+            found = var if isinstance(var, str) and len(var) <= _MAX_ID else None
+        return found or self.id
 
 
 class _Bridge(_Model):
     id: str = Field(min_length=1, max_length=_MAX_ID - len(BRIDGE_PREFIX))
-    channels: list[str] = Field(default_factory=list)
+    # "mixing" or "holding" (bridges.json); a holding bridge keeps its channels apart.
+    bridge_type: str | None = Field(default=None, max_length=64)
+    channels: list[Annotated[str, Field(min_length=1, max_length=_MAX_ID)]] = Field(
+        default_factory=list
+    )
+
+    @property
+    def mixing(self) -> bool:
+        return self.bridge_type != "holding"
 
 
 class _LiveRecording(_Model):
@@ -143,9 +190,9 @@ _HANDLED = frozenset(
 def parse_body(body: bytes) -> dict[str, Any]:
     """The raw body of a relayed event as a JSON object; :class:`MalformedEvent` otherwise."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedEvent("body is not JSON") from exc
+        data = load_json(body)
+    except MalformedJson as exc:
+        raise MalformedEvent(str(exc)) from exc
     if not isinstance(data, dict):
         raise MalformedEvent("body is not a JSON object")
     return data
@@ -224,6 +271,10 @@ class _Stamp:
 def _map(kind: str, data: dict[str, Any], stamp: _Stamp, ari_url: str | None) -> PbxEvent | None:
     if kind == "StasisStart":
         channel = _ChannelEvent.model_validate(data).channel
+        conversation = channel.conversation()
+        if conversation != channel.id:
+            # Dialled or originated for another channel: a leg of that channel's call.
+            return _link(stamp, conversation, (channel.id,), channel.id)
         return _call_event(
             stamp,
             EventType.CALL_STARTED,
@@ -233,38 +284,46 @@ def _map(kind: str, data: dict[str, Any], stamp: _Stamp, ari_url: str | None) ->
                 from_number=(channel.caller.number or None) if channel.caller else None,
                 to_number=(channel.dialplan.exten or None) if channel.dialplan else None,
                 direction="inbound",
+                # A channel already found to be a leg (in a bridge with the caller) stays one.
+                via_alias=True,
             ),
         )
     if kind == "ChannelStateChange":
         channel = _ChannelEvent.model_validate(data).channel
         if channel.state != "Up":
             return None
-        return _call_event(stamp, EventType.CALL_ANSWERED, channel.id, CallInfo(channel.id))
+        return _call_event(
+            stamp, EventType.CALL_ANSWERED, channel.id, CallInfo(channel.id, via_alias=True)
+        )
     if kind == "ChannelDestroyed":
         destroyed = _ChannelDestroyedEvent.model_validate(data)
         extras = {"cause": str(destroyed.cause)} if destroyed.cause is not None else {}
         if destroyed.cause_txt:
             extras["cause_txt"] = destroyed.cause_txt
+        # Resolved like every channel: an agent hanging up ends its leg, not the caller's call.
         return _call_event(
             stamp,
             EventType.CALL_ENDED,
             destroyed.channel.id,
-            CallInfo(destroyed.channel.id),
+            CallInfo(destroyed.channel.id, via_alias=True),
             extras=extras,
         )
     if kind == "ChannelEnteredBridge":
         entered = _EnteredBridgeEvent.model_validate(data)
-        if entered.channel is None:
+        if entered.channel is None or not entered.bridge.mixing:
             return None
-        return _link(stamp, entered.channel.id, entered.bridge.id)
+        channel, bridge = entered.channel, entered.bridge
+        alias = BRIDGE_PREFIX + bridge.id
+        return _link(stamp, channel.id, (alias, *bridge.channels), channel.id, alias)
     if kind == "BridgeCreated":
         bridge = _BridgeEvent.model_validate(data).bridge
-        # An application creates a bridge empty and adds channels later (ChannelEnteredBridge
-        # links it then). With several channels already in it, which one is the caller is not
-        # for a stateless parser to guess.
-        if len(bridge.channels) != 1:
+        # An application creates a bridge empty and adds channels later; channels already in
+        # it enter it too. Either way ChannelEnteredBridge links them, naming every channel in
+        # the bridge; a bridge created around one channel is linked to it at once.
+        if len(bridge.channels) != 1 or not bridge.mixing:
             return None
-        return _link(stamp, bridge.channels[0], bridge.id)
+        alias = BRIDGE_PREFIX + bridge.id
+        return _link(stamp, bridge.channels[0], (alias,), bridge.channels[0], alias)
     return _recording_event(kind, _RecordingEvent.model_validate(data).recording, stamp, ari_url)
 
 
@@ -285,15 +344,19 @@ def _call_event(
     )
 
 
-def _link(stamp: _Stamp, channel_id: str, bridge_id: str) -> PbxEvent:
-    alias = BRIDGE_PREFIX + bridge_id
+def _link(stamp: _Stamp, call_key: str, names: Iterable[str], *objects: str) -> PbxEvent:
+    """``call_key`` and ``names`` (channels, ``bridge:<id>``) are one conversation from now on.
+
+    Which of their calls it is kept under is for ingest to decide (see
+    :func:`app.domain.call_facts.plan_calls`); every other name becomes an alias of it.
+    """
     return PbxEvent(
         provider=PROVIDER,
-        event_id=stamp.event_id(channel_id, alias),
+        event_id=stamp.event_id(*objects),
         type=EventType.CALL_LINKED,
         occurred_at=stamp.at(),
-        call=CallInfo(channel_id),
-        aliases=(alias,),
+        call=CallInfo(call_key, via_alias=True),
+        aliases=tuple(dict.fromkeys(name for name in names if name != call_key)),
     )
 
 
@@ -310,7 +373,8 @@ def _recording_event(
     if target.startswith(CHANNEL_PREFIX):
         call_key = target.removeprefix(CHANNEL_PREFIX)
     elif target.startswith(BRIDGE_PREFIX):
-        # Resolved by ingest to the call the bridge was linked to.
+        # Resolved by ingest to the call the bridge is linked to; until the link arrives the
+        # recording is held on a call named by the bridge, which the link then joins to it.
         call_key = container = target
     else:
         # A recording recgate cannot place on a call is not something to drop quietly.
@@ -343,7 +407,8 @@ def _recording_event(
         event_id=stamp.event_id(recording.name),
         type=event_type,
         occurred_at=stamp.at(),
-        call=CallInfo(call_key, via_alias=container is not None),
+        # Either way a name to resolve: an agent's channel is a leg of the caller's call.
+        call=CallInfo(call_key, via_alias=True),
         recording=RecordingInfo(
             provider_recording_id=recording.name,
             media_url=media_url,
@@ -449,10 +514,8 @@ class AsteriskController(RecordingController, MediaSource):
                 # "Recording not in session": still queued (or just finishing). Retryable: it
                 # goes live (then 204) or away (then 404) within moments.
                 raise ProviderUnavailable(f"{what}: recording not in session (409)")
-            if status == 429 or status >= 500:
-                raise ProviderUnavailable(f"{what}: HTTP {status}")
             if status not in (200, 204):
-                raise ProviderRejected(f"{what}: HTTP {status}")
+                raise status_error(status, what)
         return ControlOutcome(name, confirms)
 
     async def _request(self, method: str, url: str) -> httpx.Response:
@@ -474,9 +537,7 @@ class AsteriskController(RecordingController, MediaSource):
         response = await self._request("DELETE", url)
         if response.status_code in (200, 204, 404):
             return
-        if response.status_code == 429 or response.status_code >= 500:
-            raise ProviderUnavailable(f"ARI delete: HTTP {response.status_code}")
-        raise ProviderRejected(f"ARI delete: HTTP {response.status_code}")
+        raise status_error(response.status_code, "ARI delete")
 
     def describe(self) -> str:
         return f"asterisk ARI at {httpx.URL(self.ari_url).host}"
@@ -529,3 +590,46 @@ def _outcomes(
     if gone and len(gone) == len(names):
         raise gone[0]
     return outcomes
+
+
+# ---- the provider ----------------------------------------------------------------------------
+
+
+def _accept_relayed(incoming: IncomingWebhook, settings: Settings) -> Accepted:
+    event_id = signed(settings.webhook_key("asterisk"), incoming, settings)
+    try:
+        payload = parse_body(incoming.body)
+        event = parse_event(payload, now=incoming.now, ari_url=settings.ari_url)
+    except MalformedEvent as exc:
+        raise WebhookMalformed(str(exc), event_id=event_id, stored=incoming.body) from exc
+    # None: events recgate does not map (DTMF digits among them) stay out of the inbox.
+    return Accepted(event, payload, incoming.body)
+
+
+def _controller(
+    settings: Settings, client: httpx.AsyncClient, _clock: Clock
+) -> RecordingController | None:
+    # Without credentials there is no controller: payments on Asterisk calls then fail closed
+    # as "control not configured" rather than as a string of 401s.
+    if not settings.ari_url or not settings.ari_user or settings.ari_password is None:
+        return None
+    return AsteriskController(
+        client, settings.ari_url, settings.ari_user, settings.ari_password.get_secret_value()
+    )
+
+
+ADAPTER = Provider(
+    name="asterisk",
+    configured=lambda settings: bool(settings.ari_url),
+    controller=_controller,
+    webhooks=(
+        WebhookRoute(
+            "asterisk",
+            "One ARI event object, relayed by the call-control application and signed like "
+            "generic webhooks, with RECGATE_ASTERISK_WEBHOOK_SECRET. Its id is built from the "
+            "ARI event itself, so an event relayed twice, or also consumed from the ARI "
+            "WebSocket, is applied once.",
+            _accept_relayed,
+        ),
+    ),
+)

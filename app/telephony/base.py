@@ -45,6 +45,15 @@ class ProviderRejected(ProviderError):
     """The provider refused the command: retrying will not help."""
 
 
+def status_error(status: int, what: str, detail: str = "") -> ProviderError:
+    """The error an unexpected HTTP answer stands for, the same for every provider: 429 and
+    5xx are worth retrying (:class:`ProviderUnavailable`), anything else is a refusal."""
+    message = f"{what}: HTTP {status}{detail}"
+    if status == 429 or status >= 500:
+        return ProviderUnavailable(message)
+    return ProviderRejected(message)
+
+
 class RecordingGone(ProviderError):
     """The recording (or call) no longer exists on the provider: nothing is being recorded."""
 
@@ -122,10 +131,8 @@ async def stream_http_media(
         ) as response:
             if response.status_code == 404:
                 raise RecordingGone(f"{provider} media not found")
-            if response.status_code == 429 or response.status_code >= 500:
-                raise ProviderUnavailable(f"{provider} media: HTTP {response.status_code}")
             if response.status_code != 200:
-                raise ProviderRejected(f"{provider} media: HTTP {response.status_code}")
+                raise status_error(response.status_code, f"{provider} media")
             async for chunk in response.aiter_bytes():
                 yield chunk
     except httpx.HTTPError as exc:

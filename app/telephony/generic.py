@@ -1,14 +1,25 @@
 """The generic provider: any PBX that speaks recgate's signed JSON contract (SPEC §3.2, §4).
 
 Inbound: one JSON event per webhook, signed per Standard Webhooks v1.
-Outbound: ``POST {control_url}/calls/{call_id}/recording/pause|resume``, signed the same way,
-answered ``200 {"state": "paused" | "recording" | "not_recording"}``. Any other answer, a 404
+Outbound: ``POST {control_url}/calls/{call_id}/recording/pause|resume``, signed the same way.
+The signed body names the call, the action and a command id used once (also the
+``webhook-id``): ``{"call_id", "action", "command_id", "behavior"?}``, so a captured command is
+valid for no other call, action or moment; the PBX should check the first two against the URL
+and refuse a command id it has seen. Answered ``200 {"state": "paused" | "recording" | "not_recording"}``. Any other answer, a 404
 included (a wrong control path looks just like an unknown call), is not a confirmation.
+
+Media: with ``RECGATE_GENERIC_MEDIA_HOSTS`` set, ``recording.media_url`` is copied with a plain
+GET, only from the listed hosts (https; http only for an entry written ``http://``), never
+following a redirect and never with credentials in the URL. The contract has no delete call:
+the PBX expires its own copy.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -16,22 +27,42 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.config import MediaOrigin, Settings
 from app.domain.clock import Clock
 from app.domain.events import CallInfo, EventType, PbxEvent, RecordingInfo
+from app.domain.payloads import MalformedJson, load_json
 from app.domain.states import PauseBehavior
 from app.telephony.base import (
     ConfirmedState,
     ControlOutcome,
     ControlTarget,
+    MediaSource,
     ProviderRejected,
     ProviderUnavailable,
     RecordingController,
+    status_error,
+    stream_http_media,
+)
+from app.telephony.provider import (
+    Accepted,
+    IncomingWebhook,
+    Provider,
+    WebhookMalformed,
+    WebhookRoute,
+    signed,
 )
 from app.telephony.signing import signed_headers
+
+log = logging.getLogger("recgate.generic")
 
 
 class MalformedEvent(ValueError):
     """A signed payload that is not a valid event; the message is safe to store and show."""
+
+
+class MediaUrlRefused(ProviderRejected):
+    """A media URL recgate will not fetch: not an allowed host, scheme or port, or carrying
+    credentials. Permanent for the recording; no request was made."""
 
 
 class _CallBody(BaseModel):
@@ -68,9 +99,9 @@ def parse_event(provider: str, event_id: str, body: bytes) -> tuple[PbxEvent, di
     """Parse a generic-contract event body into the event and the JSON it came in; raise
     :class:`MalformedEvent` when it is not one."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedEvent("body is not JSON") from exc
+        data = load_json(body)
+    except MalformedJson as exc:
+        raise MalformedEvent(str(exc)) from exc
     try:
         parsed = _EventBody.model_validate(data)
     except ValidationError as exc:
@@ -145,17 +176,22 @@ class GenericController(RecordingController):
         url = (
             f"{self.control_url}/calls/{quote(target.provider_call_id, safe='')}/recording/{action}"
         )
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        headers = signed_headers(self.key, body, self.clock())
+        command_id = f"cmd_{uuid.uuid4().hex}"
+        signed = {
+            "call_id": target.provider_call_id,
+            "action": action,
+            "command_id": command_id,
+            **payload,
+        }
+        body = json.dumps(signed, separators=(",", ":")).encode()
+        headers = signed_headers(self.key, body, self.clock(), command_id)
         headers["content-type"] = "application/json"
         try:
             response = await self.client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise ProviderUnavailable(f"generic control {action}: {type(exc).__name__}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise ProviderUnavailable(f"generic control {action}: HTTP {response.status_code}")
         if response.status_code != 200:
-            raise ProviderRejected(f"generic control {action}: HTTP {response.status_code}")
+            raise status_error(response.status_code, f"generic control {action}")
         try:
             state = _STATES[str(response.json()["state"])]
         except (ValueError, KeyError, TypeError) as exc:
@@ -168,3 +204,99 @@ class GenericController(RecordingController):
 
     def describe(self) -> str:
         return f"generic control at {httpx.URL(self.control_url).host}"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# The generic contract names no credentials for media; a URL the PBX signs carries its own.
+_NO_AUTH = httpx.Auth()
+
+
+class GenericMediaController(GenericController, MediaSource):
+    """Generic control plus media copies from the hosts the operator allows (no SSRF: the
+    PBX's event picks the URL, so only the configured origins are ever requested)."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        control_url: str,
+        key: bytes,
+        clock: Clock,
+        media_origins: frozenset[MediaOrigin],
+    ) -> None:
+        super().__init__(client, control_url, key, clock)
+        self.media_origins = media_origins
+
+    def media_request_url(self, media_url: str) -> str:
+        """The URL to GET for ``media_url``; :class:`MediaUrlRefused` unless its scheme, host
+        and port are an allowed origin and it carries no userinfo. Hosts are compared by name
+        as configured: nothing is resolved here."""
+        try:
+            url = httpx.URL(media_url)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise MediaUrlRefused("generic media URL does not parse") from exc
+        if url.userinfo:
+            raise MediaUrlRefused("generic media URL carries credentials")
+        if url.scheme not in _DEFAULT_PORTS:
+            raise MediaUrlRefused(f"generic media URL scheme {url.scheme!r} is not http(s)")
+        origin = (url.scheme, url.host, url.port or _DEFAULT_PORTS[url.scheme])
+        if origin not in self.media_origins:
+            raise MediaUrlRefused(
+                f"generic media origin {url.scheme}://{url.host!r}:{origin[2]} is not in "
+                "RECGATE_GENERIC_MEDIA_HOSTS"
+            )
+        return str(url.copy_with(fragment=None))
+
+    async def fetch_media(self, media_url: str) -> AsyncIterator[bytes]:
+        """Stream the PBX's media; refused before any request unless the URL is allowed."""
+        url = self.media_request_url(media_url)
+        async for chunk in stream_http_media(
+            self.client, url, _NO_AUTH, "generic", follow_redirects=False
+        ):
+            yield chunk
+
+    async def delete_media(self, provider_recording_id: str) -> None:
+        """Nothing to call: the generic contract has no delete. The PBX keeps its copy until
+        its own expiry; recgate deletes only the copy it holds."""
+        log.info(
+            "generic PBX copy of recording %r left to the PBX: the contract has no delete call",
+            provider_recording_id,
+        )
+
+
+# ---- the provider ----------------------------------------------------------------------------
+
+
+def signed_event_route(provider: str, summary: str) -> WebhookRoute:
+    """``/v1/webhooks/{provider}``: one generic-contract event, signed with the route's own key
+    (``Settings.webhook_key``)."""
+
+    def accept(incoming: IncomingWebhook, settings: Settings) -> Accepted:
+        event_id = signed(settings.webhook_key(provider), incoming, settings)
+        try:
+            event, data = parse_event(provider, event_id, incoming.body)
+        except MalformedEvent as exc:
+            raise WebhookMalformed(str(exc), event_id=event_id, stored=incoming.body) from exc
+        return Accepted(event, data, incoming.body)
+
+    return WebhookRoute(provider, summary, accept)
+
+
+def _controller(
+    settings: Settings, client: httpx.AsyncClient, clock: Clock
+) -> RecordingController | None:
+    key = settings.generic_secret_key
+    if key is None or not settings.generic_control_url:
+        return None
+    origins = settings.generic_media_origins
+    # Without allowed media hosts generic media is not copied at all (not a MediaSource).
+    if origins:
+        return GenericMediaController(client, settings.generic_control_url, key, clock, origins)
+    return GenericController(client, settings.generic_control_url, key, clock)
+
+
+ADAPTER = Provider(
+    name="generic",
+    configured=lambda settings: settings.generic_webhook_secret is not None,
+    controller=_controller,
+    webhooks=(signed_event_route("generic", "A generic PBX's signed event (SPEC §3.2)."),),
+)

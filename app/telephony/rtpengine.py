@@ -20,26 +20,43 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import itertools
+import json
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import httpx
+
+from app.config import Settings
+from app.domain.clock import Clock
 from app.domain.events import CallInfo, EventType, PbxEvent, RecordingInfo
 from app.domain.states import PauseBehavior
-from app.telephony import bencode
+from app.telephony import bencode, sipproxy
 from app.telephony.base import (
     ConfirmedState,
     ControlOutcome,
     ControlTarget,
+    MediaSource,
     ProviderRejected,
     ProviderUnavailable,
     RecordingController,
     RecordingGone,
 )
+from app.telephony.provider import (
+    Accepted,
+    IncomingWebhook,
+    Provider,
+    WebhookMalformed,
+    WebhookNotEnabled,
+    WebhookRefused,
+    WebhookRoute,
+)
+from app.telephony.rtpengine_spool import RecordingSpool
 
 log = logging.getLogger("recgate.rtpengine")
 
@@ -419,3 +436,80 @@ def parse_notification(headers: Mapping[str, str], now: datetime) -> Notificatio
         extras=extras,
     )
     return Notification(event=event, payload=lowered)
+
+
+class RtpengineSpoolController(RtpengineController, MediaSource):
+    """rtpengine control, plus the media of the files in its recording directory."""
+
+    def __init__(
+        self, client: NgClient, spool: RecordingSpool, *, block_dtmf: bool, timeout_s: float
+    ) -> None:
+        super().__init__(client, block_dtmf=block_dtmf, timeout_s=timeout_s)
+        self.spool = spool
+
+    def fetch_media(self, media_url: str) -> AsyncIterator[bytes]:
+        return self.spool.read(media_url)
+
+    async def delete_media(self, provider_recording_id: str) -> None:
+        await self.spool.delete(provider_recording_id)
+
+
+# ---- the provider ----------------------------------------------------------------------------
+
+
+def _accept_notification(incoming: IncomingWebhook, settings: Settings) -> Accepted:
+    expected = settings.rtpengine_notify_token
+    if expected is None:
+        raise WebhookNotEnabled("rtpengine notifications are not enabled")
+    # The daemon signs nothing: the token in its notify URI is the only proof of origin.
+    token = incoming.query.get("token", "")
+    if not token:
+        raise WebhookRefused("missing query parameter: token")
+    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        raise WebhookRefused("the notify token does not match")
+    # The daemon writes file names and call ids as UTF-8 bytes; HTTP headers arrive decoded as
+    # Latin-1. Read them as the daemon meant them, so the checks and the scrubber see the real
+    # characters (bytes that are not UTF-8 become U+FFFD, which no id may hold).
+    seen = {
+        name: value.encode("latin-1").decode("utf-8", errors="replace")
+        for name, value in incoming.headers.items()
+        if name.lower().startswith(_HEADER_PREFIX)
+    }
+    raw = json.dumps(seen).encode()
+    try:
+        notification = parse_notification(seen, incoming.now)
+    except MalformedNotification as exc:
+        raise WebhookMalformed(str(exc), stored=raw) from exc
+    return Accepted(notification.event, dict(notification.payload), raw)
+
+
+def _controller(
+    settings: Settings, _client: httpx.AsyncClient, _clock: Clock
+) -> RecordingController | None:
+    if not settings.rtpengine_ng:
+        return None
+    # The UDP socket opens on first use, inside the running loop; Services.close closes it.
+    ng = NgClient(settings.rtpengine_ng)
+    block, timeout_s = settings.rtpengine_block_dtmf, settings.provider_request_timeout_s
+    if settings.rtpengine_recording_dir is None:
+        return RtpengineController(ng, block_dtmf=block, timeout_s=timeout_s)
+    spool = RecordingSpool(settings.rtpengine_recording_dir)
+    return RtpengineSpoolController(ng, spool, block_dtmf=block, timeout_s=timeout_s)
+
+
+ADAPTER = Provider(
+    name="rtpengine",
+    # Calls reach recgate from a SIP proxy's reports, the recording daemon, or the spool.
+    configured=lambda s: bool(s.rtpengine_ng) or s.sip_proxy_token is not None,
+    controller=_controller,
+    webhooks=(
+        WebhookRoute(
+            "rtpengine",
+            "The rtpengine recording daemon's finish notification, one per file "
+            "(--notify-uri https://…/v1/webhooks/rtpengine?token=… --notify-post). Everything "
+            "is in X-Recording-* headers; the body (the file itself) is not read.",
+            _accept_notification,
+        ),
+        sipproxy.ROUTE,
+    ),
+)

@@ -49,20 +49,34 @@ def verify(
     msg_id = headers.get("webhook-id")
     timestamp = headers.get("webhook-timestamp")
     signatures = headers.get("webhook-signature")
-    if not msg_id or not timestamp or not signatures:
-        raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature")
+    missing = [
+        name
+        for name, value in (
+            ("webhook-id", msg_id),
+            ("webhook-timestamp", timestamp),
+            ("webhook-signature", signatures),
+        )
+        if not value
+    ]
+    if missing or not msg_id or not timestamp or not signatures:
+        raise SignatureError("missing header: " + ", ".join(missing))
     # Plain ASCII digits only: int() would also take "1_614_265_330" or " +1", and a huge value
     # would overflow the float comparison below instead of failing as a bad signature.
     if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
         raise SignatureError("webhook-timestamp is not an integer")
     ts = int(timestamp)
     if abs(now.timestamp() - ts) > tolerance_s:
-        raise SignatureError("webhook-timestamp outside the tolerance")
+        raise SignatureError(
+            f"webhook-timestamp is outside the {tolerance_s} s tolerance of recgate's clock (stale or replayed)"
+        )
     expected = sign(key, msg_id, ts, body).encode()
     matched = False
     for candidate in signatures.split(" "):
         # Keep comparing after a match so timing does not tell which candidate matched.
         matched |= hmac.compare_digest(candidate.strip().encode(), expected)
     if not matched:
-        raise SignatureError("no matching v1 signature")
+        raise SignatureError(
+            "webhook-signature does not match: another secret (each route has its own), or the "
+            "body, id or timestamp changed after signing"
+        )
     return msg_id

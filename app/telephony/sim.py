@@ -20,6 +20,8 @@ from app.telephony.base import (
     ProviderUnavailable,
     RecordingController,
 )
+from app.telephony.generic import signed_event_route
+from app.telephony.provider import Provider
 
 SimMode = Literal["ok", "fail", "hang", "reject"]
 
@@ -74,3 +76,19 @@ class SimPbx(RecordingController):
             if c.action == action
             and (provider_call_id is None or c.provider_call_id == provider_call_id)
         )
+
+
+ADAPTER = Provider(
+    name="sim",
+    configured=lambda settings: bool(settings.sim_enabled),
+    controller=lambda settings, _client, _clock: SimPbx(
+        latency_s=settings.sim_pause_latency_ms / 1000
+    ),
+    webhooks=(
+        signed_event_route(
+            "sim",
+            "The simulator speaks the generic contract, signed with a key derived from the "
+            "generic secret, so nothing signed for /generic is taken here.",
+        ),
+    ),
+)

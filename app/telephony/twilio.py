@@ -15,8 +15,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -24,8 +23,10 @@ from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import httpx
 
+from app.config import Settings
 from app.domain.clock import Clock
 from app.domain.events import CallInfo, EventType, PbxEvent, RecordingInfo
+from app.domain.payloads import MalformedJson, load_json
 from app.domain.states import PauseBehavior
 from app.telephony.base import (
     ConfirmedState,
@@ -36,7 +37,17 @@ from app.telephony.base import (
     ProviderUnavailable,
     RecordingController,
     RecordingRef,
+    status_error,
     stream_http_media,
+)
+from app.telephony.provider import (
+    Accepted,
+    IncomingWebhook,
+    Provider,
+    WebhookMalformed,
+    WebhookNotEnabled,
+    WebhookRefused,
+    WebhookRoute,
 )
 
 CURRENT = "Twilio.CURRENT"
@@ -146,9 +157,7 @@ _CALL_STATUS = {
 }
 
 
-def parse_call_status(
-    params: Params, idempotency_token: str | None, service_area: str | None, now: datetime
-) -> PbxEvent | None:
+def parse_call_status(params: Params, service_area: str | None, now: datetime) -> PbxEvent | None:
     """A call status callback as a normalised event; None for a child leg's status, which
     says nothing about the call recgate tracks (its parent)."""
     call_sid = _required(params, "CallSid")
@@ -167,7 +176,9 @@ def parse_call_status(
     sequence = _one(params, "SequenceNumber") or ""
     return PbxEvent(
         provider="twilio",
-        event_id=idempotency_token or f"call-status:{call_sid}:{status}:{sequence}",
+        # Twilio's own signed fields, never the unsigned I-Twilio-Idempotency-Token: a captured
+        # callback replayed with a new token must still be a duplicate.
+        event_id=f"call-status:{call_sid}:{status}:{sequence}",
         type=kind,
         occurred_at=_rfc2822(_one(params, "Timestamp")) or now,
         call=CallInfo(
@@ -190,9 +201,7 @@ _RECORDING_STATUS = {
 }
 
 
-def parse_recording_status(
-    params: Params, idempotency_token: str | None, service_area: str | None, now: datetime
-) -> PbxEvent:
+def parse_recording_status(params: Params, service_area: str | None, now: datetime) -> PbxEvent:
     """A recording status callback as a normalised event. ``CallSid`` always names the
     parent leg, so every recording lands on the call the IVR knows."""
     call_sid = _required(params, "CallSid")
@@ -217,7 +226,7 @@ def parse_recording_status(
         occurred = started + timedelta(seconds=duration)
     return PbxEvent(
         provider="twilio",
-        event_id=idempotency_token or f"recording-status:{recording_sid}:{status}",
+        event_id=f"recording-status:{recording_sid}:{status}",
         type=kind,
         occurred_at=occurred,
         call=CallInfo(provider_call_id=call_sid, service_area=service_area),
@@ -238,9 +247,9 @@ def parse_body(body: bytes, content_type: str) -> Params:
     """Form or JSON callback body as ``name → [values]``."""
     if content_type.startswith("application/json"):
         try:
-            data = json.loads(body)
-        except ValueError as exc:  # bad JSON, bad UTF-8, or an integer too long to convert
-            raise MalformedCallback("body is not JSON") from exc
+            data = load_json(body)
+        except MalformedJson as exc:
+            raise MalformedCallback(str(exc)) from exc
         if not isinstance(data, dict):
             raise MalformedCallback("body is not a JSON object")
         return {str(k): [str(v)] for k, v in data.items() if v is not None}
@@ -329,9 +338,7 @@ class TwilioController(RecordingController, MediaSource):
             # Gone for this recording only: the others in the same command keep their answers
             # (raising would mark a recording just paused as stopped, never to be resumed).
             return ControlOutcome(ref.provider_recording_id, ConfirmedState.GONE)
-        if response.status_code == 429 or response.status_code >= 500:
-            raise ProviderUnavailable(f"twilio: HTTP {response.status_code}")
-        raise ProviderRejected(f"twilio: HTTP {response.status_code} error {code}")
+        raise status_error(response.status_code, "twilio", f" error {code}")
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -359,9 +366,7 @@ class TwilioController(RecordingController, MediaSource):
         response = await self._request("DELETE", url)
         if response.status_code in (204, 200, 404):
             return
-        if response.status_code == 429 or response.status_code >= 500:
-            raise ProviderUnavailable(f"twilio delete: HTTP {response.status_code}")
-        raise ProviderRejected(f"twilio delete: HTTP {response.status_code}")
+        raise status_error(response.status_code, "twilio delete")
 
     def describe(self) -> str:
         return f"twilio account {self.account_sid[:6]}… at {httpx.URL(self.api_base).host}"
@@ -373,3 +378,80 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+# ---- the provider ----------------------------------------------------------------------------
+
+CallbackParser = Callable[[Params, str | None, datetime], PbxEvent | None]
+
+
+def _callback_route(path: str, summary: str, parse: CallbackParser) -> WebhookRoute:
+    def accept(incoming: IncomingWebhook, settings: Settings) -> Accepted:
+        token = settings.twilio_auth_token
+        if token is None or not settings.twilio_account_sid:
+            raise WebhookNotEnabled("Twilio callbacks are not enabled")
+        # Twilio signs the URL it was given; behind a proxy that is the public one, not ours.
+        url = settings.public_base_url.rstrip("/") + incoming.path
+        if incoming.query_string:
+            url += "?" + incoming.query_string
+        content_type = incoming.headers.get("content-type", "")
+        is_json = content_type.startswith("application/json")
+        try:
+            params = parse_body(incoming.body, content_type)
+        except MalformedCallback as exc:
+            raise WebhookRefused("the body cannot be read to check its signature") from exc
+        signature = incoming.headers.get("x-twilio-signature")
+        if not signature:
+            raise WebhookRefused("missing header: X-Twilio-Signature")
+        body = incoming.body if is_json else None
+        if not verify_signature(
+            token.get_secret_value(), url, {} if is_json else params, signature, body
+        ):
+            raise WebhookRefused(
+                "X-Twilio-Signature does not match: another auth token, or a URL (see "
+                "RECGATE_PUBLIC_BASE_URL) or parameter that changed"
+            )
+        # I-Twilio-Idempotency-Token is not signed: duplicates are found by Twilio's own fields.
+        try:
+            event = parse(params, incoming.query.get("service_area"), incoming.now)
+        except MalformedCallback as exc:
+            raise WebhookMalformed(str(exc), stored=incoming.body) from exc
+        payload = {
+            name: values[0] if len(values) == 1 else values for name, values in params.items()
+        }
+        return Accepted(event, payload, incoming.body, ignored_as="child-leg")
+
+    return WebhookRoute(path, summary, accept)
+
+
+def _controller(
+    settings: Settings, client: httpx.AsyncClient, clock: Clock
+) -> RecordingController | None:
+    if not settings.twilio_account_sid or settings.twilio_auth_token is None:
+        return None
+    return TwilioController(
+        client,
+        settings.twilio_api_base,
+        settings.twilio_account_sid,
+        settings.twilio_auth_token.get_secret_value(),
+        clock,
+    )
+
+
+ADAPTER = Provider(
+    name="twilio",
+    configured=lambda s: bool(s.twilio_account_sid) and s.twilio_auth_token is not None,
+    controller=_controller,
+    webhooks=(
+        _callback_route(
+            "twilio/call-status",
+            "Twilio statusCallback (call progress). Add ?service_area=… to the URL.",
+            parse_call_status,
+        ),
+        _callback_route(
+            "twilio/recording-status",
+            "Twilio recordingStatusCallback (in-progress, completed, absent).",
+            parse_recording_status,
+        ),
+    ),
+)

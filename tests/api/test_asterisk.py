@@ -21,8 +21,11 @@ import pytest
 import respx
 import sqlalchemy as sa
 
+from app.domain.call_facts import KnownName, plan_calls
+from app.domain.events import PbxEvent
 from app.domain.roles import Role
 from app.domain.states import PauseBehavior
+from app.telephony.asterisk import parse_event
 from app.telephony.base import (
     ConfirmedState,
     ControlOutcome,
@@ -40,6 +43,8 @@ AGENT = "1764322805.43"
 BRIDGE = "7f6a1c1e-5b0e-4c55-9d0e-3d1f2c3b4a59"
 REC_BRIDGE = "call-7f6a1c1e"
 REC_CHANNEL = "caller-1764322800.42"
+REC_AGENT = "agent-1764322805.43"
+AGENT_NUMBER = "+441632960555"
 BASE_TIME = datetime.now(UTC).replace(microsecond=123000) - timedelta(minutes=5)
 
 
@@ -49,9 +54,17 @@ def ari_time(offset_s: float = 0) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
 
 
-def channel(channel_id: str = CALLER, state: str = "Up", number: str = "+441632960001") -> dict:
-    """A Channel as ARI sends it."""
+def channel(
+    channel_id: str = CALLER,
+    state: str = "Up",
+    number: str = "+441632960001",
+    linkedid: str | None = None,
+) -> dict:
+    """A Channel as ARI sends it; with ``linkedid``, as ``ari.conf`` ``channelvars =
+    CHANNEL(linkedid)`` has ARI add it."""
+    extra = {"channelvars": {"CHANNEL(linkedid)": linkedid}} if linkedid else {}
     return {
+        **extra,
         "id": channel_id,
         "protocol_id": f"{channel_id}@pbx.council.example",
         "name": f"PJSIP/trunk-{channel_id[-2:]:0>8}",
@@ -104,13 +117,21 @@ def ari_event(type_: str, offset_s: float = 0, **fields: Any) -> dict[str, Any]:
     }
 
 
-def stasis_start(channel_id: str = CALLER, offset_s: float = 0) -> dict[str, Any]:
-    return ari_event("StasisStart", offset_s, args=[], channel=channel(channel_id, "Ring"))
+def stasis_start(
+    channel_id: str = CALLER, offset_s: float = 0, linkedid: str | None = None
+) -> dict[str, Any]:
+    number = AGENT_NUMBER if channel_id == AGENT else "+441632960001"
+    found = channel(channel_id, "Ring", number, linkedid)
+    return ari_event("StasisStart", offset_s, args=[], channel=found)
 
 
-def entered_bridge(channel_id: str = CALLER, offset_s: float = 2) -> dict[str, Any]:
+def entered_bridge(
+    channel_id: str = CALLER, offset_s: float = 2, in_bridge: list[str] | None = None
+) -> dict[str, Any]:
+    """``channel_id`` enters the bridge; ``in_bridge`` is every channel in it now."""
+    channels = in_bridge or [channel_id]
     return ari_event(
-        "ChannelEnteredBridge", offset_s, bridge=bridge([channel_id]), channel=channel(channel_id)
+        "ChannelEnteredBridge", offset_s, bridge=bridge(channels), channel=channel(channel_id)
     )
 
 
@@ -310,7 +331,9 @@ async def test_malformed_event_is_422_and_dead_lettered(ast: Harness) -> None:
 
 def _signed(h: Harness, body: Any) -> dict[str, str]:
     headers = signed_headers(
-        h.services.settings.generic_secret_key or b"", json.dumps(body).encode(), datetime.now(UTC)
+        h.services.settings.webhook_key("asterisk") or b"",
+        json.dumps(body).encode(),
+        datetime.now(UTC),
     )
     headers["content-type"] = "application/json"
     return headers
@@ -553,10 +576,12 @@ async def test_resume_409_then_204_is_retried(ast: Harness, api: respx.MockRoute
 
 
 async def test_readiness_names_the_ari_host_without_credentials(ast: Harness) -> None:
-    response = await ast.client.get("/readyz")
+    response = await ast.client.get("/readyz", headers=ast.auth(Role.OPS))
     check = response.json()["checks"]["provider:asterisk"][0]
     assert check["status"] == "pass" and "127.0.0.1" in check["output"]
     assert PASSWORD not in response.text
+    public = await ast.client.get("/readyz")
+    assert "127.0.0.1" not in public.text and PASSWORD not in public.text
 
 
 async def test_without_credentials_payment_fails_closed(
@@ -576,3 +601,447 @@ async def test_deleting_asterisks_stored_copy(ast: Harness, api: respx.MockRoute
     with pytest.raises(ProviderUnavailable):
         await media.delete_provider_copy("asterisk", REC_BRIDGE)
     assert delete.calls[0].request.headers["authorization"] == basic()
+
+
+# ---- the legs of one conversation -----------------------------------------------------------
+#
+# An agent's channel and the caller's are one call, keyed by the caller's channel: the agent
+# dialled for the caller (linkedid), or found in a mixing bridge with the caller, in whatever
+# order the events arrive. Offsets are ARI's own times: the caller entered Stasis first.
+
+OTHER_CALLER = "1764322900.51"
+BRIDGE_URI = f"bridge:{BRIDGE}"
+CALLER_NUMBER = "+441632960001"
+
+
+def destroyed(channel_id: str, offset_s: float) -> dict[str, Any]:
+    number = AGENT_NUMBER if channel_id == AGENT else CALLER_NUMBER
+    return ari_event(
+        "ChannelDestroyed",
+        offset_s,
+        cause=16,
+        cause_txt="Normal Clearing",
+        channel=channel(channel_id, number=number),
+    )
+
+
+def with_top_level_linkedid(body: dict[str, Any]) -> dict[str, Any]:
+    """The same event with ``linkedid`` in the Channel object itself (a relay that adds it)."""
+    found = dict(body["channel"])
+    found["linkedid"] = found.pop("channelvars")["CHANNEL(linkedid)"]
+    return {**body, "channel": found}
+
+
+async def stored_calls(h: Harness) -> list[str]:
+    async with h.services.engine.connect() as conn:
+        rows = await conn.execute(sa.text("SELECT provider_call_id FROM calls ORDER BY 1"))
+        return [row[0] for row in rows]
+
+
+async def stored_aliases(h: Harness) -> dict[str, str]:
+    async with h.services.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT a.alias, c.provider_call_id FROM call_aliases a "
+                "JOIN calls c ON c.id = a.call_id"
+            )
+        )
+        return {row[0]: row[1] for row in rows}
+
+
+async def caller_number(h: Harness, call_id: str = CALLER) -> str | None:
+    async with h.services.engine.connect() as conn:
+        found = await conn.execute(
+            sa.text("SELECT from_number FROM calls WHERE provider_call_id = :id"), {"id": call_id}
+        )
+        number: str | None = found.scalar_one()
+        return number
+
+
+async def pay_pauses_and_resumes_all(h: Harness, api: respx.MockRouter, names: list[str]) -> None:
+    """Payment start mutes every named recording, and nothing else; end unmutes them all."""
+    routes = {
+        name: (
+            api.post(live(name, "mute")).respond(204),
+            api.delete(live(name, "mute")).respond(204),
+        )
+        for name in names
+    }
+    other = api.route(url__startswith=f"{ARI}/recordings/live/").respond(500)
+
+    start = await pay(h, "start")
+    assert start.status_code == 200, start.text
+    assert start.json()["safe_to_collect"] is True
+    assert {r["provider_recording_id"]: r["state"] for r in start.json()["recordings"]} == {
+        name: "paused" for name in names
+    }
+    assert {name: pause.call_count for name, (pause, _) in routes.items()} == dict.fromkeys(
+        names, 1
+    ), "every recording of the conversation is paused once"
+
+    end = await pay(h, "end")
+    assert end.status_code == 200 and end.json()["state"] == "closed", end.text
+    assert {name: resume.call_count for name, (_, resume) in routes.items()} == dict.fromkeys(
+        names, 1
+    ), "every recording of the conversation is resumed once"
+    assert other.call_count == 0, "no command for a recording of another call"
+
+
+@pytest.mark.parametrize("linkedid_in", ["channelvars", "channel"])
+@pytest.mark.parametrize("agent_first", [False, True], ids=["caller-first", "agent-first"])
+async def test_an_agent_dialled_for_the_caller_is_a_leg_of_the_callers_call(
+    ast: Harness, api: respx.MockRouter, agent_first: bool, linkedid_in: str
+) -> None:
+    agent = stasis_start(AGENT, 1, linkedid=CALLER)
+    if linkedid_in == "channel":
+        agent = with_top_level_linkedid(agent)
+    started = [agent, stasis_start()] if agent_first else [stasis_start(), agent]
+    agent_up = ari_event("ChannelStateChange", 1.5, channel=channel(AGENT, "Up", AGENT_NUMBER))
+    await send_all(
+        ast,
+        *started,
+        agent_up,
+        recording_started(REC_AGENT, f"channel:{AGENT}", 3),
+        recording_started(REC_CHANNEL, f"channel:{CALLER}", 4),
+    )
+
+    assert await stored_calls(ast) == [CALLER], "the agent's channel is not a call of its own"
+    assert await stored_aliases(ast) == {AGENT: CALLER}
+    call = await get_call(ast)
+    assert sorted(r["provider_recording_id"] for r in call["recordings"]) == [
+        REC_AGENT,
+        REC_CHANNEL,
+    ]
+    assert await caller_number(ast) == CALLER_NUMBER, "the agent's number is not the caller's"
+    assert call["answered_at"] is None, "the agent answering is not the caller being answered"
+    assert call["started_at"].startswith(BASE_TIME.strftime("%Y-%m-%dT%H:%M:%S.123"))
+
+    await pay_pauses_and_resumes_all(ast, api, [REC_AGENT, REC_CHANNEL])
+
+    await send_all(ast, destroyed(AGENT, 20))
+    assert (await get_call(ast))["state"] == "in_progress", "the agent hanging up ends no call"
+    await send_all(ast, destroyed(CALLER, 21))
+    call = await get_call(ast)
+    assert call["state"] == "ended"
+    assert {r["state"] for r in call["recordings"]} == {"stopped"}
+
+
+def _bridge_orders() -> dict[str, list[dict[str, Any]]]:
+    """One conversation, no linkedid: the agent's channel entered Stasis as a call of its own,
+    and only the bridge shows it is the caller's. Several arrival orders of the same events."""
+    caller, agent = stasis_start(CALLER, 0), stasis_start(AGENT, 1)
+    caller_in, agent_in = entered_bridge(CALLER, 2), entered_bridge(AGENT, 2.5, [CALLER, AGENT])
+    agent_in_first = entered_bridge(AGENT, 2)
+    caller_in_second = entered_bridge(CALLER, 2.5, [AGENT, CALLER])
+    on_bridge = recording_started(REC_BRIDGE, BRIDGE_URI, 3)
+    on_agent = recording_started(REC_AGENT, f"channel:{AGENT}", 4)
+    on_caller = recording_started(REC_CHANNEL, f"channel:{CALLER}", 5)
+    return {
+        "caller-enters-first": [caller, agent, caller_in, agent_in, on_bridge, on_agent, on_caller],
+        "agent-enters-first": [
+            caller,
+            agent,
+            agent_in_first,
+            caller_in_second,
+            on_bridge,
+            on_agent,
+            on_caller,
+        ],
+        "bridge-recording-before-the-link": [
+            caller,
+            agent,
+            on_bridge,
+            caller_in,
+            agent_in,
+            on_agent,
+            on_caller,
+        ],
+        "recorded-before-the-caller-joins": [
+            caller,
+            agent,
+            agent_in_first,
+            recording_started(REC_AGENT, f"channel:{AGENT}", 2.1),
+            recording_started(REC_BRIDGE, BRIDGE_URI, 2.2),
+            recording_started(REC_CHANNEL, f"channel:{CALLER}", 2.3),
+            caller_in_second,
+        ],
+        "agents-events-first": [
+            agent,
+            agent_in_first,
+            on_agent,
+            caller,
+            on_caller,
+            caller_in_second,
+            on_bridge,
+        ],
+        "relayed-out-of-order": [
+            on_bridge,
+            agent,
+            caller_in,
+            caller,
+            agent_in,
+            on_caller,
+            on_agent,
+        ],
+        # Until its StasisStart arrives the caller's call is dated by its recording, later than
+        # the bridge's: a call held for a bridge's recording is still never the one kept.
+        "caller-known-only-by-its-recording": [
+            on_caller,
+            on_bridge,
+            caller_in,
+            agent_in,
+            agent,
+            on_agent,
+            caller,
+        ],
+        "agent-recorded-before-its-stasis-start": [
+            caller,
+            on_agent,
+            caller_in,
+            agent,
+            agent_in,
+            on_bridge,
+            on_caller,
+        ],
+    }
+
+
+BRIDGE_ORDERS = _bridge_orders()
+
+
+@pytest.mark.parametrize("order", list(BRIDGE_ORDERS))
+async def test_channels_in_one_bridge_are_one_call_in_any_arrival_order(
+    ast: Harness, api: respx.MockRouter, order: str
+) -> None:
+    await send_all(ast, *BRIDGE_ORDERS[order])
+
+    assert await stored_calls(ast) == [CALLER], "one conversation, one call"
+    assert await stored_aliases(ast) == {AGENT: CALLER, BRIDGE_URI: CALLER}
+    call = await get_call(ast)
+    assert sorted(r["provider_recording_id"] for r in call["recordings"]) == sorted(
+        [REC_BRIDGE, REC_AGENT, REC_CHANNEL]
+    )
+    assert {r["state"] for r in call["recordings"]} == {"recording"}
+    assert await caller_number(ast) == CALLER_NUMBER
+
+    await pay_pauses_and_resumes_all(ast, api, [REC_AGENT, REC_BRIDGE, REC_CHANNEL])
+    await send_all(ast, destroyed(AGENT, 30))
+    assert (await get_call(ast))["state"] == "in_progress", "the agent hanging up ends no call"
+
+
+async def test_events_applied_in_one_batch_land_on_one_call(ast: Harness) -> None:
+    """Group commit: the same events stored and applied in one transaction."""
+    bodies = BRIDGE_ORDERS["relayed-out-of-order"]
+    events = [parse_event(body, now=ast.services.clock(), ari_url=ARI) for body in bodies]
+    results = await asyncio.gather(
+        *(
+            ast.services.intake.accept(event, body, json.dumps(body).encode())
+            for event, body in zip(events, bodies, strict=True)
+            if event is not None
+        )
+    )
+    assert len({r.call_id for r in results}) == 1
+    assert await stored_calls(ast) == [CALLER]
+    assert await stored_aliases(ast) == {AGENT: CALLER, BRIDGE_URI: CALLER}
+    assert len((await get_call(ast))["recordings"]) == 3
+
+
+async def test_a_bridge_recording_found_during_a_payment_is_paused_once_its_bridge_is_linked(
+    ast: Harness, api: respx.MockRouter
+) -> None:
+    mute = {n: api.post(live(n, "mute")).respond(204) for n in (REC_CHANNEL, REC_BRIDGE)}
+    unmute = {n: api.delete(live(n, "mute")).respond(204) for n in (REC_CHANNEL, REC_BRIDGE)}
+    await send_all(ast, stasis_start(), recording_started(REC_CHANNEL, f"channel:{CALLER}", 1))
+    start = await pay(ast, "start")
+    assert start.status_code == 200 and start.json()["safe_to_collect"] is True
+
+    # The bridge's recording is reported before the event that puts the caller in the bridge.
+    await send_all(ast, recording_started(REC_BRIDGE, BRIDGE_URI, 3))
+    assert [r["provider_recording_id"] for r in (await get_call(ast))["recordings"]] == [
+        REC_CHANNEL
+    ]
+    await send_all(ast, entered_bridge(CALLER, 2))
+    await ast.services.tasks.drain()
+
+    assert mute[REC_BRIDGE].call_count == 1, "paused as soon as it is known to be the caller's"
+    call = await get_call(ast)
+    assert {r["provider_recording_id"]: r["state"] for r in call["recordings"]} == {
+        REC_CHANNEL: "paused",
+        REC_BRIDGE: "paused",
+    }
+    ids = {r["id"]: r["provider_recording_id"] for r in call["recordings"]}
+    # The IVR had been told to collect while this recording ran unpaused: that is on record.
+    assert [(e["kind"], ids[e["recording_id"]]) for e in call["exposures"]] == [
+        ("late_recording", REC_BRIDGE)
+    ]
+    assert await stored_calls(ast) == [CALLER], "no call is left for the bridge"
+
+    end = await pay(ast, "end")
+    assert end.status_code == 200 and end.json()["state"] == "closed"
+    assert unmute[REC_CHANNEL].call_count == 1 and unmute[REC_BRIDGE].call_count == 1
+
+
+async def test_a_waiting_payment_takes_the_bridge_recording_once_the_bridge_is_linked(
+    ast: Harness, api: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mute = api.post(live(REC_BRIDGE, "mute")).respond(204)
+    await send_all(ast, stasis_start(), recording_started())  # the bridge is not linked yet
+    controller = ast.services.controllers["asterisk"]
+    asked_for_the_call = asyncio.Event()
+    pause = controller.pause
+
+    async def spy(target: ControlTarget, behavior: PauseBehavior) -> list[ControlOutcome]:
+        if target.call_level:
+            asked_for_the_call.set()
+        return await pause(target, behavior)
+
+    monkeypatch.setattr(controller, "pause", spy)
+    start_task = asyncio.create_task(pay(ast, "start"))
+    await asyncio.wait_for(asked_for_the_call.wait(), 5)
+    await send_all(ast, entered_bridge())
+    start = await start_task
+
+    assert start.status_code == 200, start.text
+    assert start.json()["safe_to_collect"] is True
+    assert mute.call_count == 1
+    assert (await get_call(ast))["exposures"] == [], "paused before the IVR was answered"
+
+
+async def test_callers_in_a_holding_bridge_stay_apart(ast: Harness) -> None:
+    def held(channel_id: str, channels: list[str], offset_s: float) -> dict[str, Any]:
+        queue = {**bridge(channels, "queue-hold"), "bridge_type": "holding"}
+        return ari_event(
+            "ChannelEnteredBridge", offset_s, bridge=queue, channel=channel(channel_id)
+        )
+
+    await send_all(
+        ast,
+        stasis_start(),
+        stasis_start(OTHER_CALLER, 1),
+        held(CALLER, [CALLER], 2),
+        held(OTHER_CALLER, [CALLER, OTHER_CALLER], 3),
+    )
+    assert await stored_calls(ast) == sorted([CALLER, OTHER_CALLER])
+    assert await stored_aliases(ast) == {}
+
+
+async def test_a_bridge_used_again_belongs_to_its_next_call(ast: Harness) -> None:
+    await send_all(
+        ast,
+        stasis_start(),
+        entered_bridge(CALLER, 2),
+        destroyed(CALLER, 10),
+        stasis_start(OTHER_CALLER, 20),
+        entered_bridge(OTHER_CALLER, 21),
+        recording_started(REC_BRIDGE, BRIDGE_URI, 22),
+    )
+    assert await stored_calls(ast) == sorted([CALLER, OTHER_CALLER]), "the calls stay apart"
+    assert await stored_aliases(ast) == {BRIDGE_URI: OTHER_CALLER}
+    assert (await get_call(ast))["recordings"] == []
+    assert len((await get_call(ast, OTHER_CALLER))["recordings"]) == 1
+
+
+async def test_an_agent_moved_to_another_caller_joins_that_call_and_merges_nothing(
+    ast: Harness,
+) -> None:
+    other_bridge = bridge([OTHER_CALLER, AGENT], "0b2c6a1e-0000-4c55-9d0e-3d1f2c3b4a60")
+    await send_all(
+        ast,
+        stasis_start(),
+        stasis_start(AGENT, 1, linkedid=CALLER),
+        stasis_start(OTHER_CALLER, 5),
+        ari_event("ChannelEnteredBridge", 6, bridge=other_bridge, channel=channel(AGENT)),
+        recording_started(REC_AGENT, f"channel:{AGENT}", 7),
+    )
+    assert await stored_calls(ast) == sorted([CALLER, OTHER_CALLER])
+    assert (await stored_aliases(ast))[AGENT] == OTHER_CALLER
+    assert [
+        r["provider_recording_id"] for r in (await get_call(ast, OTHER_CALLER))["recordings"]
+    ] == [REC_AGENT]
+
+
+# ---- which call each event of a batch lands on (the decision alone) ----------------------
+
+
+def _parsed(*bodies: dict[str, Any]) -> list[PbxEvent]:
+    events = [parse_event(body, now=BASE_TIME, ari_url=ARI) for body in bodies]
+    assert all(e is not None for e in events)
+    return [e for e in events if e is not None]
+
+
+def _key(name: str) -> tuple[str, str]:
+    return ("asterisk", name)
+
+
+@pytest.mark.parametrize(
+    ("case", "bodies", "known", "keys", "merges"),
+    [
+        (
+            "link then recording, one batch",
+            [entered_bridge(CALLER, 2), recording_started()],
+            {},
+            [CALLER, CALLER],
+            [],
+        ),
+        (
+            "recording then link, one batch: nothing stored to fold",
+            [recording_started(), entered_bridge(CALLER, 2)],
+            {},
+            [CALLER, CALLER],
+            [],
+        ),
+        (
+            "a stored call held for a bridge is folded into the caller's",
+            [entered_bridge(CALLER, 2)],
+            {BRIDGE_URI: (BRIDGE_URI, 3, True), CALLER: (CALLER, 0, False)},
+            [CALLER],
+            [(BRIDGE_URI, CALLER)],
+        ),
+        (
+            "held for a bridge, even when dated before the caller's only recording",
+            [entered_bridge(CALLER, 2)],
+            {BRIDGE_URI: (BRIDGE_URI, 3, True), CALLER: (CALLER, 5, False)},
+            [CALLER],
+            [(BRIDGE_URI, CALLER)],
+        ),
+        (
+            "the agent's own call entering the caller's bridge is folded into the caller's",
+            [entered_bridge(AGENT, 2.5, [CALLER, AGENT])],
+            {AGENT: (AGENT, 1, False), CALLER: (CALLER, 0, False)},
+            [CALLER],
+            [(AGENT, CALLER)],
+        ),
+        (
+            "a leg moving to another caller takes no call with it",
+            [entered_bridge(AGENT, 6, [OTHER_CALLER, AGENT])],
+            {AGENT: (CALLER, 0, False), OTHER_CALLER: (OTHER_CALLER, 5, False)},
+            [OTHER_CALLER],
+            [],
+        ),
+        (
+            "a call the IVR opened before any event is never folded",
+            [entered_bridge(AGENT, 2.5, [CALLER, AGENT])],
+            {AGENT: (AGENT, 1, False), CALLER: (CALLER, None, False)},
+            [CALLER],
+            [(AGENT, CALLER)],
+        ),
+    ],
+)
+def test_plan_calls(
+    case: str,
+    bodies: list[dict[str, Any]],
+    known: dict[str, tuple[str, float | None, bool]],
+    keys: list[str],
+    merges: list[tuple[str, str]],
+) -> None:
+    stored = {
+        _key(name): KnownName(
+            key, None if at is None else BASE_TIME + timedelta(seconds=at), container
+        )
+        for name, (key, at, container) in known.items()
+    }
+    plan = plan_calls(_parsed(*bodies), stored)
+    assert plan.keys == [_key(k) for k in keys], case
+    assert [(m.source, m.target) for m in plan.merges] == [(_key(s), _key(t)) for s, t in merges], (
+        case
+    )

@@ -42,6 +42,7 @@ OPEN = {
     ("POST", "/v1/webhooks/twilio/call-status"),
     ("POST", "/v1/webhooks/twilio/recording-status"),
     ("POST", "/v1/webhooks/rtpengine"),
+    ("POST", "/v1/webhooks/sip-proxy"),
 }
 
 

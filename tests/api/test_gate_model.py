@@ -14,8 +14,9 @@ paused at the PBX, or recgate has an open exposure recording the gap. Identical 
 at once all get one answer. No answer is ever a 500.
 
 Two PBXs: the generic contract (one command pauses everything on the call) and Asterisk ARI
-(recordings paused by name; a bridge's recording reported under the bridge's id, an alias
-of the caller's call).
+(recordings paused by name, on the caller's channel, the bridge and an agent's channel; the
+events that make the bridge and the agent's channel the caller's are delivered late and out
+of order like the rest, and until one arrives recgate cannot know whose its recordings are).
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ from app.config import Settings
 from app.domain.roles import Role
 from app.main import create_app
 from app.telephony.signing import signed_headers
-from tests.conftest import CONTROL_URL, SECRET, FakeClock
+from tests.conftest import ASTERISK_SECRET, CONTROL_URL, SECRET, FakeClock
 
 ARI = "http://127.0.0.1:9/ari"
 CALL = "model-call"
 BRIDGE = "model-bridge"
+AGENT = "model-agent"
 GENERIC_OK = {"pause": "paused", "resume": "recording"}
 
 
@@ -99,6 +101,7 @@ class GateMachine(RuleBasedStateMachine):
                 database_url=f"sqlite+aiosqlite:///{path}",
                 media_dir=self.workdir / "media",
                 generic_webhook_secret=SECRET,  # type: ignore[arg-type]
+                asterisk_webhook_secret=ASTERISK_SECRET,  # type: ignore[arg-type]
                 generic_control_url=CONTROL_URL,
                 ari_url=ARI,
                 ari_user="recgate",
@@ -147,7 +150,7 @@ class GateMachine(RuleBasedStateMachine):
 
     async def deliver_body(self, body: dict[str, Any], msg_id: str) -> httpx.Response:
         raw = json.dumps(body).encode()
-        key = self.services.settings.generic_secret_key
+        key = self.services.settings.webhook_key(self.webhook)
         headers = signed_headers(key, raw, self.clock(), msg_id)
         headers["content-type"] = "application/json"
         return await self.client.post(f"/v1/webhooks/{self.webhook}", content=raw, headers=headers)
@@ -341,28 +344,58 @@ class GenericPbx(GateMachine):
         }
 
 
+class AriModel(PbxModel):
+    """Recordings on the bridge or the agent's channel are the caller's call's only once the
+    event that says so (the bridge link, the agent's StasisStart) has been delivered."""
+
+    def undelivered(self, name: str) -> bool:
+        link = {"bridge": "link:bridge", "agent": "link:agent"}.get(AsteriskPbx.target_of(name))
+        return super().undelivered(name) or (link is not None and super().undelivered(link))
+
+
 class AsteriskPbx(GateMachine):
-    """ARI: recordings paused by name; the bridge's recordings name the bridge, an alias."""
+    """ARI: recordings paused by name on the caller's channel, the bridge (an alias of the
+    caller's call once linked) and an agent's channel (a leg, by linkedid)."""
 
     provider = webhook = "asterisk"
     # ARI publishes no event when a recording is paused or resumed.
     reported_kinds = ("stopped",)
 
-    async def setup_call(self) -> None:
-        for body in (
-            self.ari("StasisStart", args=[], channel=self.channel()),
-            self.ari(
-                "ChannelEnteredBridge",
-                bridge={"id": BRIDGE, "technology": "simple_bridge", "channels": [CALL]},
-                channel=self.channel(),
-            ),
-        ):
-            response = await self.deliver_body(body, uuid.uuid4().hex)
-            assert response.status_code == 200, response.text
+    def __init__(self) -> None:
+        super().__init__()
+        self.pbx = AriModel()
 
-    def channel(self) -> dict[str, Any]:
+    async def setup_call(self) -> None:
+        response = await self.deliver_body(
+            self.ari("StasisStart", args=[], channel=self.channel()), uuid.uuid4().hex
+        )
+        assert response.status_code == 200, response.text
+        # The agent dialled for the caller, and the caller's bridge: reported like everything
+        # else, so they may arrive after recordings they place on the caller's call.
+        agent = self.channel(AGENT)
+        agent["channelvars"] = {"CHANNEL(linkedid)": CALL}
+        self.pbx.pending.append(
+            {
+                "recording": "link:agent",
+                "body": self.ari("StasisStart", args=[], channel=agent),
+                "id": uuid.uuid4().hex,
+            }
+        )
+        self.pbx.pending.append(
+            {
+                "recording": "link:bridge",
+                "body": self.ari(
+                    "ChannelEnteredBridge",
+                    bridge={"id": BRIDGE, "technology": "simple_bridge", "channels": [CALL]},
+                    channel=self.channel(),
+                ),
+                "id": uuid.uuid4().hex,
+            }
+        )
+
+    def channel(self, channel_id: str = CALL) -> dict[str, Any]:
         return {
-            "id": CALL,
+            "id": channel_id,
             "name": "PJSIP/trunk-00000001",
             "state": "Up",
             "caller": {"name": "", "number": "+441632960001"},
@@ -397,9 +430,20 @@ class AsteriskPbx(GateMachine):
         self.pbx.state[name] = "paused" if request.method == "POST" else "recording"
         return httpx.Response(204)
 
+    @staticmethod
+    def target_of(name: str) -> str:
+        """Recordings take turns: on the caller's channel, on the bridge (named by the bridge,
+        an alias), on the agent's channel (a leg)."""
+        if not name.startswith("rec-"):
+            return "link"
+        return ("caller", "bridge", "agent")[(int(name.split("-")[1]) - 1) % 3]
+
     def report(self, kind: str, name: str) -> dict[str, Any]:
-        # Odd-numbered recordings are the bridge's (named by the alias), even the caller's.
-        target = f"bridge:{BRIDGE}" if int(name.split("-")[1]) % 2 else f"channel:{CALL}"
+        target = {
+            "caller": f"channel:{CALL}",
+            "bridge": f"bridge:{BRIDGE}",
+            "agent": f"channel:{AGENT}",
+        }[self.target_of(name)]
         recording = {"name": name, "format": "wav", "target_uri": target}
         if kind == "started":
             return self.ari("RecordingStarted", recording={**recording, "state": "recording"})

@@ -58,7 +58,13 @@ async def test_happy_path_pauses_confirms_and_resumes(
 
     # The control request is signed like a webhook and carries the IVR's pause behaviour.
     sent = pause.calls.last.request
-    assert json.loads(sent.content) == {"behavior": "skip"}
+    command = json.loads(sent.content)
+    assert command == {
+        "call_id": "c-123",
+        "action": "pause",
+        "command_id": sent.headers["webhook-id"],
+        "behavior": "skip",
+    }
     key = harness.services.settings.generic_secret_key
     assert key is not None
     from datetime import UTC, datetime

@@ -51,17 +51,7 @@ async def finished_recording(
         event("call.ended", call_id, at=end, **{"from": caller}),
     ):
         assert (await h.send_event(body)).status_code == 200
-    async with h.services.engine.connect() as conn:
-        rid = (
-            await conn.execute(
-                sa.text(
-                    "SELECT r.id FROM recordings r JOIN calls c ON c.id = r.call_id "
-                    "WHERE c.provider_call_id = :c AND r.provider_recording_id = :r"
-                ),
-                {"c": call_id, "r": recording_id},
-            )
-        ).scalar_one()
-    rid = str(uuid.UUID(str(rid)))
+    rid = await h.recording_id(call_id, recording_id)
     if media is not None:
 
         async def chunks() -> AsyncIterator[bytes]:

@@ -383,7 +383,7 @@ async def test_payment_on_a_10_5_daemon_is_safe_only_after_the_stop(
     assert end.status_code == 200, end.text
     assert end.json()["state"] == "closed"
     assert ng.commands()[3:] == ["start recording", "unblock DTMF"]
-    ready = await rtp_harness.client.get("/readyz")
+    ready = await rtp_harness.client.get("/readyz", headers=rtp_harness.auth(Role.OPS))
     check = ready.json()["checks"]["provider:rtpengine"][0]
     assert "stop/start fallback" in check["output"]
 

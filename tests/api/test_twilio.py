@@ -28,11 +28,12 @@ AC = "AC" + "0123456789abcdef" * 2
 TOKEN = "twilio-auth-token-for-tests-0001"
 API = "http://127.0.0.1:9/twilio-api"
 PUBLIC = "https://recgate.council.example"
-CA = "CA" + "11" * 16
-CA_AGENT = "CA" + "22" * 16
-RE = "RE" + "33" * 16
-RE_CONF = "RE" + "44" * 16
-CF = "CF" + "55" * 16
+# Real SIDs are 32 hex digits; a run of 32 decimal digits would read as a card number.
+CA = "CA" + "1b" * 16
+CA_AGENT = "CA" + "2c" * 16
+RE = "RE" + "3d" * 16
+RE_CONF = "RE" + "4e" * 16
+CF = "CF" + "5f" * 16
 ACCOUNT = f"{API}/2010-04-01/Accounts/{AC}"
 
 
@@ -274,7 +275,16 @@ async def test_retries_are_deduplicated(tw: Harness) -> None:
         headers={"I-Twilio-Idempotency-Token": "tok-1"},
     )
     assert first.json()["status"] == "applied" and retry.json()["status"] == "duplicate"
-    # Without the header, the natural key (CallSid + CallStatus + SequenceNumber) does the same.
+    # The header is not signed: a captured callback replayed with a new token changes nothing,
+    # because the key is Twilio's own signed fields (CallSid + CallStatus + SequenceNumber).
+    replay = await callback(
+        tw,
+        "/v1/webhooks/twilio/call-status",
+        params,
+        headers={"I-Twilio-Idempotency-Token": "tok-forged-2"},
+    )
+    assert replay.json()["status"] == "duplicate"
+    # Without the header the same key holds.
     again = await callback(tw, "/v1/webhooks/twilio/call-status", call_status("completed", 2))
     again_retry = await callback(tw, "/v1/webhooks/twilio/call-status", call_status("completed", 2))
     assert again.json()["status"] == "applied" and again_retry.json()["status"] == "duplicate"

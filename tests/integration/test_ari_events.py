@@ -25,9 +25,12 @@ from app.domain.events import EventType, PbxEvent
 from app.domain.roles import Role
 from app.services.ingest import IngestResult
 from tests.api.test_asterisk import (
+    AGENT,
+    AGENT_NUMBER,
     BRIDGE,
     CALLER,
     PASSWORD,
+    REC_AGENT,
     REC_BRIDGE,
     USER,
     ari_event,
@@ -219,6 +222,52 @@ async def test_consumer_applies_events_and_reconnects_after_a_drop(
         assert await h.count("inbound_events") == 5
     assert asterisk_ws.accepted == 2 and asterisk_ws.refused == 0
     assert consumer.cancelled(), "the consumer stops with the service"
+
+
+async def test_an_agents_leg_over_the_socket_lands_on_the_callers_call(
+    make_harness: Callable[..., Any], asterisk_ws: FakeAsterisk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's channel entered Stasis on its own (no linkedid); the bridge, reported on a
+    later connection, shows it is the caller's, and its recording moves to the caller's call."""
+    agent_gone = ari_event(
+        "ChannelDestroyed",
+        30,
+        cause=16,
+        cause_txt="Normal Clearing",
+        channel=channel(AGENT, number=AGENT_NUMBER),
+    )
+    asterisk_ws.scripts = [
+        [
+            json.dumps(stasis_start()),
+            json.dumps(stasis_start(AGENT, 1)),
+            json.dumps(recording_started(REC_AGENT, f"channel:{AGENT}", 2)),
+        ],
+        [
+            json.dumps(entered_bridge(CALLER, 3)),
+            json.dumps(entered_bridge(AGENT, 3.5, [CALLER, AGENT])),
+            json.dumps(recording_started(REC_BRIDGE, f"bridge:{BRIDGE}", 4)),
+            json.dumps(agent_gone),
+        ],
+    ]
+    async with make_harness(**consumer_settings(asterisk_ws)) as h:
+        applied = Applied(h, monkeypatch)
+        await wait(asterisk_ws.event(asterisk_ws.connected, 1))
+        asterisk_ws.event(asterisk_ws.go, 1).set()
+        await applied.wait_for(EventType.RECORDING_STARTED)
+        asterisk_ws.event(asterisk_ws.drop, 1).set()
+        await wait(asterisk_ws.event(asterisk_ws.connected, 2))
+        asterisk_ws.event(asterisk_ws.go, 2).set()
+        await applied.wait_for(EventType.CALL_ENDED)
+
+        response = await h.client.get(
+            f"/v1/calls/asterisk/{CALLER}", headers=h.auth(Role.SUPERVISOR)
+        )
+        call = response.json()
+        assert call["state"] == "in_progress", "the agent hanging up ends no call"
+        assert sorted(r["provider_recording_id"] for r in call["recordings"]) == sorted(
+            [REC_AGENT, REC_BRIDGE]
+        )
+        assert await h.count("calls") == 1, "the agent's channel is not a call of its own"
 
 
 async def test_refused_credentials_are_retried_without_ending_the_consumer(

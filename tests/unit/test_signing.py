@@ -220,3 +220,43 @@ def test_oversized_or_non_canonical_timestamp_is_a_signature_error(timestamp: st
     # Unauthenticated input: anything but SignatureError would surface as a 500, not a 401.
     with pytest.raises(SignatureError):
         verify(KEY, vector_headers(**{"webhook-timestamp": timestamp}), VECTOR_PAYLOAD, VECTOR_NOW)
+
+
+@pytest.mark.parametrize("route", ["generic", "sim", "asterisk"])
+def test_the_shell_signer_signs_with_each_routes_own_key(route: str) -> None:
+    """scripts/sign-webhook.sh (used throughout the README) agrees with recgate on every
+    route's key, and its headers verify on no other route."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from app.config import Settings
+
+    generic = "whsec_" + base64.b64encode(b"generic-secret-for-the-signer-01").decode()
+    asterisk = "whsec_" + base64.b64encode(b"asterisk-secret-for-the-signer-1").decode()
+    settings = Settings(
+        generic_webhook_secret=generic,  # type: ignore[arg-type]
+        asterisk_webhook_secret=asterisk,  # type: ignore[arg-type]
+        sim_enabled=True,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    body = '{"type": "call.started"}'
+    script = Path(__file__).resolve().parents[2] / "scripts" / "sign-webhook.sh"
+    env = {
+        **os.environ,
+        "RECGATE_GENERIC_WEBHOOK_SECRET": generic,
+        "RECGATE_ASTERISK_WEBHOOK_SECRET": asterisk,
+    }
+    printed = subprocess.run(
+        [str(script), "--route", route, body], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    headers = dict(line.split(": ", 1) for line in printed.strip().splitlines())
+    now = datetime.now(UTC)
+    for other in ("generic", "sim", "asterisk"):
+        key = settings.webhook_key(other)
+        assert key is not None
+        if other == route:
+            assert verify(key, headers, body.encode(), now) == headers["webhook-id"]
+        else:
+            with pytest.raises(SignatureError):
+                verify(key, headers, body.encode(), now)
