@@ -189,6 +189,9 @@ class _Flight:
 
     deadline: float
     task: asyncio.Task[SegmentOutcome] | None = None
+    # Set once the pause has failed for good, before that is written: a requester whose
+    # deadline passes while the write is under way answers with it, not with "pausing".
+    pause_failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +278,7 @@ class PaymentGate:
         key = scrub_text(idempotency_key) if idempotency_key else None
         reference = scrub_text(reference) if reference else None
         waited: list[_Busy] = []
+        launched: list[_Flight] = []
 
         def plan(lease: datetime) -> Callable[[Connection], _Answer | _Busy | _Fly]:
             return partial(
@@ -292,12 +296,19 @@ class PaymentGate:
         try:
             async with asyncio.timeout_at(deadline):
                 outcome, commanded = await self._until_answered(
-                    controller, plan, deadline, waited, keep_trying=False
+                    controller, plan, deadline, waited, keep_trying=False, launched=launched
                 )
             if outcome.safe_to_collect and commanded:
                 self.metrics.pause_confirm_seconds.observe(loop.time() - began)
             return self._answer_start(outcome)
         except TimeoutError as exc:
+            if launched and launched[-1].pause_failed:
+                # Failed for good; its record is being written as the deadline passes.
+                raise PauseNotConfirmed(
+                    "Recording pause failed: do not take card details.",
+                    state=_S.PAUSE_FAILED.value,
+                    safe_to_collect=False,
+                ) from exc
             if waited:
                 raise CallBusy(
                     "Another operation on this call did not finish in time: do not take "
@@ -370,9 +381,11 @@ class PaymentGate:
         waited: list[_Busy],
         *,
         keep_trying: bool,
+        launched: list[_Flight] | None = None,
     ) -> tuple[SegmentOutcome, bool]:
         """Plan in a write transaction, then: answer from what is stored, wait behind
-        another command and plan again, or send. Whether a command was sent, too."""
+        another command and plan again, or send. Whether a command was sent, too; the
+        command loop it started, in ``launched``."""
         while True:
             step = await self._write(plan(self._lease(deadline)), deadline)
             if isinstance(step, _Busy):
@@ -381,7 +394,10 @@ class PaymentGate:
                 continue
             if isinstance(step, _Answer):
                 return step.outcome, False
-            return await self._launch(controller, step, deadline, keep_trying=keep_trying), True
+            outcome = await self._launch(
+                controller, step, deadline, keep_trying=keep_trying, launched=launched
+            )
+            return outcome, True
 
     # ---- background -------------------------------------------------------------------
 
@@ -639,12 +655,20 @@ class PaymentGate:
     # ---- the command loop -------------------------------------------------------------
 
     async def _launch(
-        self, controller: RecordingController, fly: _Fly, deadline: float, *, keep_trying: bool
+        self,
+        controller: RecordingController,
+        fly: _Fly,
+        deadline: float,
+        *,
+        keep_trying: bool,
+        launched: list[_Flight] | None = None,
     ) -> SegmentOutcome:
         """Run the command in a task of its own (so the requester may give up without
         leaving the segment half done) and wait for its outcome."""
         segment_id = fly.command.segment_id
         flight = _Flight(deadline)
+        if launched is not None:
+            launched.append(flight)
         task = self.tasks.spawn(
             self._flight(controller, fly, flight, keep_trying), name=f"gate:{fly.command.action}"
         )
@@ -679,6 +703,7 @@ class PaymentGate:
                     await asyncio.sleep(pause_s)
                     result = _AGAIN
             if isinstance(result, _Failure) and result is not _AGAIN:
+                flight.pause_failed = flight.pause_failed or fly.command.action == "pause"
                 log.error(
                     "%s not confirmed on segment %s (a %s call): %s",
                     fly.command.action,

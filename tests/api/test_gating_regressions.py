@@ -556,3 +556,32 @@ async def test_repeated_start_after_pause_failed_retries_the_pause_on_the_same_s
         # r-2 is late_recording or pause_failed, depending on whether it started before or
         # during the background re-pause; either way it is on record.
         assert open_kinds["r-2"] & {"late_recording", "pause_failed"}, open_kinds
+
+
+# ---- a failed pause whose record lands after the deadline ----------------------------------
+
+
+async def test_a_failed_pause_recorded_after_the_deadline_is_still_answered_pause_failed(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
+    """Found by CI on a cold PostgreSQL: the PBX refused, the flight was writing
+    ``pause_failed`` when the IVR's deadline passed, and the 503 said ``pausing``."""
+    pbx.post(PAUSE).respond(400, json={"error": "refused"})
+    await live_call(harness)
+    gate = harness.services.gate
+    write = gate._write
+
+    async def slow_record(work: Any, deadline: float | None = None) -> Any:
+        if getattr(getattr(work, "func", None), "__name__", "") == "_record_txn":
+            await asyncio.sleep(2.0)  # past the 1.5 s pause deadline
+        return await write(work, deadline)
+
+    gate._write = slow_record  # type: ignore[method-assign]
+    start = await harness.client.post(START, headers=harness.auth(Role.IVR))
+    assert start.status_code == 503
+    assert start.json()["safe_to_collect"] is False
+    assert start.json()["state"] == "pause_failed"
+    await harness.services.tasks.drain()
+    call = await get_call(harness)
+    assert call["segments"][0]["state"] == "pause_failed"
+    assert [e["kind"] for e in call["exposures"]] == ["pause_failed"]

@@ -100,6 +100,7 @@ async def test_pbx_error_fails_closed_with_503(harness: Harness, pbx: respx.Mock
     problem = start.json()
     assert problem["safe_to_collect"] is False and problem["state"] == "pause_failed"
     assert pause.call_count >= 2, "a 5xx is transient: it is retried within the deadline"
+    await harness.services.tasks.drain()  # the failure's record may land just after the answer
     call = await get_call(harness)
     assert call["segments"][0]["state"] == "pause_failed"
     assert call["recordings"][0]["state"] == "recording"
