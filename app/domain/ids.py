@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import replace
+from dataclasses import fields, replace
 
-from app.domain.events import PbxEvent
+from app.domain.events import CallInfo, PbxEvent, RecordingInfo
 from app.domain.scrub import has_card_number, luhn_ok
 
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -54,9 +54,18 @@ def event_problem(event: PbxEvent) -> str | None:
     for value, what in checks:
         if (problem := id_problem(value, what)) is not None:
             return problem
+    # Text columns cannot hold NUL (PostgreSQL refuses it), and no PBX means one.
+    texts = [*_texts_of(event.call), *(_texts_of(recording) if recording is not None else [])]
+    if any("\x00" in text for text in texts):
+        return "a field holds a NUL character"
     if event.occurred_at.year < EARLIEST_OCCURRED_AT_YEAR:
         return f"occurred_at is before {EARLIEST_OCCURRED_AT_YEAR}"
     return None
+
+
+def _texts_of(info: CallInfo | RecordingInfo) -> list[str]:
+    """The text fields of an event's call or recording part."""
+    return [v for v in (getattr(info, f.name) for f in fields(info)) if isinstance(v, str)]
 
 
 def valid_id(value: str, what: str) -> str:

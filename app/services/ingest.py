@@ -426,7 +426,8 @@ class IngestService:
             "event_id": event_id
             and scrub_text(event_id if event_id.isprintable() else ascii(event_id)[1:-1])[:255],
             "reason": scrub_text(reason)[:1000],
-            "payload": stored,
+            # Text columns cannot hold NUL (PostgreSQL refuses it): kept as its JSON escape.
+            "payload": stored.replace("\x00", "\\u0000"),
             "received_at": self.clock(),
         }
         await self.db.write(lambda conn: insert_dead_letter(conn, values))

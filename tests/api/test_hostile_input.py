@@ -268,3 +268,14 @@ async def test_an_out_of_range_audit_cursor_is_422(harness: Harness) -> None:
         "/v1/audit", params={"cursor": str(2**63)}, headers=harness.auth(Role.ADMIN)
     )
     assert response.status_code == 422
+
+
+async def test_a_nul_character_is_422_and_dead_lettered_not_a_500(harness: Harness) -> None:
+    """PostgreSQL's text columns refuse NUL; no PBX means one. Refused before anything is
+    stored, and the dead letter keeps it escaped."""
+    body = event("call.started", agent_id="agent\u00007")
+    response = await harness.send_event(body)
+    assert response.status_code == 422 and "NUL" in response.json()["detail"]
+    (letter,) = await _dead_letters(harness)
+    assert "\\u0000" in letter["payload"] and "\x00" not in letter["payload"]
+    assert await harness.count("calls") == 0
