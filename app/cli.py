@@ -37,6 +37,8 @@ retention_cli = typer.Typer(no_args_is_help=True, help="Retention: the sweep and
 cli.add_typer(retention_cli, name="retention")
 audit_cli = typer.Typer(no_args_is_help=True, help="The audit trail.")
 cli.add_typer(audit_cli, name="audit")
+subject_access_cli = typer.Typer(no_args_is_help=True, help="Subject access requests.")
+cli.add_typer(subject_access_cli, name="subject-access")
 
 
 def _token_service(settings: Settings) -> tuple[AsyncEngine, TokenService]:
@@ -206,7 +208,8 @@ def retention_due(
 
 @audit_cli.command("verify")
 def audit_verify() -> None:
-    """Recompute the audit hash chain from the stored rows; exit 1 if it is broken."""
+    """Recompute the audit HMAC chain and hold it against the last checkpoint; exit 1 if it is
+    broken (first_bad_seq names the first bad entry)."""
 
     async def work(services: Services) -> int:
         check = await services.audit.verify()
@@ -217,12 +220,53 @@ def audit_verify() -> None:
                     "entries": check.entries,
                     "head": check.head,
                     "first_bad_seq": check.first_bad_seq,
+                    "reason": check.reason,
+                    "unkeyed": check.unkeyed,
+                    "checkpoint": check.checkpoint,
                 }
             )
         )
         return 0 if check.ok else 1
 
     raise typer.Exit(_with_services(work))
+
+
+@subject_access_cli.command("export")
+def subject_access_export(
+    caller: Annotated[str, typer.Option(help="The caller's number, any formatting.")],
+    out: Annotated[Path, typer.Option(help="The zip archive to write.")],
+) -> None:
+    """Write everything held for a caller to one zip: metadata.json (as GET
+    /v1/subject-access answers), the media still held, and manifest.json (sha256, size)."""
+    import getpass
+
+    from app.api.disclosures import subject_access_read
+    from app.errors import AppError
+    from app.services.audit import Actor
+
+    try:
+        operator = getpass.getuser()
+    except (KeyError, OSError):  # no user entry (a container)
+        operator = "unknown"
+
+    async def work(services: Services) -> int:
+        result = await services.disclosures.export(
+            caller,
+            Actor(f"cli:{operator}", "cli"),
+            out,
+            lambda report: subject_access_read(report).model_dump(mode="json"),
+        )
+        for item in result.withheld:
+            typer.echo(f"withheld {item['recording_id']}: {item['reason']}", err=True)
+        typer.echo(f"{result.path}: {len(result.files)} file(s)")
+        return 0
+
+    try:
+        code = _with_services(work)
+    except AppError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    raise typer.Exit(code)
 
 
 def _free_port() -> int:

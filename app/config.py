@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SERVICE_AREAS = (
@@ -111,6 +111,15 @@ class Settings(BaseSettings):
     # Silence this much either side of an exposure when redacting (clocks, DTMF tails).
     redaction_margin_s: float = Field(default=2.0, ge=0, le=60)
 
+    # Audit trail (SPEC §3.3): the key of its HMAC chain, kept outside the database
+    # (``whsec_<base64>`` or a plain secret, at least 16 bytes). Required in production; in
+    # development it is derived from the generic webhook secret (``make run`` generates one).
+    audit_key: SecretStr | None = None
+    # Keys retired by a rotation, comma-separated: entries they signed still verify.
+    audit_previous_keys: SecretStr | None = None
+    # How often the chain head is checkpointed to the media store (and on shutdown).
+    audit_checkpoint_s: int = Field(default=300, ge=1)
+
     metrics_public: bool = False
     background_jobs: bool = True
 
@@ -127,6 +136,19 @@ class Settings(BaseSettings):
             raise ValueError("must be whsec_<base64>") from exc
         if len(key) < 16:
             raise ValueError("must decode to at least 16 bytes")
+        return value
+
+    @field_validator("audit_key", "audit_previous_keys")
+    @classmethod
+    def _audit_keys_are_long_enough(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        if value is not None:
+            raw = value.get_secret_value()
+            parts = raw.split(",") if info.field_name == "audit_previous_keys" else [raw]
+            for part in parts:
+                if part.strip() and len(_audit_key_bytes(part)) < 16:
+                    raise ValueError("each audit key must be at least 16 bytes")
         return value
 
     @field_validator("generic_media_hosts")
@@ -157,6 +179,10 @@ class Settings(BaseSettings):
             secret = getattr(self, name)
             if secret is not None and secret.get_secret_value().lower() in _PLACEHOLDERS:
                 raise ValueError(f"RECGATE_{name.upper()} is a placeholder; set a real secret")
+        if self.audit_key is None:
+            raise ValueError(
+                "RECGATE_AUDIT_KEY is required in production: it signs the audit trail"
+            )
         return self
 
     @model_validator(mode="after")
@@ -195,12 +221,43 @@ class Settings(BaseSettings):
             return hmac.new(self.generic_secret_key, _SIM_KEY_LABEL, hashlib.sha256).digest()
         return None
 
+    def audit_signing_keys(self) -> tuple[bytes, list[bytes]]:
+        """The audit chain's current key and the keys it rotated away from.
+
+        Without ``RECGATE_AUDIT_KEY`` (development only) the key is derived from the generic
+        webhook secret, or is a fixed development key when there is none: entries then verify
+        only for as long as that secret stays the same.
+        """
+        if self.audit_key is not None:
+            current = _audit_key_bytes(self.audit_key.get_secret_value())
+        else:
+            seed = self.generic_secret_key or b"recgate development only"
+            current = hmac.new(seed, _AUDIT_KEY_LABEL, hashlib.sha256).digest()
+        previous = []
+        if self.audit_previous_keys is not None:
+            raw = self.audit_previous_keys.get_secret_value()
+            previous = [_audit_key_bytes(part) for part in raw.split(",") if part.strip()]
+        return current, previous
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
 
 _SIM_KEY_LABEL = b"recgate webhook route: sim"
+_AUDIT_KEY_LABEL = b"recgate audit chain (development)"
+
+
+def _audit_key_bytes(secret: str) -> bytes:
+    """``whsec_<base64>`` decoded; any other value is a plain secret, taken as UTF-8."""
+    secret = secret.strip()
+    if secret.startswith("whsec_"):
+        try:
+            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("an audit key starting whsec_ must be base64") from exc
+    return secret.encode()
+
 
 # (scheme, host, port) recgate may fetch media from; the port is explicit even when default.
 MediaOrigin = tuple[str, str, int]

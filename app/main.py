@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -20,7 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.api import calls, ops, recordings, retention, webhooks
+from app.api import calls, disclosures, ops, recordings, retention, webhooks
 from app.api.limits import BodySizeLimit
 from app.config import Settings, get_settings
 from app.domain.clock import Clock, utcnow
@@ -29,6 +30,7 @@ from app.jobs.ari_events import AriEventConsumer, ari_events_enabled
 from app.jobs.watchdog import run_jobs, service_jobs
 from app.services.container import Services
 
+log = logging.getLogger("recgate")
 _gc_settled = False
 
 
@@ -78,6 +80,10 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
                 watchdog.cancel()
                 with suppress(asyncio.CancelledError):
                     await watchdog
+                try:  # the last head, so entries since the last interval are covered too
+                    await services.audit.checkpoint()
+                except Exception:
+                    log.exception("audit checkpoint at shutdown failed")
             await services.close()
 
     app = FastAPI(
@@ -98,6 +104,7 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
     app.include_router(webhooks.router)
     app.include_router(recordings.router)
     app.include_router(retention.router)
+    app.include_router(disclosures.router)
     _serve_docs(app)
     _document_contract(app, metrics_public=settings.metrics_public)
     return app

@@ -163,6 +163,7 @@ class Site:
             RECGATE_GENERIC_WEBHOOK_SECRET=secret,
             RECGATE_GENERIC_CONTROL_URL=f"http://127.0.0.1:{pbx_port}",
             RECGATE_SIM_ENABLED="false",
+            RECGATE_AUDIT_KEY=secret,
             RECGATE_HOST="127.0.0.1",
             RECGATE_LOG_LEVEL="WARNING",
             RECGATE_ALEMBIC_DIR=str(ROOT / "alembic"),

@@ -6,13 +6,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.api import cursors
-from app.api.deps import ServicesDep, actor_of, require
+from app.api.deps import ServicesDep, actor_of, authenticate, check_role, require
 from app.api.schemas import (
     CallerHoldCreate,
+    CopyOutcomeRead,
+    CopyOutcomesRead,
     ExposureRead,
     HoldCreate,
     HoldRead,
@@ -21,7 +23,7 @@ from app.api.schemas import (
     RecordingRead,
     RecordingSummary,
 )
-from app.domain.roles import Role
+from app.domain.roles import Role, may_use
 from app.services.recordings import MEDIA_PURPOSES, RecordingDetail
 from app.services.tokens import Principal
 from app.storage.models import Call, LegalHold, Recording
@@ -103,6 +105,21 @@ def _read(detail: RecordingDetail, full: bool) -> RecordingRead:
         redacted_at=r.redacted_at,
         deleted_at=r.deleted_at,
         deleted_reason=r.deleted_reason,
+        copies=_copies(r),
+    )
+
+
+def _copies(r: Recording) -> CopyOutcomesRead | None:
+    """Each copy's deletion outcome, once a deletion has been tried."""
+    if r.local_copy is None and r.provider_copy is None:
+        return None
+    return CopyOutcomesRead(
+        local=None
+        if r.local_copy is None
+        else CopyOutcomeRead(outcome=r.local_copy, reason=r.local_copy_reason),
+        provider=None
+        if r.provider_copy is None
+        else CopyOutcomeRead(outcome=r.provider_copy, reason=r.provider_copy_reason),
     )
 
 
@@ -147,13 +164,27 @@ async def get_recording(
     return _read(detail, full=principal.role in (Role.DPO, Role.ADMIN))
 
 
+async def _media_reader(
+    recording_id: uuid.UUID, request: Request, services: ServicesDep
+) -> Principal:
+    """Like ``ReaderDep``, but a token whose role may not have media is refused on record."""
+    principal = await authenticate(request, services)
+    if not may_use(principal.role, frozenset({Role.SUPERVISOR, Role.DPO})):
+        await services.recordings.refuse_media(recording_id, actor_of(principal), "role")
+        check_role(principal, Role.SUPERVISOR, Role.DPO)
+    return principal
+
+
 @router.get(
     "/v1/recordings/{recording_id}/media",
     response_class=StreamingResponse,
     responses={200: {"content": {"audio/wav": {}}}, 410: {"description": "Deleted"}},
 )
 async def get_media(
-    recording_id: uuid.UUID, purpose: Purpose, services: ServicesDep, principal: ReaderDep
+    recording_id: uuid.UUID,
+    purpose: Purpose,
+    services: ServicesDep,
+    principal: Annotated[Principal, Depends(_media_reader)],
 ) -> StreamingResponse:
     recording, stream = await services.recordings.open_media(
         recording_id,

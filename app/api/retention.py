@@ -129,5 +129,11 @@ async def get_audit(
 async def verify_audit(services: ServicesDep, _: DpoDep) -> AuditVerifyRead:
     check = await services.audit.verify()
     return AuditVerifyRead(
-        ok=check.ok, entries=check.entries, head=check.head, first_bad_seq=check.first_bad_seq
+        ok=check.ok,
+        entries=check.entries,
+        head=check.head,
+        first_bad_seq=check.first_bad_seq,
+        reason=check.reason,
+        unkeyed=check.unkeyed,
+        checkpoint=check.checkpoint,
     )

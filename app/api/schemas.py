@@ -130,6 +130,18 @@ class PauseSpanRead(BaseModel):
     end_offset_s: float | None
 
 
+class CopyOutcomeRead(BaseModel):
+    outcome: str = Field(description="deleted | gone | not_deletable | failed")
+    reason: str | None
+
+
+class CopyOutcomesRead(BaseModel):
+    """What the deletion did to recgate's copy (``local``) and the provider's (``provider``)."""
+
+    local: CopyOutcomeRead | None
+    provider: CopyOutcomeRead | None
+
+
 class RecordingRead(BaseModel):
     id: uuid.UUID
     provider: str
@@ -151,6 +163,7 @@ class RecordingRead(BaseModel):
     redacted_at: datetime | None
     deleted_at: datetime | None
     deleted_reason: str | None
+    copies: CopyOutcomesRead | None = None
 
 
 class RecordingSummary(BaseModel):
@@ -239,3 +252,91 @@ class AuditVerifyRead(BaseModel):
     entries: int
     head: str
     first_bad_seq: int | None = None
+    # Why the first bad entry is bad; when ok, how many entries predate the HMAC chain.
+    reason: str | None = None
+    unkeyed: int = 0
+    # The last checkpoint the chain was held against (last_seq, hash, count, at, key_id).
+    checkpoint: dict[str, object] | None = None
+
+
+# ---- disclosures and subject access -------------------------------------------------------
+
+Recipient = Literal["police", "council_service", "care_provider", "data_subject", "other"]
+
+
+class DisclosureCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipient: Recipient
+    recipient_name: str = Field(min_length=1, max_length=255)
+    reference: str | None = Field(default=None, max_length=255)
+    lawful_basis: str = Field(min_length=1, max_length=500)
+    justification: str = Field(min_length=1, max_length=2000)
+
+
+class DisclosureRead(BaseModel):
+    id: uuid.UUID
+    recording_id: uuid.UUID
+    recipient: str
+    recipient_name: str
+    reference: str | None
+    lawful_basis: str
+    justification: str
+    media_sha256: str
+    media_size: int | None
+    disclosed_by: str
+    disclosed_role: str
+    disclosed_at: datetime
+
+
+class DisclosurePage(BaseModel):
+    items: list[DisclosureRead]
+    next_cursor: str | None
+
+
+class SubjectCallRead(BaseModel):
+    id: uuid.UUID
+    provider: str
+    provider_call_id: str
+    state: str
+    service_area: str | None
+    from_number: str | None
+    to_number: str | None
+    direction: str | None
+    started_at: datetime | None
+    answered_at: datetime | None
+    ended_at: datetime | None
+
+
+class SubjectRecordingRead(BaseModel):
+    id: uuid.UUID
+    call_id: uuid.UUID
+    provider_recording_id: str
+    state: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    duration_s: float | None
+    quarantined: bool
+    retention_until: datetime | None
+    media_available: bool
+    media_sha256: str | None
+    media_size: int | None
+
+
+class TombstoneRead(BaseModel):
+    """A deleted recording: what it was and when and why it went; no media."""
+
+    id: uuid.UUID
+    call_id: uuid.UUID
+    deleted_at: datetime
+    deleted_reason: str | None
+
+
+class SubjectAccessRead(BaseModel):
+    caller: str
+    generated_at: datetime
+    calls: list[SubjectCallRead]
+    recordings: list[SubjectRecordingRead]
+    holds: list[HoldRead]
+    disclosures: list[DisclosureRead]
+    tombstones: list[TombstoneRead]

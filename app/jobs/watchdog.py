@@ -24,6 +24,12 @@ def service_jobs(services: Services) -> list[Job]:
         ("redaction", 60.0, services.redaction.redact_due),
         # Several replicas may sweep at once: claims are leased rows, skipped when locked.
         ("retention-sweep", float(services.settings.sweep_interval_s), services.retention.sweep),
+        # The audit chain's head, outside the database: truncation shows against it.
+        (
+            "audit-checkpoint",
+            float(services.settings.audit_checkpoint_s),
+            services.audit.checkpoint,
+        ),
     ]
     if services.spool is not None:
         # rtpengine writes no notice of a finished file: its directory is read instead.

@@ -9,9 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.clock import Clock, utcnow
-from app.services.audit import AuditService
+from app.services.audit import AuditKeys, AuditService
 from app.services.calls import CallQueries
 from app.services.concurrency import BackgroundTasks
+from app.services.disclosures import DisclosureService
 from app.services.gating import PaymentGate
 from app.services.health import HealthService
 from app.services.ingest import IngestService
@@ -53,6 +54,7 @@ class Services:
     retention: RetentionService
     recordings: RecordingService
     redaction: RedactionService
+    disclosures: DisclosureService
     # rtpengine's recording directory, when recgate is given it (RECGATE_RTPENGINE_RECORDING_DIR).
     spool: SpoolWatcher | None = None
 
@@ -85,7 +87,9 @@ class Services:
         media = MediaService(
             sessions, settings, clock, build_media_store(settings), controllers, tasks
         )
-        audit = AuditService(sessions, clock)
+        audit = AuditService(
+            sessions, clock, AuditKeys.of(*settings.audit_signing_keys()), media.store
+        )
         intake = EventIntake(ingest, gate, media)
         rtp = controllers.get("rtpengine")
         spool = (
@@ -108,13 +112,14 @@ class Services:
             tokens=TokenService(sessions, clock),
             auth=TokenAuthenticator(db),
             calls=CallQueries(sessions, audit),
-            health=HealthService(sessions, settings, clock, controllers),
+            health=HealthService(sessions, settings, clock, controllers, media.store),
             audit=audit,
             retention=RetentionService(
                 sessions, settings, clock, media.store, controllers, audit, metrics
             ),
             recordings=RecordingService(sessions, clock, media.store, audit),
             redaction=RedactionService(sessions, settings, clock, media.store, audit),
+            disclosures=DisclosureService(sessions, clock, media.store, audit),
             spool=spool,
         )
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.clock import Clock
+from app.storage.media import MediaStore
 from app.storage.repositories import (
     CallRepository,
     ExposureRepository,
@@ -53,11 +54,27 @@ class HealthService:
         settings: Settings,
         clock: Clock,
         controllers: dict[str, RecordingController],
+        store: MediaStore | None = None,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.clock = clock
         self.controllers = controllers
+        self.store = store
+        # The store's configuration is read once, at the first readiness check after start-up
+        # (a 1-tuple once known, so "no warning" is remembered too).
+        self._store_warning: tuple[str | None] | None = None
+
+    async def _media_store_warning(self) -> str | None:
+        if self.store is None:
+            return None
+        if self._store_warning is None:
+            try:
+                async with asyncio.timeout(_DB_CHECK_TIMEOUT_S):
+                    self._store_warning = (await self.store.deletion_warning(),)
+            except TimeoutError:
+                return "the media store's configuration could not be read yet"
+        return self._store_warning[0]
 
     async def readiness(self) -> Readiness:
         now = self.clock()
@@ -95,6 +112,15 @@ class HealthService:
                 entry = {"status": "pass", "output": controller.describe()}
             checks[f"provider:{provider}"] = [entry]
             statuses.append(entry["status"])
+        if self.store is not None:
+            warning = await self._media_store_warning()
+            entry = (
+                {"status": "pass", "output": self.store.describe()}
+                if warning is None
+                else {"status": "warn", "output": f"{self.store.describe()}: {warning}"}
+            )
+            checks["storage:media"] = [entry]
+            statuses.append(entry["status"])
         if overdue is not None:
             entry = {
                 "status": "pass" if overdue == 0 else "warn",
@@ -128,6 +154,9 @@ class HealthService:
                 "exposures_24h": await ExposureRepository(session).count_since(day_ago),
                 "retention_overdue": (await RetentionRepository(session).count_due(now))[0],
                 "last_sweep_at": _iso(await RetentionRepository(session).last_sweep_at()),
+                "provider_copies_held": (
+                    await RetentionRepository(session).count_provider_copies_held()
+                ),
             }
 
 

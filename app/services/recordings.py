@@ -180,24 +180,48 @@ class RecordingService:
     async def open_media(
         self, recording_id: uuid.UUID, purpose: str, actor: Actor, *, may_see_quarantined: bool
     ) -> tuple[Recording, AsyncIterator[bytes]]:
-        """The recording and a stream of its media; audited before the first byte is sent."""
+        """The recording and a stream of its media; audited before the first byte is sent.
+
+        A refusal (deleted, quarantined, no media yet) is audited too, with its reason."""
+        refusal: tuple[str, AppError] | None = None
         async with self.sessions() as session, session.begin():
             recording = await RecordingRepository(session).by_id(recording_id)
             if recording is None:
                 raise NotFound("No such recording.")
             if recording.deleted_at is not None:
-                raise RecordingGoneForever(
-                    "Deleted under the retention policy or by a DPO; it cannot be retrieved.",
-                    deleted_at=recording.deleted_at.isoformat(),
-                    deleted_reason=recording.deleted_reason,
+                refusal = (
+                    "deleted",
+                    RecordingGoneForever(
+                        "Deleted under the retention policy or by a DPO; it cannot be retrieved.",
+                        deleted_at=recording.deleted_at.isoformat(),
+                        deleted_reason=recording.deleted_reason,
+                    ),
                 )
-            if recording.quarantined and not may_see_quarantined:
-                raise Forbidden("The recording is quarantined (possible card data): DPO only.")
-            if recording.media_path is None:
-                raise Conflict("recgate holds no copy of this recording's media yet.")
+            elif recording.quarantined and not may_see_quarantined:
+                refusal = (
+                    "quarantined",
+                    Forbidden("The recording is quarantined (possible card data): DPO only."),
+                )
+            elif recording.media_path is None:
+                refusal = (
+                    "no_media",
+                    Conflict("recgate holds no copy of this recording's media yet."),
+                )
+            outcome = {"outcome": "granted"}
+            if refusal is not None:
+                outcome = {"outcome": "refused", "reason": refusal[0]}
             await self.audit.record(
-                session, actor, "recording.media", "recording", str(recording_id), purpose=purpose
+                session,
+                actor,
+                "recording.media",
+                "recording",
+                str(recording_id),
+                purpose=purpose,
+                detail=outcome,
             )
+        if refusal is not None:
+            raise refusal[1]
+        assert recording.media_path is not None
         stream = self.store.read(recording.media_path)
         try:
             first = await anext(stream)
@@ -212,6 +236,18 @@ class RecordingService:
                 yield chunk
 
         return recording, chained()
+
+    async def refuse_media(self, recording_id: uuid.UUID, actor: Actor, reason: str) -> None:
+        """Put a media request refused before it reached :meth:`open_media` on record."""
+        async with self.sessions() as session, session.begin():
+            await self.audit.record(
+                session,
+                actor,
+                "recording.media",
+                "recording",
+                str(recording_id),
+                detail={"outcome": "refused", "reason": reason},
+            )
 
     # ---- holds ------------------------------------------------------------------------
 
@@ -233,16 +269,40 @@ class RecordingService:
         reference, note = scrub_fields(reference, note)
         async with self.sessions() as session, session.begin():
             if recording_id is not None:
-                recording = await RecordingRepository(session).by_id(recording_id)
+                # Locked: a deletion that passed its hold check meanwhile is seen here, and
+                # one that has not yet waits for this hold and then sees it.
+                recording = await RecordingRepository(session).by_id(recording_id, lock=True)
                 if recording is None:
                     raise NotFound("No such recording.")
                 if recording.deleted_at is not None:
                     raise RecordingGoneForever("The recording has already been deleted.")
                 lease = recording.sweep_lease_until
-                if lease is not None and lease > self.clock() and recording.deletion_error is None:
+                if (
+                    lease is not None
+                    and lease > self.clock()
+                    and (recording.deletion_error is None or recording.deletion_started_at)
+                ):
                     # The sweep has claimed it and may be deleting its media right now.
                     raise Conflict(
                         "The retention sweep is deleting this recording; check it again shortly.",
+                    )
+            if caller is not None:
+                # The caller-hold counterpart: every recording of the number is locked, so a
+                # deletion past its last hold check is visible now (and refused below), and
+                # any other waits for this hold and then sees it. A 201 therefore means no
+                # recording of the number can still be deleted.
+                now = self.clock()
+                deleting = [
+                    r
+                    for r in await HoldRepository(session).lock_caller_recordings(caller)
+                    if r.deletion_started_at is not None
+                    and r.sweep_lease_until is not None
+                    and r.sweep_lease_until > now
+                ]
+                if deleting:
+                    raise Conflict(
+                        f"The retention sweep is deleting {len(deleting)} recording(s) of this "
+                        "caller right now; place the hold again shortly.",
                     )
             hold = LegalHold(
                 id=uuid.uuid4(),

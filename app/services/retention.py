@@ -29,12 +29,14 @@ from app.services.transitions import set_recording_state
 from app.storage.media import MediaStore, MediaStoreError
 from app.storage.models import Call, Recording, RetentionPolicy, SweepRun
 from app.storage.repositories import (
-    CallRepository,
     RecordingRepository,
     RetentionRepository,
     TransitionRepository,
 )
-from app.telephony.base import MediaSource, ProviderError, RecordingController
+from app.telephony.base import MediaSource, ProviderError, RecordingController, RecordingGone
+from app.telephony.generic import GenericController
+from app.telephony.rtpengine import RtpengineController
+from app.telephony.sim import SimPbx
 
 log = logging.getLogger("recgate.retention")
 
@@ -53,6 +55,59 @@ NOTICE_RECORD_MONTHS = 72
 
 class HeldRecording(Conflict):
     slug, title = "recording-held", "The recording is under a legal hold"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOutcome:
+    """What a deletion did to one copy of a recording's media."""
+
+    outcome: str  # deleted | gone | not_deletable | failed
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaDeletion:
+    local: CopyOutcome  # recgate's media store
+    provider: CopyOutcome  # the PBX's own copy
+
+    @property
+    def error(self) -> str | None:
+        """What failed, or None when no copy recgate can delete is left."""
+        failed = [
+            f"{name}: {copy.reason}"
+            for name, copy in (("local", self.local), ("provider", self.provider))
+            if copy.outcome == "failed"
+        ]
+        return "; ".join(failed)[:500] if failed else None
+
+
+def provider_copy_deleter(
+    provider: str, controller: RecordingController | None
+) -> MediaSource | CopyOutcome:
+    """The provider's delete call, or the outcome recgate records without calling anything:
+    why the provider's copy outlives the deletion (or that there is none)."""
+    if isinstance(controller, SimPbx):
+        return CopyOutcome("gone", "the simulated PBX keeps no copy")
+    if isinstance(controller, GenericController):
+        # Also GenericMediaController: recgate copies its media but cannot delete the original.
+        return CopyOutcome(
+            "not_deletable",
+            "the generic PBX contract has no delete call; the PBX keeps its copy until its own "
+            "expiry",
+        )
+    if isinstance(controller, MediaSource):
+        return controller
+    if isinstance(controller, RtpengineController):
+        return CopyOutcome(
+            "not_deletable",
+            "rtpengine without RECGATE_RTPENGINE_RECORDING_DIR: recgate cannot reach the "
+            "recording daemon's files",
+        )
+    if controller is None:
+        return CopyOutcome(
+            "not_deletable", f"no recording control configured for {provider}; its copy stays"
+        )
+    return CopyOutcome("not_deletable", f"{provider} offers recgate no way to delete its copy")
 
 
 @dataclass
@@ -288,7 +343,12 @@ class RetentionService:
                 )
             if not claimed:
                 break
-            for error in await self._delete_batch(claimed, "retention", SYSTEM_SWEEP):
+            errors, kept = await self._delete_batch(claimed, "retention", SYSTEM_SWEEP)
+            # Held since the claim: the last hold check before deletion kept them.
+            result.skipped_held += len(kept)
+            for recording_id, error in zip(claimed, errors, strict=True):
+                if recording_id in kept:
+                    continue
                 if error is None:
                     result.deleted += 1
                 else:
@@ -319,6 +379,7 @@ class RetentionService:
                 result.errors,
                 result.records_erased,
             )
+            run.skipped_held = result.skipped_held
 
     async def last_sweep_at(self) -> datetime | None:
         async with self.sessions() as session:
@@ -351,35 +412,47 @@ class RetentionService:
     async def _delete_one(self, recording_id: uuid.UUID, reason: str, actor: Actor) -> str | None:
         """Delete one recording's media everywhere, then tombstone it. None on success, else
         a description of what failed (and the recording stays undeleted)."""
-        async with self.sessions() as session:
-            recording = await RecordingRepository(session).by_id(recording_id)
-            call = (
-                None
-                if recording is None
-                else await CallRepository(session).by_id(recording.call_id)
-            )
-        if recording is None or call is None or recording.deleted_at is not None:
-            return None
-        error = await self._delete_media(recording, call.provider)
-        leftovers: list[tuple[uuid.UUID, str]] = []
+        errors, held = await self._delete_batch([recording_id], reason, actor)
+        if held:
+            raise HeldRecording("Release every legal hold on the recording first.")
+        return errors[0]
+
+    async def _start_deletions(
+        self, recording_ids: list[uuid.UUID]
+    ) -> tuple[list[uuid.UUID], set[uuid.UUID]]:
+        """The last hold check before media goes: (recordings to delete now, recordings held).
+
+        The rows are locked first and the holds read by a later statement, so on PostgreSQL
+        that read sees every hold committed while the lock was awaited; a hold transaction
+        locks the same rows (one recording, or every recording of a caller) and so either
+        commits before this check or waits for it and sees ``deletion_started_at``. On SQLite
+        every writing transaction is ``BEGIN IMMEDIATE``, so the two are serialised anyway.
+        """
         async with self.sessions() as session, session.begin():
-            row = await RecordingRepository(session).by_id(recording_id, lock=True)
-            if row is not None and error is not None:
-                row.deletion_error = error
-            elif row is not None and row.deleted_at is None:
-                leftovers = self._tombstone(
-                    session, row, reason, self.clock(), recording.media_path
-                )
-                await self._audit_deletion(session, row, reason, actor)
-        await self._delete_leftovers(leftovers)
-        return error
+            repo = RetentionRepository(session)
+            rows = await repo.lock_for_deletion(recording_ids)
+            held = await repo.held_among(recording_ids)
+            now = self.clock()
+            started = []
+            for row in rows:
+                if row.deleted_at is not None:
+                    continue
+                if row.id in held:
+                    row.sweep_lease_until, row.deletion_started_at = None, None
+                    continue
+                row.deletion_started_at, row.sweep_lease_until = now, now + _LEASE
+                started.append(row.id)
+        return started, held
 
     async def _delete_batch(
         self, recording_ids: list[uuid.UUID], reason: str, actor: Actor
-    ) -> list[str | None]:
-        """:meth:`_delete_one` for a claimed batch, in order: one read, the media deletions
-        ``SWEEP_CONCURRENCY`` at a time, then one transaction per ``FINALIZE_BATCH`` for the
-        tombstones, transitions and audit entries (and the errors of those that failed)."""
+    ) -> tuple[list[str | None], set[uuid.UUID]]:
+        """Delete the media of a batch and tombstone it: the last hold check, one read, the
+        media deletions ``SWEEP_CONCURRENCY`` at a time, then one transaction per
+        ``FINALIZE_BATCH`` for the tombstones, copy outcomes, transitions and audit entries
+        (and the errors of those that failed). Returns each recording's error (None when
+        deleted) in order, and the recordings a hold kept."""
+        started, held = await self._start_deletions(recording_ids)
         async with self.sessions() as session:
             # The batch counterpart of RecordingRepository.by_id + CallRepository.by_id.
             loaded = {
@@ -388,51 +461,56 @@ class RetentionService:
                     await session.execute(
                         sa.select(Recording, Call.provider)
                         .join(Call, Call.id == Recording.call_id)
-                        .where(Recording.id.in_(recording_ids))
+                        .where(Recording.id.in_(started))
                     )
                 ).all()
             }
         slots = asyncio.Semaphore(SWEEP_CONCURRENCY)
 
-        async def delete_media(recording: Recording, provider: str) -> str | None:
+        async def delete_media(recording: Recording, provider: str) -> MediaDeletion:
             async with slots:
                 return await self._delete_media(recording, provider)
 
-        pending: dict[uuid.UUID, asyncio.Task[str | None]] = {}
+        pending: dict[uuid.UUID, asyncio.Task[MediaDeletion]] = {}
         try:
             async with asyncio.TaskGroup() as group:
-                for recording_id in recording_ids:
+                for recording_id in started:
                     found = loaded.get(recording_id)
-                    if found is not None and found[0].deleted_at is None:
+                    if found is not None:
                         pending[recording_id] = group.create_task(delete_media(*found))
         except ExceptionGroup as failed:
-            # Whatever _delete_one would have let through, as itself.
+            # Whatever a single deletion would have let through, as itself.
             raise failed.exceptions[0] from None
-        errors = {recording_id: task.result() for recording_id, task in pending.items()}
-        finalize = list(errors)
+        results = {recording_id: task.result() for recording_id, task in pending.items()}
+        finalize = list(results)
         for start in range(0, len(finalize), FINALIZE_BATCH):
             chunk = finalize[start : start + FINALIZE_BATCH]
             async with self.sessions() as session, session.begin():
                 # The batch counterpart of RecordingRepository.by_id(lock=True).
                 rows = {
                     row.id: row
-                    for row in (
-                        await session.execute(
-                            sa.select(Recording)
-                            .where(Recording.id.in_(chunk))
-                            .order_by(Recording.id)
-                            .with_for_update()
-                        )
-                    ).scalars()
+                    for row in await RetentionRepository(session).lock_for_deletion(chunk)
                 }
                 now = self.clock()
                 deleted: list[Recording] = []
                 leftovers: list[tuple[uuid.UUID, str]] = []
                 for recording_id in chunk:
                     row = rows.get(recording_id)
-                    if row is not None and errors[recording_id] is not None:
-                        row.deletion_error = errors[recording_id]
-                    elif row is not None and row.deleted_at is None:
+                    if row is None:
+                        continue
+                    deletion = results[recording_id]
+                    row.deletion_started_at = None
+                    row.local_copy, row.local_copy_reason = (
+                        deletion.local.outcome,
+                        deletion.local.reason,
+                    )
+                    row.provider_copy, row.provider_copy_reason = (
+                        deletion.provider.outcome,
+                        deletion.provider.reason,
+                    )
+                    if deletion.error is not None:
+                        row.deletion_error = deletion.error
+                    elif row.deleted_at is None:
                         leftovers += self._tombstone(
                             session, row, reason, now, loaded[recording_id][0].media_path
                         )
@@ -441,25 +519,48 @@ class RetentionService:
                 for row in deleted:
                     await self._audit_deletion(session, row, reason, actor)
             await self._delete_leftovers(leftovers)
-        return [errors.get(recording_id) for recording_id in recording_ids]
+        errors = [
+            None if recording_id not in results else results[recording_id].error
+            for recording_id in recording_ids
+        ]
+        return errors, held
 
-    async def _delete_media(self, recording: Recording, provider: str) -> str | None:
-        """Delete the recording's media from the store and from the provider's copy. None
-        when both are gone, else what failed (logged; the caller keeps it on the recording)."""
+    async def _delete_media(self, recording: Recording, provider: str) -> MediaDeletion:
+        """Delete the recording's media from the store and the provider's copy, each on its
+        own: a failure of one does not keep the other (due and unheld) from going."""
+        local = await self._delete_local(recording)
+        remote = await self._delete_provider_copy(recording, provider)
+        deletion = MediaDeletion(local, remote)
+        if deletion.error is not None:
+            log.error("recording %s not deleted: %s", recording.id, deletion.error)
+        return deletion
+
+    async def _delete_local(self, recording: Recording) -> CopyOutcome:
+        if not recording.media_path:
+            return CopyOutcome("gone", "recgate held no copy")
         try:
-            if recording.media_path:
-                await self.store.delete(recording.media_path)
-            controller = self.controllers.get(provider)
-            if (
-                isinstance(controller, MediaSource)
-                and recording.state != RecordingState.PENDING.value
-            ):
-                await controller.delete_media(recording.provider_recording_id)
-        except (MediaStoreError, ProviderError) as exc:
-            message = scrub_text(f"{type(exc).__name__}: {exc}")[:500]
-            log.error("recording %s not deleted: %s", recording.id, message)
-            return message
-        return None
+            present = await self.store.exists(recording.media_path)
+            # Deleted either way: whatever is at that name must not survive the tombstone.
+            await self.store.delete(recording.media_path)
+        except MediaStoreError as exc:
+            return CopyOutcome("failed", _failure(exc))
+        if not present:
+            return CopyOutcome("gone", "already missing from the media store")
+        return CopyOutcome("deleted")
+
+    async def _delete_provider_copy(self, recording: Recording, provider: str) -> CopyOutcome:
+        if recording.state == RecordingState.PENDING.value:
+            return CopyOutcome("gone", "the provider never started this recording")
+        deleter = provider_copy_deleter(provider, self.controllers.get(provider))
+        if isinstance(deleter, CopyOutcome):
+            return deleter
+        try:
+            await deleter.delete_media(recording.provider_recording_id)
+        except RecordingGone:
+            return CopyOutcome("gone", "the provider no longer has it")
+        except ProviderError as exc:
+            return CopyOutcome("failed", _failure(exc))
+        return CopyOutcome("deleted")
 
     def _tombstone(
         self,
@@ -516,6 +617,10 @@ class RetentionService:
                 "retention_until": row.retention_until.isoformat() if row.retention_until else None,
             },
         )
+
+
+def _failure(exc: Exception) -> str:
+    return scrub_text(f"{type(exc).__name__}: {exc}")[:480]
 
 
 class MediaDeletionFailed(AppError):

@@ -78,6 +78,21 @@ class MediaStore(ABC):
     def describe(self) -> str:
         """A short, secret-free description for the readiness check."""
 
+    async def deletion_warning(self) -> str | None:
+        """Why a deleted object may still be retrievable from the store, if it may."""
+        return None
+
+    @abstractmethod
+    async def put_small(self, relative: str, data: bytes) -> None:
+        """Store a small object (such as an audit checkpoint) whole, replacing any earlier one."""
+
+    async def get_small(self, relative: str) -> bytes | None:
+        """A small object stored by :meth:`put_small`; None when there is none."""
+        try:
+            return b"".join([chunk async for chunk in self.read(relative)])
+        except MediaMissing:
+            return None
+
 
 class MediaMissing(MediaStoreError):
     """The object is not in the store."""
@@ -153,6 +168,24 @@ class LocalMediaStore(MediaStore):
         finally:
             await asyncio.to_thread(handle.close)
 
+    async def put_small(self, relative: str, data: bytes) -> None:
+        final = self._path(relative)
+        partial = final.with_name(final.name + f".{uuid.uuid4().hex[:8]}.part")
+
+        def replace() -> None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, final)
+
+        try:
+            await asyncio.to_thread(replace)
+        except OSError as exc:
+            await asyncio.to_thread(partial.unlink, missing_ok=True)
+            raise MediaStoreError(f"cannot write {relative}: {exc.strerror}") from exc
+
     def describe(self) -> str:
         return f"local directory {self.root}"
 
@@ -169,6 +202,8 @@ class _S3Client(Protocol):
     def put_object(self, **kwargs: Any) -> dict[str, Any]: ...
     def get_object(self, **kwargs: Any) -> dict[str, Any]: ...
     def head_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def get_bucket_versioning(self, **kwargs: Any) -> dict[str, Any]: ...
+    def get_bucket_lifecycle_configuration(self, **kwargs: Any) -> dict[str, Any]: ...
     def head_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
     def delete_object(self, **kwargs: Any) -> dict[str, Any]: ...
     def copy_object(self, **kwargs: Any) -> dict[str, Any]: ...
@@ -426,6 +461,19 @@ class S3MediaStore(MediaStore):
             return False
         return True
 
+    async def put_small(self, relative: str, data: bytes) -> None:
+        key = self._key(relative)
+        try:
+            await asyncio.to_thread(
+                self._client.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType="application/json",
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error("write", exc) from exc
+
     async def _confirm_bucket(self) -> None:
         if self._bucket_confirmed:
             return
@@ -434,6 +482,42 @@ class S3MediaStore(MediaStore):
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error("reach the bucket of", exc) from exc
         self._bucket_confirmed = True
+
+    async def deletion_warning(self) -> str | None:
+        """On a versioned bucket a delete only hides the object behind a delete marker; the
+        audio stays retrievable unless a lifecycle rule expires noncurrent versions."""
+        try:
+            versioning = await asyncio.to_thread(
+                self._client.get_bucket_versioning, Bucket=self.bucket
+            )
+        except (ClientError, BotoCoreError) as exc:
+            return f"cannot read the bucket's versioning ({_s3_code(exc)})"
+        if versioning.get("Status") not in ("Enabled", "Suspended"):
+            return None
+        try:
+            lifecycle = await asyncio.to_thread(
+                self._client.get_bucket_lifecycle_configuration, Bucket=self.bucket
+            )
+        except (ClientError, BotoCoreError) as exc:
+            if _s3_code(exc) != "NoSuchLifecycleConfiguration":
+                return f"cannot read the bucket's lifecycle rules ({_s3_code(exc)})"
+            lifecycle = {}
+        if any(self._expires_noncurrent(rule) for rule in lifecycle.get("Rules", [])):
+            return None
+        return (
+            "bucket versioning is on without a lifecycle rule expiring noncurrent versions: "
+            "deleted recordings stay retrievable as old versions"
+        )
+
+    def _expires_noncurrent(self, rule: dict[str, Any]) -> bool:
+        """An enabled rule expiring noncurrent versions of every object under the prefix."""
+        if rule.get("Status") != "Enabled" or "NoncurrentVersionExpiration" not in rule:
+            return False
+        scope = rule.get("Filter", {})
+        if "Tag" in scope or "Tags" in scope.get("And", {}):
+            return False  # only tagged objects: recgate does not tag its media
+        prefix = scope.get("Prefix", scope.get("And", {}).get("Prefix", rule.get("Prefix", "")))
+        return self.prefix.startswith(str(prefix))
 
     def describe(self) -> str:
         where = f"AWS S3 in {self.region}"

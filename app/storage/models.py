@@ -142,6 +142,15 @@ class Recording(Base):
     # is held across the storage and provider calls).
     sweep_lease_until: Mapped[datetime | None]
     deletion_error: Mapped[str | None] = mapped_column(sa.String(500))
+    # When a deletion passed its last hold check and began deleting media: from then on a
+    # hold can no longer stop it (so a hold placed meanwhile is refused, not accepted).
+    deletion_started_at: Mapped[datetime | None]
+    # What the last deletion did to each copy: deleted | gone | not_deletable | failed, and
+    # why. ``local`` is recgate's media store, ``provider`` the PBX's own copy.
+    local_copy: Mapped[str | None] = mapped_column(sa.String(16))
+    local_copy_reason: Mapped[str | None] = mapped_column(sa.String(500))
+    provider_copy: Mapped[str | None] = mapped_column(sa.String(16))
+    provider_copy_reason: Mapped[str | None] = mapped_column(sa.String(500))
     redacted_at: Mapped[datetime | None]
     # The unredacted original, until its deletion from the store is confirmed.
     superseded_media_path: Mapped[str | None] = mapped_column(sa.String(512))
@@ -167,6 +176,29 @@ class LegalHold(Base):
     placed_at: Mapped[datetime]
     released_by: Mapped[str | None] = mapped_column(sa.String(128))
     released_at: Mapped[datetime | None]
+
+
+class Disclosure(Base):
+    """A recording shared outside the contact centre (SPEC §3.3): to whom, why, on what basis,
+    and exactly which media (its sha256 when shared). Kept after the recording is deleted."""
+
+    __tablename__ = "disclosures"
+    __table_args__ = (sa.Index("ix_disclosures_disclosed_at_id", "disclosed_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    recording_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("recordings.id", ondelete="RESTRICT"), index=True
+    )
+    recipient: Mapped[str] = mapped_column(sa.String(32))
+    recipient_name: Mapped[str] = mapped_column(sa.String(255))
+    reference: Mapped[str | None] = mapped_column(sa.String(255))
+    lawful_basis: Mapped[str] = mapped_column(sa.String(500))
+    justification: Mapped[str] = mapped_column(sa.String(2000))
+    media_sha256: Mapped[str] = mapped_column(sa.String(64))
+    media_size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    disclosed_by: Mapped[str] = mapped_column(sa.String(128))
+    disclosed_role: Mapped[str] = mapped_column(sa.String(16))
+    disclosed_at: Mapped[datetime]
 
 
 class RetentionPolicy(Base):
@@ -197,8 +229,10 @@ class SweepRun(Base):
 
 
 class AuditEntry(Base):
-    """One access or action on record. Each entry's hash covers its content and the previous
-    entry's hash, so an edited or removed row breaks the chain."""
+    """One access or action on record. Each entry's hash is an HMAC, under the key named by
+    ``key_id``, of its content and the previous entry's hash, so an edited or removed row
+    breaks the chain. ``key_id`` NULL: an unkeyed (SHA-256) entry from before the HMAC chain.
+    On PostgreSQL a trigger refuses UPDATE and DELETE (migration 0007)."""
 
     __tablename__ = "audit_entries"
 
@@ -215,6 +249,7 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(sa.String(64))
     hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    key_id: Mapped[str | None] = mapped_column(sa.String(16))
 
 
 class PaymentSegment(Base):

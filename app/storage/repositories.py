@@ -396,9 +396,39 @@ class RetentionRepository:
             await self.session.execute(
                 sa.update(Recording)
                 .where(Recording.id.in_(ids))
-                .values(sweep_lease_until=lease_until)
+                .values(sweep_lease_until=lease_until, deletion_started_at=None)
             )
         return ids
+
+    async def lock_for_deletion(self, recording_ids: Sequence[uuid.UUID]) -> list[Recording]:
+        """Lock the recordings about to lose their media, in id order (as every other
+        multi-row lock on recordings takes them, so two never wait on each other)."""
+        stmt = (
+            sa.select(Recording)
+            .where(Recording.id.in_(recording_ids))
+            .order_by(Recording.id)
+            .with_for_update()
+        )
+        return list((await self.session.execute(stmt)).scalars())
+
+    async def held_among(self, recording_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of the recordings are under an active hold (on them or on their caller)."""
+        stmt = (
+            sa.select(Recording.id)
+            .join(Call, Call.id == Recording.call_id)
+            .where(Recording.id.in_(recording_ids), _active_hold_exists())
+        )
+        return set((await self.session.execute(stmt)).scalars())
+
+    async def count_provider_copies_held(self) -> int:
+        """Recordings whose provider copy outlived recgate's deletion: not deletable by
+        recgate, or its deletion failed (retried while the recording stays undeleted)."""
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(Recording)
+            .where(Recording.provider_copy.in_(("not_deletable", "failed")))
+        )
+        return int((await self.session.execute(stmt)).scalar_one())
 
     async def is_held(self, recording_id: uuid.UUID) -> bool:
         stmt = (
@@ -471,6 +501,18 @@ class HoldRepository:
 
     async def by_id(self, hold_id: uuid.UUID) -> LegalHold | None:
         return await self.session.get(LegalHold, hold_id)
+
+    async def lock_caller_recordings(self, caller: str) -> list[Recording]:
+        """Lock the caller's undeleted recordings, in id order, so a hold on the caller commits
+        only after any deletion of them that got past its hold check is visible."""
+        stmt = (
+            sa.select(Recording)
+            .join(Call, Call.id == Recording.call_id)
+            .where(Call.from_number == caller, Recording.deleted_at.is_(None))
+            .order_by(Recording.id)
+            .with_for_update(of=Recording)
+        )
+        return list((await self.session.execute(stmt)).scalars())
 
     async def for_recording(
         self, recording_id: uuid.UUID, caller: str | None

@@ -32,6 +32,10 @@ PROTECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/v1/retention/sweep"): frozenset({Role.DPO}),
     ("GET", "/v1/audit"): frozenset({Role.DPO}),
     ("GET", "/v1/audit/verify"): frozenset({Role.DPO}),
+    ("POST", "/v1/recordings/{recording_id}/disclosures"): frozenset({Role.DPO}),
+    ("GET", "/v1/recordings/{recording_id}/disclosures"): frozenset({Role.DPO}),
+    ("GET", "/v1/disclosures"): frozenset({Role.DPO}),
+    ("GET", "/v1/subject-access"): frozenset({Role.DPO}),
 }
 OPEN = {
     ("GET", "/livez"),

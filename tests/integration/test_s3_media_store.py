@@ -29,6 +29,7 @@ from moto.server import ThreadedMotoServer
 from pydantic import ValidationError
 
 from app.config import Settings
+from app.domain.roles import Role
 from app.storage.media import (
     S3_MIN_PART_SIZE,
     LocalMediaStore,
@@ -413,6 +414,13 @@ async def test_a_missing_object_is_missing(backend: Backend) -> None:
     await backend.store.delete(relative)  # never there: still not an error
 
 
+async def test_a_small_object_is_replaced_whole(backend: Backend) -> None:
+    assert await backend.store.get_small("audit/checkpoint.json") is None
+    await backend.store.put_small("audit/checkpoint.json", b'{"count":1}')
+    await backend.store.put_small("audit/checkpoint.json", b'{"count":2}')
+    assert await backend.store.get_small("audit/checkpoint.json") == b'{"count":2}'
+
+
 @pytest.mark.parametrize("relative", ["../escape.wav", "/abs.wav", "a/../../b.wav"])
 async def test_paths_outside_the_store_are_refused(backend: Backend, relative: str) -> None:
     with pytest.raises(MediaStoreError, match="escapes"):
@@ -604,3 +612,81 @@ def test_settings_build_the_s3_store(aws_env: None) -> None:
     assert isinstance(store, S3MediaStore)
     assert (store.bucket, store.prefix, store.region) == ("recgate-media", "recordings/", REGION)
     assert store.endpoint_url == "http://127.0.0.1:9000"
+
+
+# --- versioned buckets (issue 11) -----------------------------------------------------------
+# On a versioned bucket a delete leaves the audio behind as a noncurrent version: "deleted and
+# no longer retrievable" then needs a lifecycle rule that expires those versions.
+
+
+async def versioned_bucket(moto: Moto, rules: list[dict[str, Any]] | None = None) -> str:
+    bucket = await moto.create_bucket()
+    await moto.call(
+        moto.s3.put_bucket_versioning,
+        Bucket=bucket,
+        VersioningConfiguration={"Status": "Enabled"},
+    )
+    if rules is not None:
+        await moto.call(
+            moto.s3.put_bucket_lifecycle_configuration,
+            Bucket=bucket,
+            LifecycleConfiguration={"Rules": rules},
+        )
+    return bucket
+
+
+def noncurrent_expiry(prefix: str) -> dict[str, Any]:
+    return {
+        "ID": "expire-deleted-audio",
+        "Filter": {"Prefix": prefix},
+        "Status": "Enabled",
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+    }
+
+
+async def test_an_unversioned_bucket_needs_no_warning(moto: Moto) -> None:
+    assert await s3_store(moto, await moto.create_bucket()).deletion_warning() is None
+
+
+async def test_versioning_without_noncurrent_expiry_is_a_warning(moto: Moto) -> None:
+    bare = await versioned_bucket(moto)
+    warning = await s3_store(moto, bare).deletion_warning()
+    assert warning is not None and "noncurrent" in warning
+    # A rule that expires only current objects, or noncurrent ones elsewhere, is no cure.
+    elsewhere = await versioned_bucket(
+        moto,
+        [
+            {"ID": "a", "Filter": {"Prefix": ""}, "Status": "Enabled", "Expiration": {"Days": 1}},
+            noncurrent_expiry("exports/"),
+        ],
+    )
+    assert await s3_store(moto, elsewhere).deletion_warning() is not None
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIX])
+async def test_a_noncurrent_version_expiry_rule_covering_the_prefix_passes(
+    moto: Moto, prefix: str
+) -> None:
+    bucket = await versioned_bucket(moto, [noncurrent_expiry(prefix)])
+    assert await s3_store(moto, bucket).deletion_warning() is None
+
+
+@pytest.mark.parametrize("with_rule", [False, True])
+async def test_readyz_warns_operators_about_a_versioned_bucket(
+    moto: Moto, make_harness: Callable[..., Any], with_rule: bool
+) -> None:
+    bucket = await versioned_bucket(moto, [noncurrent_expiry(PREFIX)] if with_rule else None)
+    async with make_harness(
+        media_store="s3", s3_bucket=bucket, s3_endpoint_url=moto.url, s3_region=REGION
+    ) as h:
+        detailed = (await h.client.get("/readyz", headers=h.auth(Role.OPS))).json()
+        public = (await h.client.get("/readyz")).json()
+    [check] = detailed["checks"]["storage:media"]
+    if with_rule:
+        assert check["status"] == "pass"
+    else:
+        assert check["status"] == "warn" and "noncurrent versions" in check["output"]
+        assert detailed["status"] == "warn"
+    assert public["checks"]["storage:media"] == [{"status": check["status"]}], (
+        "the public view names the check and its status, nothing about the bucket"
+    )

@@ -19,9 +19,9 @@ def make(**values: object) -> Settings:
 
 def test_simulator_is_on_in_development_and_off_in_production() -> None:
     assert make().sim_enabled is True
-    assert make(env="production").sim_enabled is False
+    assert make(env="production", audit_key=GOOD_SECRET).sim_enabled is False
     assert "sim" not in enabled_providers(
-        make(env="production", generic_webhook_secret=GOOD_SECRET)
+        make(env="production", generic_webhook_secret=GOOD_SECRET, audit_key=GOOD_SECRET)
     )
 
 
@@ -51,3 +51,27 @@ def test_providers_follow_their_settings() -> None:
         generic_webhook_secret=GOOD_SECRET, twilio_account_sid="AC1", twilio_auth_token="t" * 32
     )
     assert enabled_providers(settings) == ["generic", "sim", "twilio"]
+
+
+def test_production_requires_an_audit_key() -> None:
+    with pytest.raises(ValidationError, match="RECGATE_AUDIT_KEY"):
+        make(env="production")
+
+
+def test_audit_keys_are_whsec_base64_or_plain_and_long_enough() -> None:
+    plain = "a plain audit secret long enough"
+    settings = make(audit_key=GOOD_SECRET, audit_previous_keys=f"{plain}, {GOOD_SECRET}")
+    current, previous = settings.audit_signing_keys()
+    assert current == b"a-real-secret-of-32-bytes-length"
+    assert previous == [plain.encode(), current]
+    with pytest.raises(ValidationError, match="16 bytes"):
+        make(audit_key="too-short")
+    with pytest.raises(ValidationError) as caught:
+        make(audit_previous_keys="whsec_not!base64!secret-value-xyz")
+    assert "secret-value-xyz" not in str(caught.value)
+
+
+def test_development_audit_key_follows_the_webhook_secret() -> None:
+    derived = make(generic_webhook_secret=GOOD_SECRET).audit_signing_keys()[0]
+    assert derived == make(generic_webhook_secret=GOOD_SECRET).audit_signing_keys()[0]
+    assert derived not in (make().audit_signing_keys()[0], b"a-real-secret-of-32-bytes-length")

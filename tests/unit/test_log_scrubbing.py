@@ -86,7 +86,9 @@ def test_card_data_in_mapping_and_non_string_args_is_not_logged(plain: Captured)
     )
     plain.logger.info("number %d", int(VISA))
     assert AMEX not in plain.text and VISA not in plain.text, f"card number logged: {plain.text!r}"
-    assert "999" not in plain.text, f"security code logged: {plain.text!r}"
+    # The logger's own (random) name is left out: it may hold "999" by chance.
+    logged = plain.text.replace(plain.logger.name, "")
+    assert "999" not in logged, f"security code logged: {plain.text!r}"
     assert "amount 12" in plain.text, "ordinary values must still be logged"
 
 
