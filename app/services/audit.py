@@ -337,6 +337,19 @@ class AuditService:
                 f"the chain ends at entry {last_seq} ({count} entries) before the checkpoint's "
                 f"entry {checkpoint.last_seq} ({checkpoint.count} entries): it was truncated",
             )
+        if unkeyed and checkpoint is None:
+            # Unkeyed entries prove nothing by themselves: anyone who can write the table can
+            # rewrite the chain as unkeyed ones. Only a checkpoint (written at start-up and
+            # every RECGATE_AUDIT_CHECKPOINT_S) vouches for them.
+            return ChainCheck(
+                False,
+                count,
+                prev,
+                None,
+                f"{unkeyed} unkeyed entries and no checkpoint to vouch for them",
+                unkeyed,
+                summary,
+            )
         reason = f"{unkeyed} unkeyed (before the HMAC chain)" if unkeyed else None
         return ChainCheck(True, count, prev, None, reason, unkeyed, summary)
 

@@ -7,6 +7,7 @@ import logging
 
 from app.errors import MalformedInput
 from app.services.intake import EventIntake
+from app.storage.db import DatabaseUnreachable
 from app.telephony.rtpengine_spool import RecordingSpool
 
 log = logging.getLogger("recgate.rtpengine")
@@ -38,6 +39,13 @@ class SpoolWatcher:
             except MalformedInput as exc:
                 # Dead-lettered by the intake; not worth offering again.
                 log.warning("rtpengine spool file refused: %s", exc)
+            except DatabaseUnreachable:
+                raise  # the job logs it and the next scan offers every file again
+            except Exception:
+                # One file that cannot be taken in must not stop the ones after it; it is
+                # offered again on the next scan.
+                log.exception("rtpengine spool file could not be taken in")
+                continue
             else:
                 new += not result.duplicate
             self._taken.add(spooled.event.event_id)

@@ -210,7 +210,10 @@ def parse_timestamp(value: str) -> datetime:
         raise MalformedEvent("timestamp is not an ISO 8601 time") from exc
     if parsed.tzinfo is None:
         raise MalformedEvent("timestamp must carry a time zone")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00+0100 is before the calendar's start in UTC
+        raise MalformedEvent("timestamp is out of range") from exc
 
 
 def parse_event(

@@ -147,8 +147,13 @@ class RecordingSpool:
             handle.close()
 
     async def delete(self, file_name: str) -> None:
-        """Delete the pcap and its metadata; either already gone is not an error."""
-        path = self.path(file_name)
+        """Delete the pcap and its metadata; either already gone is not an error, and nor is
+        a name that is no spool file at all (the live recording a SIP proxy reported is named
+        by its Call-ID, which may hold a '/'): there is nothing of it here to delete."""
+        try:
+            path = self.path(file_name)
+        except ProviderRejected:
+            return
         stem = file_name.removesuffix(".pcap")
         for victim in (path, self.metadata / f"{_META_PREFIX}{stem}{_META_SUFFIX}"):
             await asyncio.to_thread(victim.unlink, missing_ok=True)

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -201,6 +202,10 @@ _RECORDING_STATUS = {
 }
 
 
+# Twilio caps a recording at 24 hours; a week is beyond any call recgate gates.
+_LONGEST_RECORDING_S = 7 * 24 * 3600
+
+
 def parse_recording_status(params: Params, service_area: str | None, now: datetime) -> PbxEvent:
     """A recording status callback as a normalised event. ``CallSid`` always names the
     parent leg, so every recording lands on the call the IVR knows."""
@@ -216,6 +221,8 @@ def parse_recording_status(params: Params, service_area: str | None, now: dateti
             duration = float(raw)
         except ValueError as exc:
             raise MalformedCallback("RecordingDuration is not a number") from exc
+        if not math.isfinite(duration) or duration > _LONGEST_RECORDING_S:
+            raise MalformedCallback("RecordingDuration is out of range")
         if duration < 0:  # -1 while a recording is live
             duration = None
     kind = _RECORDING_STATUS[status]

@@ -320,13 +320,16 @@ async def test_malformed_event_is_422_and_dead_lettered(ast: Harness) -> None:
     unknown_target = ari_event(
         "RecordingStarted", recording=live_recording("r", "endpoint:PJSIP/1000")
     )
-    for body in (no_channel, bad_time, unknown_target, ["not", "an", "object"]):
+    # Valid ISO 8601, but before the calendar's start once moved to UTC (was a 500).
+    off_the_calendar = stasis_start()
+    off_the_calendar["timestamp"] = "0001-01-01T00:00:00.000+0100"
+    for body in (no_channel, bad_time, unknown_target, ["not", "an", "object"], off_the_calendar):
         response = await ast.client.post(
             "/v1/webhooks/asterisk", content=json.dumps(body).encode(), headers=_signed(ast, body)
         )
         assert response.status_code == 422, body
         assert response.headers["content-type"].startswith("application/problem+json")
-    assert await ast.count("dead_letters") == 4 and await ast.count("inbound_events") == 0
+    assert await ast.count("dead_letters") == 5 and await ast.count("inbound_events") == 0
 
 
 def _signed(h: Harness, body: Any) -> dict[str, str]:

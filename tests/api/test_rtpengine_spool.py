@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from app.domain.roles import Role
+from app.telephony.rtpengine import RtpengineSpoolController
 from app.telephony.rtpengine_spool import parse_metadata
 from tests.api.test_rtpengine import FakeNg, ng  # noqa: F401  (the fixture)
 from tests.conftest import FakeClock, Harness
@@ -163,10 +164,17 @@ def test_metadata_of_other_shapes_is_ignored(tmp_path: Path) -> None:
 
 async def test_a_file_name_outside_the_spool_is_refused(site: Harness) -> None:
     from app.telephony.base import ProviderRejected
-    from app.telephony.rtpengine import RtpengineSpoolController
 
     rtp = site.services.controllers["rtpengine"]
     assert isinstance(rtp, RtpengineSpoolController)
     for name in ("../secrets.pcap", "/etc/passwd", "..", ""):
         with pytest.raises(ProviderRejected):
             rtp.spool.path(name)
+
+
+async def test_deleting_a_name_that_is_no_spool_file_deletes_nothing(site: Harness) -> None:
+    """A SIP proxy's live recording is named by its Call-ID, which may hold a '/': at its
+    deadline there is no spool file to delete, and that must not fail the deletion for ever."""
+    rtp = site.services.controllers["rtpengine"]
+    assert isinstance(rtp, RtpengineSpoolController)
+    await rtp.delete_media("a/b@127.0.0.1")

@@ -352,6 +352,19 @@ async def test_malformed_callback_is_422_and_dead_lettered(tw: Harness) -> None:
     )
     assert response.status_code == 422
     assert await tw.count("dead_letters") == 1 and await tw.count("inbound_events") == 0
+    # A duration no recording has (was a 500 when added to the start time).
+    for duration in ("1e20", "nan", "inf"):
+        response = await callback(
+            tw,
+            "/v1/webhooks/twilio/recording-status",
+            recording_status(
+                "completed",
+                RecordingDuration=duration,
+                RecordingStartTime="Sat, 28 Nov 2026 10:00:05 +0000",
+            ),
+        )
+        assert response.status_code == 422, duration
+    assert await tw.count("dead_letters") == 4 and await tw.count("inbound_events") == 0
 
 
 # ---- control --------------------------------------------------------------------------------
