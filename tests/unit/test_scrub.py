@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from app.domain.scrub import (
@@ -327,12 +328,19 @@ def formatted(draw: st.DrawFn, digits: str) -> str:
     return out
 
 
-@settings(max_examples=400, deadline=None)
+# The scrubber's documented exemption: digits inside a hex identifier belong to it.
+_HEX_ID_LIKE = re.compile(
+    r"[0-9a-f]{16}|[0-9A-F]{32}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
+)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(data=st.data(), pan=luhn_card_numbers(), before=_NON_DIGIT_TEXT, after=_NON_DIGIT_TEXT)
 def test_no_luhn_valid_card_number_survives_scrub_text(
     data: st.DataObject, pan: str, before: str, after: str
 ) -> None:
     written = data.draw(formatted(pan))
+    assume(not _HEX_ID_LIKE.search(before + written + after))
     out = scrub_text(before + written + after)
     assert pan not in digits_in(out), f"card number {pan} written as {written!r} survived: {out!r}"
     assert digits_in(out) == "", f"digits of card number {pan} ({written!r}) leaked: {out!r}"
