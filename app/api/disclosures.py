@@ -142,9 +142,7 @@ async def list_disclosures(
         before=cursors.decode(cursor),
         limit=limit,
     )
-    next_cursor = None
-    if len(rows) == limit:
-        next_cursor = cursors.encode(rows[-1].disclosed_at, rows[-1].id)
+    next_cursor = cursors.next_page(rows, limit, lambda d: (d.disclosed_at, d.id))
     return DisclosurePage(items=[disclosure_read(d) for d in rows], next_cursor=next_cursor)
 
 

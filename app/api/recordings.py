@@ -149,10 +149,7 @@ async def list_recordings(
         before=cursors.decode(cursor),
         limit=limit,
     )
-    next_cursor = None
-    if len(rows) == limit:
-        last = rows[-1][0]
-        next_cursor = cursors.encode(last.created_at, last.id)
+    next_cursor = cursors.next_page(rows, limit, lambda row: (row[0].created_at, row[0].id))
     return RecordingPage(items=[_summary(r, c) for r, c in rows], next_cursor=next_cursor)
 
 

@@ -187,26 +187,19 @@ class AuditService:
         ).scalar_one_or_none()
         prev = head or GENESIS
         at = self.clock()
-        clean = scrub(detail or {})
-        content = _content(
-            at=at,
-            actor=actor.name,
-            role=actor.role,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            purpose=purpose,
-            detail=clean,
-        )
+        fields: dict[str, Any] = {
+            "at": at,
+            "actor": actor.name,
+            "role": actor.role,
+            "action": action,
+            "target_type": target_type,
+            "target_id": target_id,
+            "purpose": purpose,
+            "detail": scrub(detail or {}),
+        }
+        content = _content(**fields)
         entry = AuditEntry(
-            at=at,
-            actor=actor.name,
-            role=actor.role,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            purpose=purpose,
-            detail=clean,
+            **fields,
             prev_hash=prev,
             key_id=self.keys.current_id,
             hash=entry_hash(self.keys.current, self.keys.current_id, prev, content),
