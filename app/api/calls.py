@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path
+from fastapi import APIRouter, Body, Depends, Header, Path, Request
 from pydantic import AfterValidator
 
-from app.api.deps import ServicesDep, actor_of, require
+from app.api.deps import ServicesDep, actor_of, require, services_of
 from app.api.schemas import (
     CallRead,
     CallRecordingRead,
@@ -50,15 +50,17 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
     responses={503: {"description": "Pause not confirmed: do not collect", **_PROBLEM}},
 )
 async def payment_start(
+    # The container is taken from the request, not as a dependency: one fewer to resolve on
+    # the hot path.
+    request: Request,
     provider: ProviderPath,
     provider_call_id: CallIdPath,
-    services: ServicesDep,
     _: IvrDep,
     body: Annotated[PaymentStart | None, Body()] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, object]:
     body = body or PaymentStart()
-    outcome = await services.gate.start(
+    outcome = await services_of(request).gate.start(
         provider,
         provider_call_id,
         reference=body.reference,
@@ -77,14 +79,14 @@ async def payment_start(
     },
 )
 async def payment_end(
+    request: Request,
     provider: ProviderPath,
     provider_call_id: CallIdPath,
-    services: ServicesDep,
     _: IvrDep,
     body: Annotated[PaymentEnd | None, Body()] = None,
 ) -> dict[str, object]:
     body = body or PaymentEnd()
-    outcome = await services.gate.end(provider, provider_call_id, outcome=body.outcome)
+    outcome = await services_of(request).gate.end(provider, provider_call_id, outcome=body.outcome)
     return outcome_body(outcome)
 
 

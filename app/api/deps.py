@@ -15,9 +15,13 @@ from app.services.tokens import Principal
 from app.storage.db import DatabaseUnreachable
 
 
-async def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+async def get_services(request: Request) -> Services:
+    return services_of(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -47,9 +51,11 @@ def require(*roles: Role, fail_closed: bool = False) -> Callable[..., Awaitable[
     the token answers ``safe_to_collect: false`` like every other refusal there.
     """
 
-    async def dependency(request: Request, services: ServicesDep) -> Principal:
+    # Only the request as parameter: FastAPI resolves no further dependency for it (this runs
+    # on the payment endpoints' hot path).
+    async def dependency(request: Request) -> Principal:
         try:
-            principal = await authenticate(request, services)
+            principal = await authenticate(request, services_of(request))
         except DatabaseUnreachable as exc:
             if not fail_closed:
                 raise

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,9 +45,16 @@ def hash_token(token: str) -> str:
 
 
 class TokenService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        on_revoke: Callable[[], None] = lambda: None,
+    ) -> None:
         self.sessions = sessions
         self.clock = clock
+        # Told when a token is revoked here, so this process stops honouring it at once.
+        self.on_revoke = on_revoke
 
     async def create(self, name: str, role: Role) -> str:
         """Create a token and return it; this is the only time it exists in clear."""
@@ -77,19 +86,46 @@ class TokenService:
                 raise NotFound(f"No token named {name!r}.")
             if token.revoked_at is None:
                 token.revoked_at = self.clock()
+        self.on_revoke()
+
+
+# A valid token's principal is kept this long: the payment endpoints then pay no database
+# read per request. A token revoked (from the CLI, any replica) stops working within it.
+TOKEN_CACHE_S = 5.0
+_TOKEN_CACHE_MAX = 1024
 
 
 class TokenAuthenticator:
     """Checks the bearer token of every request: one indexed read that takes no write lock
-    (on SQLite it would otherwise queue behind every webhook)."""
+    (on SQLite it would otherwise queue behind every webhook), then kept for
+    :data:`TOKEN_CACHE_S`. Only known, unrevoked tokens are kept, by hash, never in clear."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, ttl_s: float = TOKEN_CACHE_S) -> None:
         self.db = db
+        self.ttl_s = ttl_s
+        self._known: dict[str, tuple[Principal, float]] = {}
 
     async def authenticate(self, token: str) -> Principal | None:
         """The principal behind ``token``, or None when it is unknown or revoked."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return None
         digest = hash_token(token)
+        now = time.monotonic()
+        kept = self._known.get(digest)
+        if kept is not None and kept[1] > now:
+            return kept[0]
         found = await self.db.read(lambda conn: LiveCallRepository(conn).principal(digest))
-        return None if found is None else Principal(found[0], Role(found[1]))
+        if found is None:
+            self._known.pop(digest, None)
+            return None
+        principal = Principal(found[0], Role(found[1]))
+        if len(self._known) >= _TOKEN_CACHE_MAX:
+            self._known = {k: v for k, v in self._known.items() if v[1] > now}
+            if len(self._known) >= _TOKEN_CACHE_MAX:
+                self._known.clear()
+        self._known[digest] = (principal, now + self.ttl_s)
+        return principal
+
+    def forget(self) -> None:
+        """Drop every kept principal (a token was revoked in this process)."""
+        self._known.clear()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +39,9 @@ POOL_TIMEOUT_S = 5.0
 _READ_OPTION = "recgate_read"
 _IDLE_SINCE = "recgate_idle_since"
 _PING_AFTER_IDLE_S = 5.0
+# SQLite: after this many commits on the event loop's own connection, the writer thread
+# checkpoints the WAL (that connection never does, so the loop never waits on the disk).
+_CHECKPOINT_EVERY = 200
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -47,10 +51,14 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, *, inline: bool = False) -> None:
     """Pragmas on every connection; ``BEGIN IMMEDIATE`` for every transaction that may write,
     so two writers queue on the lock instead of one failing when its read lock cannot be
-    upgraded. A read (execution option ``recgate_read``) begins deferred and takes no lock."""
+    upgraded. A read (execution option ``recgate_read``) begins deferred and takes no lock.
+
+    ``inline``: the connection the event loop writes on itself. It never waits for the lock
+    (busy timeout 0: the write goes to the writer thread instead) and never checkpoints the
+    WAL on commit (the writer thread does, now and then), so it never blocks the loop."""
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -58,8 +66,10 @@ def _sqlite_setup(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={0 if inline else 30000}")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        if inline:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -124,6 +134,12 @@ class Database:
 
     A write given a ``deadline`` (the event loop's clock) that has not started by then is
     dropped; one that has started finishes, whoever still waits for it.
+
+    On SQLite a write may also run ``inline``: in the event loop itself, when the write lock
+    is free at that instant (else it queues for the writer thread as usual). The payment gate
+    writes so: its transactions are a handful of statements, well under a millisecond, and a
+    hand-over to a thread and back costs more than that, and more again in waits for the
+    interpreter lock while the loop is busy, which is what the IVR's latency is made of.
     """
 
     def __init__(self, engine: AsyncEngine, url: str) -> None:
@@ -131,6 +147,9 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self._writer: ThreadPoolExecutor | None = None
         self._sync: Engine | None = None
+        self._inline: Engine | None = None
+        self._inline_commits = 0
+        self._checkpointing = False
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         if self.is_sqlite:
             sync_url = make_url(url).set(drivername="sqlite")
@@ -142,19 +161,79 @@ class Database:
             )
             _sqlite_setup(self._sync)
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="recgate-db-writer")
+            self._inline = sa.create_engine(
+                sync_url,
+                connect_args={"timeout": 0, "check_same_thread": False},
+                pool_size=1,
+                max_overflow=0,
+            )
+            _sqlite_setup(self._inline, inline=True)
 
     @property
     def sync_engine(self) -> Engine:
         """The engine whose statements the hot paths issue (to observe them in tests)."""
         return self._sync if self._sync is not None else self.engine.sync_engine
 
-    async def write(self, work: Callable[[Connection], T], *, deadline: float | None = None) -> T:
+    async def write(
+        self,
+        work: Callable[[Connection], T],
+        *,
+        deadline: float | None = None,
+        inline: bool = False,
+        durable: bool = True,
+    ) -> T:
         """Run ``work`` in one write transaction; commit when it returns.
 
-        Raises :class:`DatabaseUnreachable` when the database cannot be used, and
-        ``TimeoutError`` at ``deadline``."""
+        ``inline`` (SQLite): run it in the event loop when the write lock is free; ``work``
+        must then be short. ``durable=False`` (PostgreSQL): the commit does not wait for the
+        WAL to reach the disk (``synchronous_commit off`` for this transaction: a server crash
+        may lose it, never corrupt anything; the next durable commit makes it durable too).
+        On SQLite every commit is like that already (WAL, ``synchronous=NORMAL``). Raises :class:`DatabaseUnreachable` when the database cannot be
+        used, and ``TimeoutError`` at ``deadline``."""
         with _unreachable_as_such():
+            if inline and self._sync is not None:
+                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                    raise TimeoutError
+                done = self._write_inline(work)
+                if done is not _LOCKED:
+                    return done  # type: ignore[return-value]
+            if not durable and self._sync is None:
+                return await self._write(partial(_not_waiting_for_disk, work), deadline)
             return await self._write(work, deadline)
+
+    def _write_inline(self, work: Callable[[Connection], T]) -> T | object:
+        """``work`` in a transaction on the loop's own connection, or :data:`_LOCKED` when
+        another writer holds the lock (nothing has been done then)."""
+        assert self._inline is not None
+        with self._inline.connect() as conn:
+            try:
+                transaction = conn.begin()
+            except sa.exc.OperationalError as exc:
+                if _locked(exc):
+                    return _LOCKED
+                raise
+            with transaction:
+                result = work(conn)
+        self._inline_commits += 1
+        if self._inline_commits % _CHECKPOINT_EVERY == 0:
+            self._checkpoint_soon()
+        return result
+
+    def _checkpoint_soon(self) -> None:
+        """Checkpoint the WAL in the writer thread (PASSIVE: it waits for nobody)."""
+        if self._checkpointing or self._writer is None or self._sync is None:
+            return
+        self._checkpointing = True
+        sync = self._sync
+
+        def run() -> None:
+            try:
+                with sync.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                self._checkpointing = False
+
+        self._writer.submit(run)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a transaction that writes nothing and takes no write lock."""
@@ -193,6 +272,21 @@ class Database:
             await asyncio.to_thread(self._writer.shutdown, wait=True)
         if self._sync is not None:
             self._sync.dispose()
+        if self._inline is not None:
+            self._inline.dispose()
+
+
+_LOCKED = object()
+
+
+def _not_waiting_for_disk(work: Callable[[Connection], T], conn: Connection) -> T:
+    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+    return work(conn)
+
+
+def _locked(exc: sa.exc.OperationalError) -> bool:
+    """SQLite's SQLITE_BUSY: another connection holds the write lock."""
+    return "database is locked" in str(exc.orig) or "database is busy" in str(exc.orig)
 
 
 @contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from app.domain.roles import Role
@@ -99,6 +101,33 @@ async def test_revoked_token_stops_working(harness: Harness) -> None:
     await harness.services.tokens.revoke("test-ops")
     response = await harness.client.get("/v1/status", headers=harness.auth(Role.OPS))
     assert response.status_code == 401
+
+
+async def test_token_revoked_here_stops_working_at_once_though_it_was_kept(
+    harness: Harness,
+) -> None:
+    ops = harness.auth(Role.OPS)
+    assert (await harness.client.get("/v1/status", headers=ops)).status_code == 200
+    await harness.services.tokens.revoke("test-ops")
+    assert (await harness.client.get("/v1/status", headers=ops)).status_code == 401
+
+
+async def test_token_revoked_by_another_process_stops_working_within_the_cache_time(
+    harness: Harness,
+) -> None:
+    import sqlalchemy as sa
+
+    harness.services.auth.ttl_s = 0.2
+    ops = harness.auth(Role.OPS)
+    assert (await harness.client.get("/v1/status", headers=ops)).status_code == 200
+    # As `recgate tokens revoke` on another replica does: only the row changes.
+    async with harness.services.engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE api_tokens SET revoked_at = created_at WHERE name = 'test-ops'")
+        )
+    assert (await harness.client.get("/v1/status", headers=ops)).status_code == 200, "kept"
+    await asyncio.sleep(0.25)
+    assert (await harness.client.get("/v1/status", headers=ops)).status_code == 401
 
 
 async def test_tokens_are_stored_only_as_hashes(harness: Harness) -> None:

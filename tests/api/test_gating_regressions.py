@@ -571,10 +571,10 @@ async def test_a_failed_pause_recorded_after_the_deadline_is_still_answered_paus
     gate = harness.services.gate
     write = gate._write
 
-    async def slow_record(work: Any, deadline: float | None = None) -> Any:
+    async def slow_record(work: Any, deadline: float | None = None, **options: Any) -> Any:
         if getattr(getattr(work, "func", None), "__name__", "") == "_record_txn":
             await asyncio.sleep(2.0)  # past the 1.5 s pause deadline
-        return await write(work, deadline)
+        return await write(work, deadline, **options)
 
     gate._write = slow_record  # type: ignore[method-assign]
     start = await harness.client.post(START, headers=harness.auth(Role.IVR))

@@ -73,3 +73,54 @@ async def test_migrations_match_the_models(database_url: str) -> None:
     finally:
         await engine.dispose()
     assert diff == [], f"models and migrations differ: {diff}"
+
+
+async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """The payment gate's writes run in the event loop when the lock is free, and go to the
+    writer thread (never failing, never blocking the loop) when another writer holds it."""
+    import sqlite3
+    import threading
+
+    from app.storage.db import Database
+
+    path = tmp_path / "x.db"
+    await asyncio.to_thread(shutil.copyfile, sqlite_template, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    engine = create_engine(url)
+    db = Database(engine, url)
+    loop_thread = threading.get_ident()
+    ran_on: list[int] = []
+
+    def work(conn: sa.Connection) -> int:
+        ran_on.append(threading.get_ident())
+        return int(conn.exec_driver_sql("SELECT count(*) FROM calls").scalar_one())
+
+    try:
+        assert await db.write(work, inline=True) == 0
+        assert ran_on == [loop_thread]
+
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        pending = asyncio.ensure_future(db.write(work, inline=True))
+        await asyncio.sleep(0.2)
+        assert not pending.done(), "it waits for the lock, in the writer thread"
+        holder.execute("COMMIT")
+        holder.close()
+        assert await asyncio.wait_for(pending, 5) == 0
+        assert ran_on[-1] != loop_thread
+
+        # Past its deadline an inline write is not started.
+        with pytest.raises(TimeoutError):
+            await db.write(work, inline=True, deadline=asyncio.get_running_loop().time() - 1)
+        assert len(ran_on) == 2
+
+        # The loop's connection never checkpoints; the writer thread does, now and then.
+        for _ in range(210):
+            await db.write(work, inline=True)
+        await asyncio.sleep(0.1)
+        assert not db._checkpointing
+    finally:
+        await db.close()
+        await engine.dispose()
