@@ -6,13 +6,21 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import httpx
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 DEFAULT_SERVICE_AREAS = (
     "council_tax",
@@ -31,7 +39,10 @@ class Settings(BaseSettings):
         env_prefix="RECGATE_", env_file=".env", extra="ignore", hide_input_in_errors=True
     )
 
-    env: Literal["development", "production"] = "development"
+    # Production unless a site opts out: the strict checks (no placeholder secrets, no
+    # simulator, an audit key) must not depend on someone remembering to ask for them.
+    # ``make run``, ``recgate demo`` and the tests say ``development`` explicitly.
+    env: Literal["development", "production"] = "production"
     database_url: str = "sqlite+aiosqlite:///./var/recgate.db"
     media_dir: Path = Path("./var/media")
     # Where media lives: media_dir, or an S3 bucket (or S3-compatible store at the endpoint).
@@ -163,10 +174,18 @@ class Settings(BaseSettings):
             self.sim_enabled = self.env == "development"
         if self.env != "production":
             return self
+        # Production by default: say so, or a first-time user cannot tell why a command that
+        # never mentioned production refuses to run.
+        why = (
+            ""
+            if "env" in self.model_fields_set
+            else " (RECGATE_ENV is production unless set; RECGATE_ENV=development for a "
+            "development setup)"
+        )
         if self.sim_enabled:
             raise ValueError(
                 "RECGATE_SIM_ENABLED must be off in production: the simulator answers "
-                "safe_to_collect without pausing any real recording"
+                "safe_to_collect without pausing any real recording" + why
             )
         for name in (
             "generic_webhook_secret",
@@ -178,10 +197,12 @@ class Settings(BaseSettings):
         ):
             secret = getattr(self, name)
             if secret is not None and secret.get_secret_value().lower() in _PLACEHOLDERS:
-                raise ValueError(f"RECGATE_{name.upper()} is a placeholder; set a real secret")
+                raise ValueError(
+                    f"RECGATE_{name.upper()} is a placeholder; set a real secret" + why
+                )
         if self.audit_key is None:
             raise ValueError(
-                "RECGATE_AUDIT_KEY is required in production: it signs the audit trail"
+                "RECGATE_AUDIT_KEY is required in production: it signs the audit trail" + why
             )
         return self
 
@@ -302,3 +323,44 @@ def _signing_key(secret: SecretStr | None) -> bytes | None:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def env_var(field_name: str) -> str:
+    """The environment variable that sets a field of :class:`Settings`."""
+    field = Settings.model_fields.get(field_name)
+    alias = (field.validation_alias or field.alias) if field is not None else None
+    if isinstance(alias, str):
+        return alias.upper()  # pydantic-settings reads an aliased field under its alias alone
+    return f"{Settings.model_config.get('env_prefix', '')}{field_name}".upper()
+
+
+_SETTINGS_ERROR_FIELD = re.compile(r'field "([^"]+)"(?: from source "(\w+)")?')
+
+
+def settings_problems(exc: ValidationError | SettingsError) -> list[str]:
+    """One line per problem with the configuration, naming the environment variable (not the
+    field) and never quoting the value, which may be a secret."""
+    if isinstance(exc, SettingsError):
+        found = _SETTINGS_ERROR_FIELD.search(str(exc))
+        if found is None:
+            return [f"the configuration cannot be read: {exc}"]
+        where = " in .env" if found.group(2) == "DotEnvSettingsSource" else ""
+        return [
+            f"{env_var(found.group(1))}{where} cannot be parsed: a list or mapping is "
+            'written as JSON, e.g. ["council_tax", "other"]'
+        ]
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        loc = [part for part in error["loc"] if part != "__root__"]
+        if not loc:  # a check across fields: its message names the variables itself
+            problems.append(message)
+            continue
+        name = env_var(str(loc[0]))
+        item = "".join(
+            f" (item {part + 1})" if isinstance(part, int) else f".{part}" for part in loc[1:]
+        )
+        if message[:2].istitle():  # "Input should be …", not an acronym
+            message = message[:1].lower() + message[1:]
+        problems.append(f"{name}{item} is invalid: {message}")
+    return problems

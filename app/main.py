@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.api import calls, disclosures, ops, recordings, retention, webhooks
 from app.api.limits import BodySizeLimit
+from app.api.observe import observe_requests
 from app.config import Settings, get_settings
 from app.domain.clock import Clock, utcnow
 from app.errors import PROBLEM_CONTENT_TYPE, install_error_handlers, problem_schemas
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
+    observe_requests(app)
     app.include_router(ops.router)
     app.include_router(calls.router)
     app.include_router(webhooks.router)

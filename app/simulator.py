@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from app.domain.clock import Clock, utcnow
+from app.telephony.base import json_object
 from app.telephony.signing import signed_headers
 
 
@@ -62,25 +63,58 @@ class SimulatedCall:
             headers={"authorization": f"Bearer {self.ivr_token}"},
         )
 
-    async def run(self, talk_s: float = 0.0) -> dict[str, Any]:
-        """A whole call with one card payment; returns what the IVR was told."""
+    async def run(self, talk_s: float = 0.0) -> CallOutcome:
+        """A whole call with one card payment; what the IVR was told and what went wrong.
+
+        A refused webhook ends the simulated call there (the rest would be refused too); a
+        refused payment start or end is noted and the call goes on, as an IVR's would (with no
+        payment end after a start whose token was refused).
+        """
         import asyncio
 
-        await self.event("call.started")
-        await self.event("call.answered")
-        await self.event("recording.started")
-        if talk_s:
-            await asyncio.sleep(talk_s)
-        start = await self.payment("start", {"reference": f"pay-{self.call_id}"})
-        end = await self.payment("end", {"outcome": "authorised"})
-        await self.event("recording.stopped")
-        await self.event("call.ended")
-        await self.event("recording.completed", duration_s=60)
-        return {
-            "start": start.status_code,
-            "safe_to_collect": start.json().get("safe_to_collect"),
-            "end": end.status_code,
-        }
+        failures: list[str] = []
+        try:
+            await self.event("call.started")
+            await self.event("call.answered")
+            await self.event("recording.started")
+            if talk_s:
+                await asyncio.sleep(talk_s)
+            start = await self.payment("start", {"reference": f"pay-{self.call_id}"})
+            if not start.is_success:
+                failures.append(describe_refusal("payment start", start))
+            # A token refused at the start is refused at the end too: one reason, not two.
+            if start.status_code not in (401, 403):
+                end = await self.payment("end", {"outcome": "authorised"})
+                if not end.is_success:
+                    failures.append(describe_refusal("payment end", end))
+            await self.event("recording.stopped")
+            await self.event("call.ended")
+            await self.event("recording.completed", duration_s=60)
+        except httpx.HTTPStatusError as exc:
+            body = json.loads(exc.request.content or b"{}")
+            failures.append(describe_refusal(f"webhook {body.get('type', '?')}", exc.response))
+            return CallOutcome(self.call_id, False, failures)
+        safe = start.is_success and bool(json_object(start).get("safe_to_collect"))
+        return CallOutcome(self.call_id, safe, failures)
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """One simulated call: was the IVR told it was safe, and each refusal on the way."""
+
+    call_id: str
+    safe_to_collect: bool
+    failures: list[str]
+
+
+def describe_refusal(step: str, response: httpx.Response) -> str:
+    """``payment start → HTTP 401 unauthenticated (Authentication required)``: the step, the
+    status and the problem document's type and title, so equal refusals count together."""
+    problem = json_object(response)
+    slug = str(problem.get("type") or "").rsplit("/", 1)[-1]
+    title = problem.get("title")
+    reason = " ".join(part for part in (slug, f"({title})" if title else "") if part)
+    return f"{step} → HTTP {response.status_code}" + (f" {reason}" if reason else "")
 
 
 def format_timeline(call: dict[str, Any]) -> list[str]:

@@ -189,9 +189,9 @@ class Site:
         return self.cli("tokens", "create", "--name", name, "--role", role).strip().splitlines()[-1]
 
     @contextmanager
-    def replica(self, name: str) -> Iterator[Recgate]:
+    def replica(self, name: str, **extra_env: str) -> Iterator[Recgate]:
         port = free_port()
-        env = {**self.env, "RECGATE_PORT": str(port)}
+        env = {**self.env, "RECGATE_PORT": str(port), **extra_env}
         base = f"http://127.0.0.1:{port}"
         with process([RECGATE, "serve"], env, self.workdir, name, f"{base}/livez") as proc:
             yield Recgate(base, port, proc.pid, self.ivr, self.ops)
@@ -426,6 +426,16 @@ def run_backend(
         print(f"[{backend}] ingest …", flush=True)
         out["ingest"] = measure_ingest(events, [replica.port], cfg, workdir, backend, guess)
         print(f"[{backend}] ingest {out['ingest']['rate']:.0f} events/s", flush=True)
+        if backend == "sqlite":
+            # What the request log costs: the same ingest with one JSON line per request
+            # (INFO) written to a file, next to the run above (WARNING: no request lines).
+            with site.replica(
+                "recgate-logging", RECGATE_LOG_LEVEL="INFO", RECGATE_LOG_FORMAT="json"
+            ) as logging_on:
+                out["ingest_logged"] = measure_ingest(
+                    events, [logging_on.port], cfg, workdir, "logged", guess
+                )
+            print(f"[sqlite] ingest with request logs {out['ingest_logged']['rate']:.0f}/s")
 
         print(f"[{backend}] memory …", flush=True)
         before = rss_kib(replica.pid)
@@ -531,6 +541,16 @@ def report(results: dict[str, Any], cfg: Config, label: str, command: str) -> tu
         [f"{r['memory']['per_1000_mib']:.1f}" for r in per],
         "",
     )
+    logged = [r.get("ingest_logged") for r in per]
+    if any(logged):
+        row(
+            "ingest with a JSON log line per request ÷ without",
+            [
+                f"{x['rate'] / r['ingest']['rate']:.2f}" if x else "—"
+                for x, r in zip(logged, per, strict=True)
+            ],
+            "",
+        )
     table = "\n".join(rows)
     lines = [
         f"Baselines in the same run: bare FastAPI endpoint {bare:.0f} events/s; minimal "

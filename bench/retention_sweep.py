@@ -535,6 +535,7 @@ async def child_sweep(
     from app.services.container import Services
 
     settings = Settings(
+        env="development",  # a bench database, no audit key: not a production site
         database_url=url,
         media_dir=Path(media_dir),
         sim_enabled=False,
@@ -624,6 +625,7 @@ async def verify(url: str, media_dir: Path, scale: Scale, swept: dict[str, Any])
         )
     services = Services.build(
         Settings(
+            env="development",
             database_url=url,
             media_dir=media_dir,
             sim_enabled=False,

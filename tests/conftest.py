@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,11 @@ from app.services.container import Services
 from app.storage.migrate import upgrade
 from app.telephony.signing import signed_headers
 
+# recgate is production-strict unless told otherwise; the tests run it as a development site
+# (simulator on, no audit key required), here for every Settings() the tests and the
+# processes they start build. A test of production passes env="production" itself.
+os.environ["RECGATE_ENV"] = "development"
+
 SECRET = "whsec_" + base64.b64encode(b"recgate-test-secret-0123456789ab").decode()
 ASTERISK_SECRET = "whsec_" + base64.b64encode(b"recgate-test-asterisk-0123456789").decode()
 CONTROL_URL = "http://127.0.0.1:9/pbx"
@@ -46,15 +52,16 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session, built by the migrations, dropped after."""
+@contextmanager
+def scratch_postgres(prefix: str) -> Iterator[str]:
+    """A database of its own on the test server (``RECGATE_TEST_POSTGRES_URL``), with no
+    tables, dropped afterwards. Skips (or fails, when PostgreSQL is required) without one."""
     if not POSTGRES_URL:
         if os.environ.get("RECGATE_TEST_REQUIRE_POSTGRES"):
             pytest.fail("RECGATE_TEST_REQUIRE_POSTGRES is set but RECGATE_TEST_POSTGRES_URL is not")
         pytest.skip("PostgreSQL tests skipped: set RECGATE_TEST_POSTGRES_URL to run them")
     server = make_url(POSTGRES_URL)
-    name = f"recgate_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
 
     async def admin(statement: str) -> None:
         engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
@@ -65,10 +72,18 @@ def postgres_database() -> Iterator[str]:
             await engine.dispose()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, built by the migrations, dropped after."""
+    with scratch_postgres("recgate_test") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -109,10 +124,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(
+        env="development",
         database_url=database_url,
         media_dir=tmp_path / "media",
-        generic_webhook_secret=SECRET,  # type: ignore[arg-type]
-        asterisk_webhook_secret=ASTERISK_SECRET,  # type: ignore[arg-type]
+        generic_webhook_secret=SECRET,
+        asterisk_webhook_secret=ASTERISK_SECRET,
         generic_control_url=CONTROL_URL,
         # Generous for a loaded CI machine; tests that need a deadline to pass make the PBX
         # slower than this rather than relying on a tight value.
@@ -120,7 +136,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         provider_request_timeout_s=1.0,
         sim_pause_latency_ms=0,
         background_jobs=False,
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
 
 
@@ -178,7 +194,7 @@ def make_harness(settings: Settings) -> Callable[..., Any]:
     async def build(clock: Clock = utcnow, **overrides: Any) -> AsyncIterator[Harness]:
         # Validated like real configuration, so overrides are typed as the environment would be.
         app = create_app(
-            Settings(**{**settings.model_dump(), **overrides}, _env_file=None),  # type: ignore[call-arg]
+            Settings(**{**settings.model_dump(), **overrides}, _env_file=None),
             clock=clock,
         )
         async with app.router.lifespan_context(app):

@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.deps import ServicesDep, authenticate, check_role, require
@@ -65,21 +65,12 @@ async def status(services: ServicesDep, _: OpsDep) -> dict[str, Any]:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request, services: ServicesDep) -> PlainTextResponse:
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    """Prometheus exposition (docs/operations.md): the row-count gauges are read now, readiness
+    is the cached answer (computed now when it has expired)."""
     if not services.settings.metrics_public:
         check_role(await authenticate(request, services), Role.OPS)
-    summary = await services.health.summary()
-    gauges = {
-        "recgate_active_calls": ("Calls in progress.", float(summary["active_calls"])),
-        "recgate_open_payment_segments": (
-            "Payment segments not yet closed.",
-            float(summary["open_segments"]),
-        ),
-        "recgate_retention_overdue": (
-            "Recordings past their media deadline.",
-            float(summary["retention_overdue"]),
-        ),
-    }
-    return PlainTextResponse(
-        services.metrics.render(gauges), media_type="text/plain; version=0.0.4"
-    )
+    _, gauges = await asyncio.gather(services.health.readiness(), services.health.database_gauges())
+    services.metrics.set_database_gauges(gauges)
+    body, content_type = services.metrics.render(request.headers.get("accept", ""))
+    return Response(content=body, media_type=content_type)

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request, Response
 from app.api.schemas import WebhookAck
 from app.domain.events import PbxEvent
 from app.errors import AppError, BadSignature, MalformedInput, ProviderNotEnabled
+from app.logging import bind
 from app.services.container import Services
 from app.telephony.provider import (
     IncomingWebhook,
@@ -81,6 +82,8 @@ async def _apply(
     services: Services, event: PbxEvent, payload: dict[str, Any], raw: bytes
 ) -> Status:
     result = await services.intake.accept(event, payload, raw)
+    # recgate's own ids on the request's log line (never the provider's call id).
+    bind(call_id=result.call_id, segment_id=result.segment_to_drive)
     return "duplicate" if result.duplicate else "applied"
 
 

@@ -72,8 +72,9 @@ class Services:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             follow_redirects=False,
         )
-        metrics = Metrics()
+        auth = TokenAuthenticator(db)
         controllers = build_controllers(settings, http, clock)
+        metrics = Metrics(controllers)
         tasks = BackgroundTasks()
         gate = PaymentGate(db, settings, clock, metrics, controllers, tasks)
         ingest = IngestService(
@@ -109,10 +110,10 @@ class Services:
             ingest=ingest,
             intake=intake,
             media=media,
-            tokens=TokenService(sessions, clock),
-            auth=TokenAuthenticator(db),
+            tokens=TokenService(sessions, clock, on_revoke=auth.forget),
+            auth=auth,
             calls=CallQueries(sessions, audit),
-            health=HealthService(sessions, settings, clock, controllers, media.store),
+            health=HealthService(sessions, settings, clock, controllers, media.store, metrics),
             audit=audit,
             retention=RetentionService(
                 sessions, settings, clock, media.store, controllers, audit, metrics

@@ -60,6 +60,7 @@ from app.errors import (
     ProviderNotEnabled,
     ResumeNotConfirmed,
 )
+from app.logging import bind, log_provider_command
 from app.services.concurrency import BackgroundTasks
 from app.services.metrics import Metrics
 from app.storage.db import Database, DatabaseUnreachable
@@ -387,13 +388,17 @@ class PaymentGate:
         another command and plan again, or send. Whether a command was sent, too; the
         command loop it started, in ``launched``."""
         while True:
-            step = await self._write(plan(self._lease(deadline)), deadline)
+            step = await self._write(plan(self._lease(deadline)), deadline, durable=False)
             if isinstance(step, _Busy):
+                bind(segment_id=step.segment_id)
                 waited.append(step)
                 await self._wait(step.segment_id, deadline)
                 continue
             if isinstance(step, _Answer):
+                bind(segment_id=step.outcome.segment_id)
                 return step.outcome, False
+            # The request's log line (and any line from here on) names recgate's own ids.
+            bind(call_id=step.call_id, segment_id=step.command.segment_id)
             outcome = await self._launch(
                 controller, step, deadline, keep_trying=keep_trying, launched=launched
             )
@@ -416,7 +421,9 @@ class PaymentGate:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
         step = await self._write(
-            partial(self._drive_txn, segment_id=segment_id, lease=self._lease(deadline)), deadline
+            partial(self._drive_txn, segment_id=segment_id, lease=self._lease(deadline)),
+            deadline,
+            durable=False,
         )
         if isinstance(step, _Busy):
             return None
@@ -705,7 +712,7 @@ class PaymentGate:
             if isinstance(result, _Failure) and result is not _AGAIN:
                 flight.pause_failed = flight.pause_failed or fly.command.action == "pause"
                 log.error(
-                    "%s not confirmed on segment %s (a %s call): %s",
+                    "%s not confirmed on segment %s (provider %s): %s",
                     fly.command.action,
                     fly.command.segment_id,
                     fly.provider,
@@ -746,6 +753,7 @@ class PaymentGate:
         if remaining <= 0:
             return _Failure(f"{command.action} not confirmed within the deadline")
         label = "ok"
+        sent = loop.time()
         try:
             if command.action == "pause":
                 return await asyncio.wait_for(controller.pause(target, command.behavior), remaining)
@@ -764,8 +772,15 @@ class PaymentGate:
             label = "rejected"
             return _Failure(scrub_text(str(exc)))
         finally:
+            took = loop.time() - sent
             self.metrics.pause_commands.inc(
                 provider=controller.name, action=command.action, outcome=label
+            )
+            self.metrics.provider_command_seconds.observe(
+                took, provider=controller.name, action=command.action
+            )
+            log_provider_command(
+                controller.name, command.action, label, took, segment_id=command.segment_id
             )
 
     async def _wait(self, segment_id: uuid.UUID, deadline: float) -> None:
@@ -793,9 +808,19 @@ class PaymentGate:
         left = max(0.0, deadline - asyncio.get_running_loop().time())
         return self.clock() + timedelta(seconds=left) + gate.LEASE_GRACE
 
-    async def _write(self, work: Callable[[Connection], T], deadline: float | None = None) -> T:
+    async def _write(
+        self,
+        work: Callable[[Connection], T],
+        deadline: float | None = None,
+        *,
+        durable: bool = True,
+    ) -> T:
+        """A gate transaction: short, so SQLite runs it in the loop. A planning transaction
+        (claim, plan) need not wait for the disk: the provider's answer is recorded by a durable
+        one, whose commit makes everything before it durable too; a database crash in between
+        loses a claim whose command the IVR was never told succeeded (docs/gate.md)."""
         try:
-            return await self.db.write(work, deadline=deadline)
+            return await self.db.write(work, deadline=deadline, inline=True, durable=durable)
         except IllegalTransition as exc:
             raise IllegalStateTransition(
                 str(exc), entity=exc.entity, current=exc.current, target=exc.target

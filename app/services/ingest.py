@@ -34,6 +34,7 @@ from app.domain.scrub import scrub, scrub_text
 from app.domain.snapshots import CallSnap, Changes, RecordingSnap, SegmentSnap
 from app.domain.states import IllegalTransition, RecordingState
 from app.errors import IllegalStateTransition
+from app.logging import clear_context
 from app.services.concurrency import BackgroundTasks
 from app.services.metrics import Metrics
 from app.storage.db import Database, DatabaseUnreachable
@@ -114,6 +115,8 @@ class IngestService:
         return await asyncio.shield(pending.future)
 
     async def _commit_pending(self) -> None:
+        # A batch holds many webhooks: its lines carry their own ids, not the first request's.
+        clear_context()
         batch: list[_Pending] = []
         try:
             while self._pending:

@@ -96,7 +96,8 @@ class MediaService:
             # Logged once: the recording is marked as out of attempts, so nothing retries it.
             await self._count_failure(recording_id, permanent=True)
             log.warning(
-                "media of a %s recording will not be copied: %s",
+                "media of recording %s (%s) will not be copied: %s",
+                recording_id,
                 call.provider,
                 scrub_text(str(exc)),
             )
@@ -104,7 +105,8 @@ class MediaService:
         except (ProviderError, MediaStoreError) as exc:
             attempts = await self._count_failure(recording_id)
             log.warning(
-                "media copy of a %s recording failed (attempt %d of %d): %s",
+                "media copy of recording %s (%s) failed (attempt %d of %d): %s",
+                recording_id,
                 call.provider,
                 attempts,
                 self.settings.media_fetch_attempts,
@@ -135,8 +137,9 @@ class MediaService:
                 return True
         # The PBX may still be writing the file: discard the copy, keep its report, retry later.
         log.warning(
-            "media copy of a %s recording does not match the sha256 the PBX reported; "
+            "media copy of recording %s (%s) does not match the sha256 the PBX reported; "
             "discarded (attempt %d of %d)",
+            recording_id,
             call.provider,
             attempts,
             self.settings.media_fetch_attempts,

@@ -146,6 +146,19 @@ class SegmentRepository:
         )
         return int((await self.session.execute(stmt)).scalar_one())
 
+    async def count_resume_stuck(self, requested_before: datetime) -> int:
+        """Segments whose payment end was asked before ``requested_before`` that are still not
+        closed (the recording has not been confirmed resumed)."""
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(PaymentSegment)
+            .where(
+                PaymentSegment.state.in_([s.value for s in OPEN_SEGMENT_STATES]),
+                PaymentSegment.resume_requested_at < requested_before,
+            )
+        )
+        return int((await self.session.execute(stmt)).scalar_one())
+
     async def count_pause_failures_since(self, since: datetime) -> int:
         stmt = (
             sa.select(sa.func.count())

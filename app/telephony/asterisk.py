@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -76,6 +77,9 @@ from app.telephony.provider import (
 )
 
 PROVIDER = "asterisk"
+# A version string as Asterisk reports it ("20.5.0", "GIT-master-f0c1c1a7"); anything else is
+# left out of the readiness output.
+_VERSION = re.compile(r"[A-Za-z0-9._~+-]{1,40}")
 BRIDGE_PREFIX = "bridge:"
 CHANNEL_PREFIX = "channel:"
 # The ari.conf ``channelvars`` entry that puts a channel's linkedid in every Channel object.
@@ -521,9 +525,9 @@ class AsteriskController(RecordingController, MediaSource):
                 raise status_error(status, what)
         return ControlOutcome(name, confirms)
 
-    async def _request(self, method: str, url: str) -> httpx.Response:
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
-            return await self.client.request(method, url, auth=self.auth)
+            return await self.client.request(method, url, auth=self.auth, **kwargs)
         except httpx.HTTPError as exc:
             raise ProviderUnavailable(f"ARI {method}: {type(exc).__name__}") from exc
 
@@ -544,6 +548,23 @@ class AsteriskController(RecordingController, MediaSource):
 
     def describe(self) -> str:
         return f"asterisk ARI at {httpx.URL(self.ari_url).host}"
+
+    async def probe(self, timeout_s: float) -> str:
+        """``GET /asterisk/info``: ARI answers, and takes recgate's user and password."""
+        response = await self._request("GET", f"{self.ari_url}/asterisk/info", timeout=timeout_s)
+        if response.status_code in (401, 403):
+            raise ProviderRejected(
+                f"ARI asterisk info: HTTP {response.status_code} (RECGATE_ARI_USER or "
+                "RECGATE_ARI_PASSWORD is refused)"
+            )
+        if response.status_code != 200:
+            raise status_error(response.status_code, "ARI asterisk info")
+        try:
+            system = response.json().get("system") or {}
+            version = str(system.get("version") or "")
+        except (ValueError, AttributeError) as exc:
+            raise ProviderRejected("ARI asterisk info: the answer is not ARI's JSON") from exc
+        return f"Asterisk {version}" if _VERSION.fullmatch(version) else "Asterisk"
 
 
 def _names(target: ControlTarget, action: str) -> list[str]:

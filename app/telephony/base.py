@@ -11,6 +11,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -43,6 +44,16 @@ class ProviderUnavailable(ProviderError):
 
 class ProviderRejected(ProviderError):
     """The provider refused the command: retrying will not help."""
+
+
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """The response's JSON body when it is an object, else ``{}`` (a body that is not JSON,
+    or JSON of another shape, says nothing the caller can use)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def status_error(status: int, what: str, detail: str = "") -> ProviderError:
@@ -98,6 +109,13 @@ class RecordingController(ABC):
     def describe(self) -> str:
         """A short, secret-free description for the readiness check."""
         return self.name
+
+    @abstractmethod
+    async def probe(self, timeout_s: float) -> str:
+        """Check, cheaply and within ``timeout_s``, that the provider answers and accepts
+        recgate's credentials; return a short, secret-free note of what it answered ("" for
+        nothing to add). Raise :class:`ProviderError` when it does not: readiness then fails,
+        since a payment on this provider could not be paused."""
 
     async def aclose(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Release what the controller holds (sockets) when the service stops."""

@@ -8,6 +8,9 @@ valid for no other call, action or moment; the PBX should check the first two ag
 and refuse a command id it has seen. Answered ``200 {"state": "paused" | "recording" | "not_recording"}``. Any other answer, a 404
 included (a wrong control path looks just like an unknown call), is not a confirmation.
 
+Health (the readiness probe): ``GET {control_url}/health`` with the same three signature
+headers over an empty body; any 2xx means the PBX can take commands.
+
 Media: with ``RECGATE_GENERIC_MEDIA_HOSTS`` set, ``recording.media_url`` is copied with a plain
 GET, only from the listed hosts (https; http only for an entry written ``http://``), never
 following a redirect and never with credentials in the URL. The contract has no delete call:
@@ -204,6 +207,24 @@ class GenericController(RecordingController):
 
     def describe(self) -> str:
         return f"generic control at {httpx.URL(self.control_url).host}"
+
+    async def probe(self, timeout_s: float) -> str:
+        """``GET {control_url}/health``, signed like a command over an empty body; any 2xx
+        is healthy (docs/operations.md)."""
+        headers = signed_headers(self.key, b"", self.clock(), f"probe_{uuid.uuid4().hex}")
+        try:
+            response = await self.client.get(
+                f"{self.control_url}/health", headers=headers, timeout=timeout_s
+            )
+        except httpx.HTTPError as exc:
+            raise ProviderUnavailable(f"generic health: {type(exc).__name__}") from exc
+        if response.status_code == 404:
+            raise ProviderRejected(
+                "generic health: HTTP 404 (the PBX must answer GET {control_url}/health)"
+            )
+        if not 200 <= response.status_code < 300:
+            raise status_error(response.status_code, "generic health")
+        return ""
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}

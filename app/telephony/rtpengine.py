@@ -321,6 +321,12 @@ class RtpengineController(RecordingController):
         """Close the ng socket."""
         await self.client.aclose()
 
+    async def probe(self, timeout_s: float) -> str:
+        """ng ``ping``, answered ``pong`` by a live daemon (no call is touched)."""
+        if not await self.client.ping(timeout_s):
+            raise ProviderRejected("rtpengine answered ping without 'pong'")
+        return "pong"
+
     def describe(self) -> str:
         summary = f"rtpengine ng at {self.client.address}"
         if self.pause_supported is False:

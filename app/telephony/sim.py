@@ -52,6 +52,10 @@ class SimPbx(RecordingController):
     async def resume(self, target: ControlTarget) -> list[ControlOutcome]:
         return await self._command("resume", target, None, ConfirmedState.RECORDING)
 
+    async def probe(self, timeout_s: float) -> str:
+        """The simulator is in this process: always there."""
+        return "simulated PBX"
+
     async def _command(
         self, action: str, target: ControlTarget, behavior: str | None, confirmed: ConfirmedState
     ) -> list[ControlOutcome]:

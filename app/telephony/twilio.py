@@ -38,6 +38,7 @@ from app.telephony.base import (
     ProviderUnavailable,
     RecordingController,
     RecordingRef,
+    json_object,
     status_error,
     stream_http_media,
 )
@@ -320,12 +321,12 @@ class TwilioController(RecordingController, MediaSource):
         url = self.recording_url(call_sid, ref)
         response = await self._request("POST", url, data=form)
         if response.status_code == 200:
-            body = _json(response)
+            body = json_object(response)
             sid = str(body.get("sid") or ref.provider_recording_id or "") or None
             status = body.get("status")
             if status != wanted:
                 # 200 is not proof: read the recording back once before calling it unconfirmed.
-                status = _json(
+                status = json_object(
                     await self._request(
                         "GET",
                         self.recording_url(call_sid, RecordingRef(None, sid, ref.container_id)),
@@ -338,7 +339,7 @@ class TwilioController(RecordingController, MediaSource):
             if status in ("stopped", "completed", "absent", "processing", "deleted"):
                 return ControlOutcome(sid, ConfirmedState.NOT_RECORDING)
             raise ProviderUnavailable(f"twilio recording reads {status!r}, not {wanted!r}")
-        code = _json(response).get("code")
+        code = json_object(response).get("code")
         if code == NO_LIVE_RECORDING:
             return ControlOutcome(ref.provider_recording_id, ConfirmedState.NOT_RECORDING)
         if code == NOT_FOUND:
@@ -378,13 +379,22 @@ class TwilioController(RecordingController, MediaSource):
     def describe(self) -> str:
         return f"twilio account {self.account_sid[:6]}… at {httpx.URL(self.api_base).host}"
 
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+    async def probe(self, timeout_s: float) -> str:
+        """``GET …/Accounts/{AccountSid}.json``: the cheapest call that proves the API answers,
+        accepts the credentials, and that the account can still control recordings."""
+        url = f"{self.api_base}/2010-04-01/Accounts/{quote(self.account_sid, safe='')}.json"
+        response = await self._request("GET", url, timeout=timeout_s)
+        if response.status_code in (401, 403):
+            raise ProviderRejected(
+                f"twilio account: HTTP {response.status_code} (the account SID or auth token "
+                "is refused)"
+            )
+        if response.status_code != 200:
+            raise status_error(response.status_code, "twilio account")
+        status = str(json_object(response).get("status"))[:32]
+        if status != "active":
+            raise ProviderRejected(f"twilio account is {status!r}, not 'active'")
+        return "account active"
 
 
 # ---- the provider ----------------------------------------------------------------------------

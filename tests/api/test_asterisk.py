@@ -59,7 +59,7 @@ def channel(
     state: str = "Up",
     number: str = "+441632960001",
     linkedid: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """A Channel as ARI sends it; with ``linkedid``, as ``ari.conf`` ``channelvars =
     CHANNEL(linkedid)`` has ARI add it."""
     extra = {"channelvars": {"CHANNEL(linkedid)": linkedid}} if linkedid else {}
@@ -84,7 +84,7 @@ def channel(
     }
 
 
-def bridge(channels: list[str], bridge_id: str = BRIDGE) -> dict:
+def bridge(channels: list[str], bridge_id: str = BRIDGE) -> dict[str, Any]:
     """A Bridge as ARI sends it."""
     return {
         "id": bridge_id,
@@ -191,7 +191,8 @@ async def pay(h: Harness, action: str, call_id: str = CALLER, **body: Any) -> ht
 async def get_call(h: Harness, call_id: str = CALLER) -> dict[str, Any]:
     response = await h.client.get(f"/v1/calls/asterisk/{call_id}", headers=h.auth(Role.SUPERVISOR))
     assert response.status_code == 200, response.text
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -561,7 +562,7 @@ async def test_resume_after_a_restart_undoes_both_pause_and_mute(
         await bridged_call_recording(first)
         assert (await pay(first, "start", pause_behavior="skip")).status_code == 200
         controller = first.services.controllers["asterisk"]
-        controller._paused_with.clear()  # type: ignore[attr-defined]  # as after a restart
+        controller._paused_with.clear()  # as after a restart
         end = await pay(first, "end")
     assert end.status_code == 200 and end.json()["state"] == "closed"
     assert unmute.call_count == 1 and unpause.call_count == 1
@@ -578,7 +579,10 @@ async def test_resume_409_then_204_is_retried(ast: Harness, api: respx.MockRoute
     assert resume.call_count == 2
 
 
-async def test_readiness_names_the_ari_host_without_credentials(ast: Harness) -> None:
+async def test_readiness_names_the_ari_host_without_credentials(
+    ast: Harness, api: respx.MockRouter
+) -> None:
+    api.get(f"{ARI}/asterisk/info").respond(200, json={"system": {"version": "20.5.0"}})
     response = await ast.client.get("/readyz", headers=ast.auth(Role.OPS))
     check = response.json()["checks"]["provider:asterisk"][0]
     assert check["status"] == "pass" and "127.0.0.1" in check["output"]

@@ -147,11 +147,11 @@ async def test_a_chain_rewritten_with_another_key_fails_at_its_first_entry(
 
 
 async def test_key_rotation_keeps_old_entries_verifiable(harness: Harness) -> None:
-    first = Settings(audit_key=KEY_A.decode(), _env_file=None)  # type: ignore[arg-type,call-arg]
+    first = Settings(audit_key=KEY_A.decode(), _env_file=None)
     rotated = Settings(
-        audit_key=KEY_B.decode(),  # type: ignore[arg-type]
-        audit_previous_keys=KEY_A.decode(),  # type: ignore[arg-type]
-        _env_file=None,  # type: ignore[call-arg]
+        audit_key=KEY_B.decode(),
+        audit_previous_keys=KEY_A.decode(),
+        _env_file=None,
     )
     before = service(harness, AuditKeys.of(*first.audit_signing_keys()))
     old = await append(before, 3)
@@ -164,7 +164,9 @@ async def test_key_rotation_keeps_old_entries_verifiable(harness: Harness) -> No
     assert check.ok and check.entries == 6, check
     assert check.checkpoint is not None and check.checkpoint["key_id"] == key_id(KEY_B)
     async with harness.services.engine.connect() as conn:
-        ids = dict((await conn.execute(sa.text("SELECT seq, key_id FROM audit_entries"))).all())
+        ids: dict[int, str] = dict(
+            (await conn.execute(sa.text("SELECT seq, key_id FROM audit_entries"))).all()
+        )
     assert {ids[s] for s in old} == {key_id(KEY_A)} and {ids[s] for s in new} == {key_id(KEY_B)}
 
     # Without the retired key, its entries (and the checkpoint it signed) no longer verify.

@@ -64,7 +64,8 @@ async def as_provider(h: Harness, rid: str, provider: str, provider_recording_id
 async def status(h: Harness) -> dict[str, Any]:
     response = await h.client.get("/v1/status", headers=h.auth(Role.OPS))
     assert response.status_code == 200, response.text
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 # ---- copy outcomes --------------------------------------------------------------------------

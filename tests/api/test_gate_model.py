@@ -100,16 +100,16 @@ class GateMachine(RuleBasedStateMachine):
             Settings(
                 database_url=f"sqlite+aiosqlite:///{path}",
                 media_dir=self.workdir / "media",
-                generic_webhook_secret=SECRET,  # type: ignore[arg-type]
-                asterisk_webhook_secret=ASTERISK_SECRET,  # type: ignore[arg-type]
+                generic_webhook_secret=SECRET,
+                asterisk_webhook_secret=ASTERISK_SECRET,
                 generic_control_url=CONTROL_URL,
                 ari_url=ARI,
                 ari_user="recgate",
-                ari_password="ari-password-for-tests-0001",  # type: ignore[arg-type]
+                ari_password="ari-password-for-tests-0001",
                 pause_timeout_ms=250,
                 provider_request_timeout_s=0.2,
                 background_jobs=False,
-                _env_file=None,  # type: ignore[call-arg]
+                _env_file=None,
             ),
             clock=self.clock,
         )

@@ -207,7 +207,7 @@ async def test_media_hosts_unset_means_no_copy_and_no_attempt(
 )
 def test_malformed_media_hosts_are_refused_at_startup_without_echo(hosts: str) -> None:
     with pytest.raises(ValidationError) as refused:
-        Settings(generic_media_hosts=hosts, _env_file=None)  # type: ignore[call-arg]
+        Settings(generic_media_hosts=hosts, _env_file=None)
     assert "s3cret" not in str(refused.value), "a setting's value is never echoed"
     assert "generic media host #1" in str(refused.value)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
 
 import pytest
 import respx
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.domain.roles import Role
 from app.main import create_app
@@ -16,7 +18,15 @@ from tests.conftest import CONTROL_URL, Harness, event
 CARD = "4111111111111111"
 
 
-async def test_livez_and_readyz(harness: Harness) -> None:
+@pytest.fixture
+async def pbx_up() -> AsyncIterator[respx.MockRouter]:
+    """The generic PBX answers its health path (docs/operations.md), as a live one would."""
+    async with respx.mock(assert_all_called=False) as router:
+        router.get(f"{CONTROL_URL}/health").respond(204)
+        yield router
+
+
+async def test_livez_and_readyz(harness: Harness, pbx_up: respx.MockRouter) -> None:
     live = await harness.client.get("/livez")
     assert live.status_code == 200 and live.json() == {"status": "pass"}
     ready = await harness.client.get("/readyz")
@@ -45,7 +55,7 @@ def _only_names_and_statuses(body: dict[str, Any]) -> bool:
     ids=["no token", "unknown token", "not bearer", "empty bearer"],
 )
 async def test_readyz_without_an_ops_token_shows_names_and_statuses_only(
-    harness: Harness, headers: dict[str, str]
+    harness: Harness, headers: dict[str, str], pbx_up: respx.MockRouter
 ) -> None:
     ready = await harness.client.get("/readyz", headers=headers)
     assert ready.status_code == 200, "a load balancer's token is never refused"
@@ -62,10 +72,12 @@ async def test_readyz_for_a_role_other_than_ops_is_minimal(harness: Harness) -> 
         assert _only_names_and_statuses(body), f"{role} sees readiness details"
 
 
-async def test_readyz_details_for_ops_and_admin(harness: Harness) -> None:
+async def test_readyz_details_for_ops_and_admin(harness: Harness, pbx_up: respx.MockRouter) -> None:
     for role in (Role.OPS, Role.ADMIN):
         body = (await harness.client.get("/readyz", headers=harness.auth(role))).json()
-        assert body["checks"]["provider:generic"][0]["output"] == "generic control at 127.0.0.1"
+        generic = body["checks"]["provider:generic"][0]
+        assert generic["output"] == "generic control at 127.0.0.1"
+        assert generic["observedUnit"] == "ms" and generic["observedValue"] >= 0
         assert body["checks"]["retention:overdue"][0]["observedValue"] == 0
         assert "time" in body["checks"]["database:connection"][0]
 
@@ -96,6 +108,16 @@ async def test_readyz_fails_when_the_database_is_down(settings: Any) -> None:
             assert live.status_code == 200, "livez passes while the process runs, database or not"
 
 
+async def test_readyz_fails_when_the_pbx_does_not_answer_its_health_path(
+    harness: Harness,
+) -> None:
+    # Nothing listens at CONTROL_URL (the discard port): commands could not be sent either.
+    ready = await harness.client.get("/readyz", headers=harness.auth(Role.OPS))
+    assert ready.status_code == 503
+    check = ready.json()["checks"]["provider:generic"][0]
+    assert check["status"] == "fail" and "ConnectError" in check["output"]
+
+
 async def test_readyz_warns_for_generic_without_control_url(make_harness: Any) -> None:
     async with make_harness(generic_control_url=None) as h:
         body = (await h.client.get("/readyz")).json()
@@ -118,18 +140,19 @@ async def test_status_and_metrics_reflect_activity(harness: Harness) -> None:
     assert set(status) >= {"retention_overdue", "last_sweep_at"}
 
     metrics = await harness.client.get("/metrics", headers=harness.auth(Role.OPS))
-    text = metrics.text
-    assert (
-        'recgate_webhook_events_total{outcome="applied",provider="generic",type="recording.started"} 1'
-        in text
-    )
-    assert (
-        'recgate_pause_commands_total{action="pause",outcome="unavailable",provider="generic"}'
-        in text
-    )
-    assert 'recgate_exposures_total{kind="pause_failed"} 1' in text
-    assert "recgate_active_calls 1" in text and "recgate_open_payment_segments 1" in text
-    assert "c-123" not in text, "call ids are never metric labels"
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics.text)
+        for sample in family.samples
+    }
+    applied = (("outcome", "applied"), ("provider", "generic"), ("type", "recording.started"))
+    assert samples[("recgate_webhook_events_total", applied)] == 1
+    unavailable = (("action", "pause"), ("outcome", "unavailable"), ("provider", "generic"))
+    assert samples[("recgate_pause_commands_total", unavailable)] >= 1
+    assert samples[("recgate_exposures_total", (("kind", "pause_failed"),))] == 1
+    assert samples[("recgate_active_calls", ())] == 1
+    assert samples[("recgate_open_payment_segments", ())] == 1
+    assert "c-123" not in metrics.text, "call ids are never metric labels"
 
 
 async def test_validation_error_is_problem_json_without_echoing_input(harness: Harness) -> None:
@@ -348,7 +371,7 @@ async def test_unknown_route_and_call_are_404_problems(harness: Harness) -> None
 
 
 async def test_unhandled_error_is_500_problem_without_internals(harness: Harness) -> None:
-    async def explode(*_: Any, **__: Any) -> None:
+    async def explode(*_: Any, **__: Any) -> NoReturn:
         raise RuntimeError("SELECT secret FROM internals")
 
     harness.services.calls.detail = explode  # type: ignore[method-assign]

@@ -52,7 +52,7 @@ EXPECTED_STATUSES = ["2xx", "3xx", "4xx", "502", "503"]
 # enabled); tests/api/test_webhooks.py and the provider tests cover what a signature lets in.
 OPERATIONS = sorted(
     (method.upper(), path)
-    for path, operations in create_app(Settings(_env_file=None)).openapi()["paths"].items()  # type: ignore[call-arg]
+    for path, operations in create_app(Settings(_env_file=None)).openapi()["paths"].items()
     for method in operations
 )
 
@@ -66,9 +66,10 @@ class LiveApp:
     # "not found" into the operation's real work.
     known: dict[str, str]
 
-    def send(self, case: schemathesis.Case) -> httpx.Response:
+    def send(self, case: schemathesis.Case[Any]) -> httpx.Response:
         request = case.as_transport_kwargs(base_url=BASE_URL, headers=self.harness.auth(Role.ADMIN))
-        return self.portal.call(_send, self.harness.client, request)
+        response: httpx.Response = self.portal.call(_send, self.harness.client, request)
+        return response
 
 
 async def _send(client: httpx.AsyncClient, request: dict[str, Any]) -> httpx.Response:
@@ -140,8 +141,8 @@ def test_operation_honours_its_documented_contract(
     )
 
     @st.composite
-    def strategy(draw: st.DrawFn) -> schemathesis.Case:
-        case = draw(cases)
+    def strategy(draw: st.DrawFn) -> schemathesis.Case[Any]:
+        case: schemathesis.Case[Any] = draw(cases)
         for name, value in draw(replacements).items():
             if value is not None:
                 case.path_parameters = {**(case.path_parameters or {}), name: value}
@@ -157,7 +158,7 @@ def test_operation_honours_its_documented_contract(
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
     @given(case=strategy())
-    def honours_contract(case: schemathesis.Case) -> None:
+    def honours_contract(case: schemathesis.Case[Any]) -> None:
         response = live_app.send(case)
         case.validate_response(response, checks=CHECKS)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -33,10 +34,11 @@ async def live_call(h: Harness, recording_id: str | None = "r-1") -> None:
         ).status_code == 200
 
 
-async def get_call(h: Harness, call_id: str = "c-123") -> dict:
+async def get_call(h: Harness, call_id: str = "c-123") -> dict[str, Any]:
     response = await h.client.get(f"/v1/calls/generic/{call_id}", headers=h.auth(Role.SUPERVISOR))
     assert response.status_code == 200, response.text
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 async def test_happy_path_pauses_confirms_and_resumes(

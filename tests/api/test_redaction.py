@@ -46,7 +46,7 @@ def call_audio() -> bytes:
 
 
 def frames_of(data: bytes) -> bytes:
-    with wave.open(io.BytesIO(data)) as reader:
+    with wave.open(io.BytesIO(data), "rb") as reader:
         return reader.readframes(reader.getnframes())
 
 
@@ -61,7 +61,7 @@ async def exposed_recording_with_media(
     harness: Harness, clock: FakeClock
 ) -> tuple[uuid.UUID, bytes, Path]:
     """A recording whose pause failed from 10 s to 20 s, its WAV in the media store."""
-    at = lambda s: (T0 + timedelta(seconds=s)).isoformat()  # noqa: E731
+    at: Callable[[float], str] = lambda s: (T0 + timedelta(seconds=s)).isoformat()  # noqa: E731
     await harness.send_event(event("call.started", "c-1", at=at(0)))
     await harness.send_event(event("recording.started", "c-1", "r-1", at=at(0)))
     async with respx.mock:
@@ -187,7 +187,7 @@ async def test_a_failed_delete_of_the_original_is_retried(h: tuple[Harness, Fake
     _, _, original = await exposed_recording_with_media(harness, clock)
     store = harness.services.redaction.store
     real_delete = store.delete
-    failures = []
+    failures: list[str] = []
 
     async def failing_once(relative: str) -> None:
         if not failures:

@@ -74,7 +74,8 @@ def _db_id(h: Harness, rid: str) -> str:
 async def recording(h: Harness, rid: str) -> dict[str, Any]:
     response = await h.client.get(f"/v1/recordings/{rid}", headers=h.auth(Role.DPO))
     assert response.status_code == 200, response.text
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def media_file(h: Harness, rid: str) -> Path:
@@ -86,7 +87,8 @@ async def sweep(h: Harness, dry_run: bool = False) -> dict[str, Any]:
         f"/v1/retention/sweep?dry_run={'true' if dry_run else 'false'}", headers=h.auth(Role.DPO)
     )
     assert response.status_code == 200, response.text
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 async def test_deadline_is_18_calendar_months_clamped_to_month_end(h: Harness) -> None:

@@ -44,7 +44,8 @@ async def the_call(h: Harness, call_id: str = CALL) -> dict[str, Any]:
         f"/v1/calls/rtpengine/{quote(call_id, safe='')}", headers=h.auth(Role.SUPERVISOR)
     )
     assert response.status_code == 200, response.text
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def at(seconds: float) -> str:

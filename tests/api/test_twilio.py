@@ -163,7 +163,8 @@ async def pay(h: Harness, action: str, **body: Any) -> httpx.Response:
 async def get_call(h: Harness) -> dict[str, Any]:
     response = await h.client.get(f"/v1/calls/twilio/{CA}", headers=h.auth(Role.SUPERVISOR))
     assert response.status_code == 200, response.text
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 # ---- signatures ----------------------------------------------------------------------------

@@ -531,7 +531,7 @@ async def running_recgate(settings: Settings, rtpengine: Daemon) -> AsyncIterato
             "sip_proxy_token": TOKEN,
             "pause_timeout_ms": 2000,
         },
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     app = create_app(configured, clock=clock)
     server = uvicorn.Server(

@@ -113,10 +113,10 @@ async def service(
             hide_password=False
         ),
         media_dir=tmp_path / "media",
-        generic_webhook_secret=SECRET,  # type: ignore[arg-type]
+        generic_webhook_secret=SECRET,
         generic_control_url="http://127.0.0.1:9/pbx",
         background_jobs=False,
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     app = create_app(settings)
     server = uvicorn.Server(
@@ -142,7 +142,7 @@ async def service(
 
 def signed(body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     raw = json.dumps(body).encode()
-    key = Settings(generic_webhook_secret=SECRET, _env_file=None).generic_secret_key  # type: ignore[arg-type,call-arg]
+    key = Settings(generic_webhook_secret=SECRET, _env_file=None).generic_secret_key
     assert key is not None
     headers = signed_headers(key, raw, datetime.now(UTC))
     headers["content-type"] = "application/json"

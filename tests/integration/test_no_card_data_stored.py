@@ -247,7 +247,8 @@ async def run_session(h: Harness, written: str, n: int) -> None:
     for call in (f"rtp-{n}@pbx.example", f"{written}@pbx.example"):
         response = await h.client.post(
             f"/v1/webhooks/rtpengine?token={NOTIFY_TOKEN}",
-            headers={
+            # httpx takes str and bytes values side by side; its annotation only allows one.
+            headers={  # type: ignore[arg-type]
                 "X-Recording-Call-ID": call.encode(),
                 "X-Recording-File-Name": f"rtp-{n}-mix.wav",
                 "X-Recording-Full-File-Name": f"/var/spool/rtpengine/rtp-{n}-mix.wav",
@@ -292,7 +293,7 @@ def stored_text(h: Harness) -> str:
 async def postgres_text(h: Harness) -> str:
     if h.services.settings.is_sqlite:
         return ""
-    out = []
+    out: list[str] = []
     async with h.services.engine.connect() as conn:
         tables = (
             await conn.execute(

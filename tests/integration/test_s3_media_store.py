@@ -677,7 +677,12 @@ async def test_readyz_warns_operators_about_a_versioned_bucket(
 ) -> None:
     bucket = await versioned_bucket(moto, [noncurrent_expiry(PREFIX)] if with_rule else None)
     async with make_harness(
-        media_store="s3", s3_bucket=bucket, s3_endpoint_url=moto.url, s3_region=REGION
+        media_store="s3",
+        s3_bucket=bucket,
+        s3_endpoint_url=moto.url,
+        s3_region=REGION,
+        # No PBX to probe: the overall status is the bucket's alone.
+        generic_control_url=None,
     ) as h:
         detailed = (await h.client.get("/readyz", headers=h.auth(Role.OPS))).json()
         public = (await h.client.get("/readyz")).json()

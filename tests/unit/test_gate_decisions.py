@@ -42,7 +42,7 @@ def recording(
 
 
 def linked(seg: SegmentSnap, **fields: datetime | None) -> LinkSnap:
-    return LinkSnap(seg.id, **fields)  # type: ignore[arg-type]
+    return LinkSnap(seg.id, **fields)
 
 
 # ---- PBX clocks ------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def encode(value: float, width: int) -> bytes:
     """One PCM sample: 8-bit unsigned, wider signed little-endian (as WAV stores them)."""
     if width == 1:
         return bytes([128 + round(value * 127)])
-    peak = 2 ** (8 * width - 1) - 1
+    peak: int = 2 ** (8 * width - 1) - 1
     return round(value * peak).to_bytes(width, "little", signed=True)
 
 
@@ -255,7 +255,7 @@ def _poke(data: bytes, index: int, value: bytes) -> bytes:
     return data[:index] + value + data[index + len(value) :]
 
 
-TAMPERING: dict[str, Callable[[Path, bytes], None]] = {
+TAMPERING: dict[str, Callable[[Path, bytes], object]] = {
     "sample changed before the span": lambda p, d: write_wav(
         p, 8000, 2, 1, _poke(d, 200, b"\x07\x00")
     ),
@@ -278,7 +278,7 @@ TAMPERING: dict[str, Callable[[Path, bytes], None]] = {
 
 @pytest.mark.parametrize("tamper", TAMPERING.values(), ids=TAMPERING.keys())
 def test_verify_catches_a_tampered_output(
-    redacted_pair: tuple[Path, Path, bytes], tamper: Callable[[Path, bytes], None]
+    redacted_pair: tuple[Path, Path, bytes], tamper: Callable[[Path, bytes], object]
 ) -> None:
     src, dst, redacted = redacted_pair
     tamper(dst, redacted)

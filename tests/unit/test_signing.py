@@ -224,7 +224,7 @@ def test_oversized_or_non_canonical_timestamp_is_a_signature_error(timestamp: st
 
 @pytest.mark.parametrize("route", ["generic", "sim", "asterisk"])
 def test_the_shell_signer_signs_with_each_routes_own_key(route: str) -> None:
-    """scripts/sign-webhook.sh (used throughout the README) agrees with recgate on every
+    """scripts/sign-webhook.sh (used throughout docs/api.md) agrees with recgate on every
     route's key, and its headers verify on no other route."""
     import os
     import subprocess
@@ -235,10 +235,10 @@ def test_the_shell_signer_signs_with_each_routes_own_key(route: str) -> None:
     generic = "whsec_" + base64.b64encode(b"generic-secret-for-the-signer-01").decode()
     asterisk = "whsec_" + base64.b64encode(b"asterisk-secret-for-the-signer-1").decode()
     settings = Settings(
-        generic_webhook_secret=generic,  # type: ignore[arg-type]
-        asterisk_webhook_secret=asterisk,  # type: ignore[arg-type]
+        generic_webhook_secret=generic,
+        asterisk_webhook_secret=asterisk,
         sim_enabled=True,
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     body = '{"type": "call.started"}'
     script = Path(__file__).resolve().parents[2] / "scripts" / "sign-webhook.sh"
