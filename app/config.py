@@ -30,7 +30,8 @@ DEFAULT_SERVICE_AREAS = (
     "highways",
     "other",
 )
-_PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "whsec_changeme", ""}
+# "cluecon": FreeSWITCH's stock event socket password.
+_PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "whsec_changeme", "cluecon", ""}
 
 
 class Settings(BaseSettings):
@@ -102,6 +103,43 @@ class Settings(BaseSettings):
     # events on POST /v1/webhooks/asterisk.
     ari_events: bool = False
 
+    # FreeSWITCH (app/telephony/freeswitch.py): mod_event_socket, inbound mode.
+    freeswitch_esl_host: str | None = Field(
+        default=None,
+        description=(
+            "Host of FreeSWITCH's event socket (`event_socket.conf.xml` `listen-ip`). Enables "
+            "the `freeswitch` provider; pauses are `uuid_record` commands sent over it"
+        ),
+    )
+    freeswitch_esl_port: int = Field(
+        default=8021, ge=1, le=65535, description="Port of the event socket (`listen-port`)"
+    )
+    freeswitch_esl_password: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The event socket's `password`. Required for payments on `freeswitch` calls; "
+            "production refuses FreeSWITCH's stock `ClueCon`. It crosses the network in clear: "
+            "keep the socket on loopback or a private network"
+        ),
+    )
+    freeswitch_pause_mode: Literal["mask", "pause"] = Field(
+        default="mask",
+        description=(
+            "What a FreeSWITCH pause is when the IVR leaves `pause_behavior` out: `mask` "
+            "(`uuid_record … mask`: silence written, the timeline kept) or `pause` (nothing "
+            "written; FreeSWITCH 1.10.7 and later). The IVR's `silence` is always `mask`, its "
+            "`skip` always `pause`"
+        ),
+    )
+    freeswitch_events: bool = Field(
+        default=False,
+        description=(
+            "Consume the event socket (`CHANNEL_ANSWER`, `CHANNEL_HANGUP_COMPLETE`, "
+            "`RECORD_START`, `RECORD_STOP`) with a connection of its own, reconnecting with "
+            "backoff; FreeSWITCH keeps no events for a client that is away"
+        ),
+    )
+
     # rtpengine
     rtpengine_ng: str | None = None  # host:port of rtpengine's ng control (UDP)
     # The recording daemon's finish notification carries no signature: its --notify-uri must
@@ -114,6 +152,92 @@ class Settings(BaseSettings):
     # A SIP proxy in front of rtpengine (Kamailio, OpenSIPS) reports call start, answer, end
     # and recording start to POST /v1/webhooks/sip-proxy with this in X-Recgate-Token.
     sip_proxy_token: SecretStr | None = None
+
+    # Genesys Cloud (app/telephony/genesys.py)
+    genesys_region: str = Field(
+        default="mypurecloud.com",
+        description=(
+            "The Genesys Cloud region's domain, as in `https://api.{region}` and "
+            "`https://login.{region}`: `mypurecloud.com` (US East), `euw2.pure.cloud` (London), "
+            "`mypurecloud.ie` (Dublin), `mypurecloud.de` (Frankfurt) …"
+        ),
+    )
+    genesys_api_base: str | None = Field(
+        default=None,
+        description="Platform API base; unset: `https://api.{RECGATE_GENESYS_REGION}`",
+    )
+    genesys_login_base: str | None = Field(
+        default=None,
+        description=(
+            "OAuth base (`{base}/oauth/token`); unset: `https://login.{RECGATE_GENESYS_REGION}`"
+        ),
+    )
+    genesys_client_id: str | None = Field(
+        default=None,
+        description=(
+            "Client id of a Genesys Cloud OAuth client with the Client Credentials grant whose "
+            "role may pause recordings (`conversation:recording:pauseOthers`). With the secret, "
+            "it enables payments on `genesys` calls"
+        ),
+    )
+    genesys_client_secret: SecretStr | None = Field(
+        default=None, description="That OAuth client's secret (never logged)"
+    )
+    genesys_webhook_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The API key Amazon EventBridge sends in `X-Recgate-Token` with Genesys Cloud "
+            "events to `POST /v1/webhooks/genesys` (at least 16 characters); unset: that "
+            "route is off"
+        ),
+    )
+
+    # Amazon Connect (app/telephony/connect.py)
+    connect_instance_id: str | None = Field(
+        default=None,
+        description=(
+            "Id of the Amazon Connect instance (the part after `instance/` in its ARN); it "
+            "enables payments on `amazon_connect` calls, and contact events of other instances "
+            "are ignored"
+        ),
+    )
+    connect_region: str = Field(
+        default="eu-west-2", description="AWS region of the Amazon Connect instance"
+    )
+    connect_endpoint_url: str | None = Field(
+        default=None,
+        description=(
+            "Amazon Connect API endpoint; unset: AWS's own for the region (set only for a "
+            "test double or a VPC endpoint)"
+        ),
+    )
+    connect_aws_access_key_id: str | None = Field(
+        default=None,
+        description=(
+            "Access key id for the Amazon Connect API; unset: the standard AWS credential chain "
+            "(environment, shared config, instance or task role), which is preferred"
+        ),
+    )
+    connect_aws_secret_access_key: SecretStr | None = Field(
+        default=None,
+        description="Secret of `RECGATE_CONNECT_AWS_ACCESS_KEY_ID` (set both or neither)",
+    )
+    connect_recording_type: Literal["ALL", "AGENT", "IVR"] = Field(
+        default="ALL",
+        description=(
+            "What a suspend covers: `ALL` sends no `ContactRecordingType`, so Connect suspends "
+            "every recording the flow makes of the contact (IVR, agent, screen); `AGENT` or "
+            "`IVR` suspends only that one and leaves the other recording"
+        ),
+    )
+    connect_webhook_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The API key an EventBridge API destination sends in `X-Recgate-Token` with "
+            "Amazon Connect contact events to `POST /v1/webhooks/amazon-connect` (at least 16 "
+            "characters); unset: that route is off"
+        ),
+    )
 
     # Retention
     retention_media_months: int = Field(default=18, ge=1)
@@ -162,11 +286,85 @@ class Settings(BaseSettings):
                     raise ValueError("each audit key must be at least 16 bytes")
         return value
 
+    @field_validator("freeswitch_esl_password")
+    @classmethod
+    def _esl_password_is_one_line(cls, value: SecretStr | None) -> SecretStr | None:
+        # It is sent as "auth <password>" on one line: a line break would end the command.
+        if value is not None and not value.get_secret_value().isprintable():
+            raise ValueError("must be printable characters on one line")
+        return value
+
     @field_validator("generic_media_hosts")
     @classmethod
     def _media_hosts_are_origins(cls, value: str) -> str:
         media_origins(value)  # refuse a malformed entry at startup, not at the first fetch
         return value
+
+    @field_validator("genesys_region")
+    @classmethod
+    def _genesys_region_is_a_domain(cls, value: str) -> str:
+        if not re.fullmatch(r"(?:[a-z0-9-]+\.)+[a-z]{2,}", value.strip().lower()):
+            raise ValueError("must be a domain such as mypurecloud.com or euw2.pure.cloud")
+        return value.strip().lower()
+
+    @field_validator("genesys_api_base", "genesys_login_base")
+    @classmethod
+    def _genesys_bases_are_urls(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/?#@\s]+(?:/[^?#\s]*)?", value):
+            raise ValueError("must be an http(s) URL without credentials, query or fragment")
+        return value
+
+    @field_validator("genesys_webhook_token")
+    @classmethod
+    def _genesys_token_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _genesys_client_is_whole(self) -> Settings:
+        if (self.genesys_client_id is None) != (self.genesys_client_secret is None):
+            raise ValueError(
+                "RECGATE_GENESYS_CLIENT_ID and RECGATE_GENESYS_CLIENT_SECRET are set together"
+            )
+        return self
+
+    @field_validator("connect_instance_id")
+    @classmethod
+    def _connect_instance_is_an_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9-]{1,100}", value):
+            raise ValueError("must be the instance id (the part after instance/ in its ARN)")
+        return value
+
+    @field_validator("connect_region")
+    @classmethod
+    def _connect_region_is_a_region(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z]{2}(?:-[a-z]+)+-\d+", value):
+            raise ValueError("must be an AWS region such as eu-west-2")
+        return value
+
+    @field_validator("connect_endpoint_url")
+    @classmethod
+    def _connect_endpoint_is_a_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/?#@\s]+/?", value):
+            raise ValueError("must be an http(s) URL without credentials, path or query")
+        return value
+
+    @field_validator("connect_webhook_token")
+    @classmethod
+    def _connect_token_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _connect_key_is_whole(self) -> Settings:
+        if (self.connect_aws_access_key_id is None) != (self.connect_aws_secret_access_key is None):
+            raise ValueError(
+                "RECGATE_CONNECT_AWS_ACCESS_KEY_ID and RECGATE_CONNECT_AWS_SECRET_ACCESS_KEY are "
+                "set together"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_placeholders_in_production(self) -> Settings:
@@ -192,8 +390,13 @@ class Settings(BaseSettings):
             "asterisk_webhook_secret",
             "twilio_auth_token",
             "ari_password",
+            "freeswitch_esl_password",
             "rtpengine_notify_token",
             "sip_proxy_token",
+            "genesys_client_secret",
+            "genesys_webhook_token",
+            "connect_aws_secret_access_key",
+            "connect_webhook_token",
         ):
             secret = getattr(self, name)
             if secret is not None and secret.get_secret_value().lower() in _PLACEHOLDERS:

@@ -28,6 +28,7 @@ from app.config import Settings, get_settings
 from app.domain.clock import Clock, utcnow
 from app.errors import PROBLEM_CONTENT_TYPE, install_error_handlers, problem_schemas
 from app.jobs.ari_events import AriEventConsumer, ari_events_enabled
+from app.jobs.freeswitch_events import FreeSwitchEventConsumer, freeswitch_events_enabled
 from app.jobs.watchdog import run_jobs, service_jobs
 from app.services.container import Services
 
@@ -69,6 +70,10 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
         if ari_events_enabled(settings):
             consumer = AriEventConsumer(settings, services.intake, clock, services.metrics)
             ari_events = asyncio.create_task(consumer.run(), name="ari-events")
+        freeswitch_events = None  # opt-in too (RECGATE_FREESWITCH_EVENTS)
+        if freeswitch_events_enabled(settings):
+            esl = FreeSwitchEventConsumer(settings, services.intake, clock, services.metrics)
+            freeswitch_events = asyncio.create_task(esl.run(), name="freeswitch-events")
         try:
             yield
         finally:
@@ -77,6 +82,10 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
                 ari_events.cancel()
                 with suppress(asyncio.CancelledError):
                     await ari_events
+            if freeswitch_events is not None:
+                freeswitch_events.cancel()
+                with suppress(asyncio.CancelledError):
+                    await freeswitch_events
             if watchdog is not None:
                 watchdog.cancel()
                 with suppress(asyncio.CancelledError):

@@ -128,6 +128,42 @@ GROUPS: tuple[Group, ...] = (
         ),
     ),
     Group(
+        "FreeSWITCH",
+        "See [providers.md](providers.md#connecting-freeswitch).",
+        (
+            "freeswitch_esl_host",
+            "freeswitch_esl_port",
+            "freeswitch_esl_password",
+            "freeswitch_pause_mode",
+            "freeswitch_events",
+        ),
+    ),
+    Group(
+        "Amazon Connect",
+        "See [providers.md](providers.md#connecting-amazon-connect).",
+        (
+            "connect_instance_id",
+            "connect_region",
+            "connect_endpoint_url",
+            "connect_aws_access_key_id",
+            "connect_aws_secret_access_key",
+            "connect_recording_type",
+            "connect_webhook_token",
+        ),
+    ),
+    Group(
+        "Genesys Cloud",
+        "See [providers.md](providers.md#connecting-genesys-cloud).",
+        (
+            "genesys_region",
+            "genesys_api_base",
+            "genesys_login_base",
+            "genesys_client_id",
+            "genesys_client_secret",
+            "genesys_webhook_token",
+        ),
+    ),
+    Group(
         "Retention",
         "Deadlines, the sweep and redaction. See "
         "[api.md](api.md#recordings-legal-holds-retention-and-audit).",

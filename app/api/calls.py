@@ -20,7 +20,6 @@ from app.api.schemas import (
 )
 from app.domain.ids import valid_id
 from app.domain.roles import Role
-from app.domain.states import PauseBehavior
 from app.services.gating import outcome_body
 from app.services.tokens import Principal
 
@@ -64,7 +63,7 @@ async def payment_start(
         provider,
         provider_call_id,
         reference=body.reference,
-        behavior=body.pause_behavior or PauseBehavior.SILENCE,
+        behavior=body.pause_behavior,
         idempotency_key=idempotency_key,
     )
     return outcome_body(outcome)

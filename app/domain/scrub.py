@@ -11,9 +11,9 @@ What counts as card data:
   shorter or longer last group, Amex 4-6-5, Diners 4-6-4) and with a card issuer's prefix
   (2221–2720, 3, 4, 5, 6): dates, amounts, IP addresses, version strings and timestamps are
   written with those separators and must not add up to a card number. Digits inside a hex
-  identifier (a UUID, or 16 or more lower-case or 32 or more upper-case hex characters with
-  two letters or more among them, such as a Twilio SID) belong to the identifier: nobody
-  writes a card number into one by accident.
+  identifier (a UUID with RFC 4122's variant, or a UUID-shaped run or 16 or more lower-case or
+  32 or more upper-case hex characters with two letters or more among them, such as a Twilio
+  SID) belong to the identifier: nobody writes a card number into one by accident.
 * A security code: 3–4 digits next to a card word ("CVV 123", "security code: 999"), or the
   value of a field named like one.
 
@@ -220,8 +220,14 @@ def _mask_hex_ids(text: str) -> str:
     def mask(match: re.Match[str]) -> str:
         hex_id = match.group(0)
         # Decimal digits alone are no identifier of this kind: a card number is one of them,
-        # and so is a card number with one letter beside it ("4012888888881881a").
-        return "x" * len(hex_id) if len(_HEX_LETTER.findall(hex_id)) >= 2 else hex_id
+        # and so is a card number with one letter beside it ("4012888888881881a"). A UUID with
+        # RFC 4122's variant (8, 9, a or b opening its fourth group, as every uuid4 has) is one
+        # however few letters it drew: about one random UUID in 50,000 has fewer than two, and
+        # its digits may add up like a card's.
+        rfc_uuid = "-" in hex_id and hex_id[19] in "89abAB"
+        if rfc_uuid or len(_HEX_LETTER.findall(hex_id)) >= 2:
+            return "x" * len(hex_id)
+        return hex_id
 
     return _HEX_ID.sub(mask, text)
 

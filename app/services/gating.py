@@ -259,7 +259,7 @@ class PaymentGate:
         provider_call_id: str,
         *,
         reference: str | None = None,
-        behavior: PauseBehavior = PauseBehavior.SILENCE,
+        behavior: PauseBehavior | None = None,
         idempotency_key: str | None = None,
     ) -> SegmentOutcome:
         """Open a payment segment and pause every recording; return once all are confirmed.
@@ -272,6 +272,8 @@ class PaymentGate:
         share one segment, one command and its outcome.
         """
         controller = self._controller(provider)
+        # Not said by the IVR: what the platform itself does (silence on most).
+        chosen = behavior or controller.default_behavior
         loop = asyncio.get_running_loop()
         began = loop.time()
         deadline = began + self._timeout_s
@@ -287,7 +289,7 @@ class PaymentGate:
                 provider=provider,
                 provider_call_id=provider_call_id,
                 reference=reference,
-                behavior=behavior,
+                behavior=chosen,
                 key=key,
                 arrived=arrived,
                 waited=bool(waited),

@@ -97,6 +97,9 @@ class RecordingController(ABC):
     # True when a call-level command (no recording named) pauses every recording of the call;
     # Twilio.CURRENT pauses only one.
     call_level_covers_all: bool = False
+    # What a pause does when the IVR does not say (``pause_behavior`` left out): the
+    # platform's own behaviour. An explicit one it cannot honour is refused (fails closed).
+    default_behavior: PauseBehavior = PauseBehavior.SILENCE
 
     @abstractmethod
     async def pause(self, target: ControlTarget, behavior: PauseBehavior) -> list[ControlOutcome]:

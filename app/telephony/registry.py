@@ -6,7 +6,16 @@ import httpx
 
 from app.config import Settings
 from app.domain.clock import Clock
-from app.telephony import asterisk, generic, rtpengine, sim, twilio
+from app.telephony import (
+    asterisk,
+    connect,
+    freeswitch,
+    generic,
+    genesys,
+    rtpengine,
+    sim,
+    twilio,
+)
 from app.telephony.base import RecordingController
 from app.telephony.provider import Provider
 
@@ -16,6 +25,9 @@ PROVIDERS: tuple[Provider, ...] = (
     twilio.ADAPTER,
     asterisk.ADAPTER,
     rtpengine.ADAPTER,
+    freeswitch.ADAPTER,
+    genesys.ADAPTER,
+    connect.ADAPTER,
 )
 
 

@@ -49,6 +49,8 @@ OPEN = {
     ("POST", "/v1/webhooks/twilio/recording-status"),
     ("POST", "/v1/webhooks/rtpengine"),
     ("POST", "/v1/webhooks/sip-proxy"),
+    ("POST", "/v1/webhooks/amazon-connect"),
+    ("POST", "/v1/webhooks/genesys"),
 }
 
 
