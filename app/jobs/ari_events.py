@@ -22,7 +22,7 @@ from websockets.exceptions import WebSocketException
 
 from app.config import Settings
 from app.domain.clock import Clock
-from app.errors import MalformedInput
+from app.jobs.consumed import dead_letter, hand_over
 from app.services.intake import EventIntake
 from app.services.metrics import Metrics
 from app.telephony import asterisk
@@ -159,26 +159,11 @@ class AriEventConsumer:
         except asterisk.MalformedEvent as exc:
             await self._dead_letter(str(exc), raw)
             return True
-        if event is None:
-            self.metrics.webhook_events.inc(provider=_PROVIDER, type="unmapped", outcome="ignored")
-            return True
-        try:
-            await self.intake.accept(event, data, raw)
-        except asyncio.CancelledError:
-            raise
-        except MalformedInput:
-            pass  # dead-lettered by intake
-        except Exception:
-            log.exception("ARI %s event could not be applied; it is lost", event.type.value)
+        await hand_over(self.intake, self.metrics, log, _PROVIDER, event, data, raw)
         return True
 
     async def _dead_letter(self, reason: str, raw: bytes) -> None:
-        try:
-            await self.intake.reject(_PROVIDER, None, reason, raw)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unreadable ARI event could not be dead-lettered")
+        await dead_letter(self.intake, log, _PROVIDER, reason, raw)
 
 
 def ari_events_enabled(settings: Settings) -> bool:

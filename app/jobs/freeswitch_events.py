@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from app.config import Settings
 from app.domain.clock import Clock
-from app.errors import MalformedInput
+from app.jobs.consumed import dead_letter, hand_over
 from app.services.intake import EventIntake
 from app.services.metrics import Metrics
 from app.telephony import freeswitch
@@ -159,25 +159,10 @@ class FreeSwitchEventConsumer:
         except freeswitch.MalformedEvent as exc:
             await self._dead_letter(str(exc), raw)
             return
-        if event is None:
-            self.metrics.webhook_events.inc(provider=_PROVIDER, type="unmapped", outcome="ignored")
-            return
-        try:
-            await self.intake.accept(event, stored, raw)
-        except asyncio.CancelledError:
-            raise
-        except MalformedInput:
-            pass  # dead-lettered by intake
-        except Exception:
-            log.exception("FreeSWITCH %s event could not be applied; it is lost", event.type.value)
+        await hand_over(self.intake, self.metrics, log, _PROVIDER, event, stored, raw)
 
     async def _dead_letter(self, reason: str, raw: bytes) -> None:
-        try:
-            await self.intake.reject(_PROVIDER, None, reason, raw)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unreadable FreeSWITCH event could not be dead-lettered")
+        await dead_letter(self.intake, log, _PROVIDER, reason, raw)
 
 
 def freeswitch_events_enabled(settings: Settings) -> bool:

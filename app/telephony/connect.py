@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -83,13 +82,11 @@ from app.telephony.provider import (
     IncomingWebhook,
     Provider,
     WebhookMalformed,
-    WebhookNotEnabled,
-    WebhookRefused,
     WebhookRoute,
+    token_checked,
 )
 
 PROVIDER: Final = "amazon_connect"
-AUTH_HEADER: Final = "x-recgate-token"
 SOURCE: Final = "aws.connect"
 DETAIL_TYPE: Final = "Amazon Connect Contact Event"
 # The readiness check says how a pause is confirmed, since Connect cannot say it itself.
@@ -254,17 +251,12 @@ def parse_contact_event(
 
 
 def _accept(incoming: IncomingWebhook, settings: Settings) -> Accepted:
-    expected = settings.connect_webhook_token
-    if expected is None:
-        raise WebhookNotEnabled(
-            "Amazon Connect contact events are not enabled (RECGATE_CONNECT_WEBHOOK_TOKEN)"
-        )
     # EventBridge API destinations send a connection's API key as a header; they sign nothing.
-    token = incoming.headers.get(AUTH_HEADER, "")
-    if not token:
-        raise WebhookRefused("missing header: X-Recgate-Token")
-    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
-        raise WebhookRefused("the X-Recgate-Token does not match")
+    token_checked(
+        incoming,
+        settings.connect_webhook_token,
+        "Amazon Connect contact events are not enabled (RECGATE_CONNECT_WEBHOOK_TOKEN)",
+    )
     try:
         data = load_json(incoming.body)
         event, ignored_as = parse_contact_event(

@@ -10,12 +10,14 @@ provider's name. Adding a provider is one module and one line in the registry.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import httpx
+from pydantic import SecretStr
 
 from app.config import Settings
 from app.domain.clock import Clock
@@ -111,3 +113,20 @@ def signed(key: bytes | None, incoming: IncomingWebhook, settings: Settings) -> 
         )
     except SignatureError as exc:
         raise WebhookRefused(str(exc)) from exc
+
+
+# The header a sender that can set a header but not sign a body (a SIP proxy's routing script,
+# an EventBridge API destination) proves itself with.
+TOKEN_HEADER: Final = "x-recgate-token"  # noqa: S105 - a header name, not a secret
+
+
+def token_checked(incoming: IncomingWebhook, expected: SecretStr | None, not_enabled: str) -> None:
+    """Refuse (401) a request whose ``X-Recgate-Token`` is missing or not ``expected`` (compared
+    in constant time); not enabled (404, saying ``not_enabled``) when there is no token."""
+    if expected is None:
+        raise WebhookNotEnabled(not_enabled)
+    token = incoming.headers.get(TOKEN_HEADER, "")
+    if not token:
+        raise WebhookRefused("missing header: X-Recgate-Token")
+    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        raise WebhookRefused("the X-Recgate-Token does not match")

@@ -23,7 +23,6 @@ the Call-ID); each file the recording daemon finishes is reported as a recording
 
 from __future__ import annotations
 
-import hmac
 from datetime import UTC, datetime
 from typing import Final
 from urllib.parse import parse_qs
@@ -34,13 +33,11 @@ from app.telephony.provider import (
     Accepted,
     IncomingWebhook,
     WebhookMalformed,
-    WebhookNotEnabled,
-    WebhookRefused,
     WebhookRoute,
+    token_checked,
 )
 
 PROVIDER: Final = "rtpengine"
-AUTH_HEADER: Final = "x-recgate-token"
 _EVENTS: Final = {
     "call.started": EventType.CALL_STARTED,
     "call.answered": EventType.CALL_ANSWERED,
@@ -120,15 +117,12 @@ def _unix_time(raw: str | None, now: datetime) -> datetime:
 
 
 def _accept(incoming: IncomingWebhook, settings: Settings) -> Accepted:
-    expected = settings.sip_proxy_token
-    if expected is None:
-        raise WebhookNotEnabled("SIP proxy reports are not enabled (RECGATE_SIP_PROXY_TOKEN)")
     # A routing script can set a header but not sign a body: the shared token is the proof.
-    token = incoming.headers.get(AUTH_HEADER, "")
-    if not token:
-        raise WebhookRefused("missing header: X-Recgate-Token")
-    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
-        raise WebhookRefused("the X-Recgate-Token does not match")
+    token_checked(
+        incoming,
+        settings.sip_proxy_token,
+        "SIP proxy reports are not enabled (RECGATE_SIP_PROXY_TOKEN)",
+    )
     try:
         fields = parse_body(incoming.body)
         event = parse_report(fields, incoming.now)
