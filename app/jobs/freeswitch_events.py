@@ -8,8 +8,9 @@ every provider. Only the headers recgate reads are stored, never the channel var
 
 FreeSWITCH keeps no events for a client that is not connected: what happens while the socket
 is down is lost. The consumer reconnects with capped, jittered exponential backoff and
-subscribes again; a ``RECORD_START`` it missed leaves that recording unknown, and a payment on
-its call then fails closed (``uuid_record`` needs the path). A connection that has carried
+subscribes again; a ``RECORD_START`` it missed leaves that recording unknown: a payment on a
+call with no known recording fails closed (``uuid_record`` needs the path), but one on a call
+with another known recording masks that one only (docs/providers.md says so). A connection that has carried
 nothing, not even FreeSWITCH's ``HEARTBEAT`` (every 20 s by default), for ``idle_timeout_s``
 is taken for dead and replaced.
 """

@@ -586,7 +586,9 @@ class PaymentGate:
         changes = Changes(now)
         command = fly.command
         call = repo.call_by_id(fly.call_id)
-        assert call is not None
+        if call is None:
+            # The planning commit (not waited to disk) was lost with a database crash.
+            raise DatabaseUnreachable("the segment's planning write is gone")
         seen = fly.seen
         if seen is not None and call.live_version == seen.version + 1:
             # Nobody has touched the call's live rows since this command was planned.
@@ -594,7 +596,8 @@ class PaymentGate:
             repo.adopt(segment, recordings)
         else:
             found = repo.segment(command.segment_id)
-            assert found is not None
+            if found is None:
+                raise DatabaseUnreachable("the segment's planning write is gone")
             segment, recordings = found, repo.recordings(call.id, found.id)
         if segment.command_id != command.command_id:
             # The claim was taken from us (it ran out) or the call ended: what the provider

@@ -104,6 +104,8 @@ class TokenAuthenticator:
         self.db = db
         self.ttl_s = ttl_s
         self._known: dict[str, tuple[Principal, float]] = {}
+        # Bumped by forget(): a check that read its row before a revoke must not keep it after.
+        self._generation = 0
 
     async def authenticate(self, token: str) -> Principal | None:
         """The principal behind ``token``, or None when it is unknown or revoked."""
@@ -114,11 +116,14 @@ class TokenAuthenticator:
         kept = self._known.get(digest)
         if kept is not None and kept[1] > now:
             return kept[0]
+        generation = self._generation
         found = await self.db.read(lambda conn: LiveCallRepository(conn).principal(digest))
         if found is None:
             self._known.pop(digest, None)
             return None
         principal = Principal(found[0], Role(found[1]))
+        if generation != self._generation:
+            return principal  # read before a revoke here: answered, not kept
         if len(self._known) >= _TOKEN_CACHE_MAX:
             self._known = {k: v for k, v in self._known.items() if v[1] > now}
             if len(self._known) >= _TOKEN_CACHE_MAX:
@@ -128,4 +133,5 @@ class TokenAuthenticator:
 
     def forget(self) -> None:
         """Drop every kept principal (a token was revoked in this process)."""
+        self._generation += 1
         self._known.clear()

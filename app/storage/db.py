@@ -8,6 +8,7 @@ token checks) as plain functions of a synchronous Core ``Connection``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 T = TypeVar("T")
+_log = logging.getLogger("recgate.db")
 
 
 class DatabaseUnreachable(Exception):
@@ -227,13 +229,24 @@ class Database:
         sync = self._sync
 
         def run() -> None:
+            # On the driver's connection, outside any transaction: SQLite refuses to checkpoint
+            # inside one, and SQLAlchemy would begin one (BEGIN IMMEDIATE) on first use.
+            raw = sync.raw_connection()
             try:
-                with sync.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                cursor = raw.cursor()
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                cursor.fetchall()
+                cursor.close()
+            except Exception:
+                _log.warning("WAL checkpoint failed; the next one tries again", exc_info=True)
             finally:
+                raw.close()
                 self._checkpointing = False
 
-        self._writer.submit(run)
+        try:
+            self._writer.submit(run)
+        except RuntimeError:  # shutting down: the commit stands, the checkpoint can wait
+            self._checkpointing = False
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a transaction that writes nothing and takes no write lock."""

@@ -413,6 +413,21 @@ class ConnectController(RecordingController):
             body["ContactRecordingType"] = self.recording_type
         return body
 
+    def _covered(self, target: ControlTarget) -> None:
+        """Refuse a pause a narrowed ``ContactRecordingType`` would not cover: ``AGENT`` leaves
+        the IVR's recording running (a pause before any agent has joined is the IVR's), ``IVR``
+        leaves the agent's (every recording recgate knows of is an agent's)."""
+        if self.recording_type == "AGENT" and target.call_level:
+            raise ProviderRejected(
+                "amazon connect: RECGATE_CONNECT_RECORDING_TYPE=AGENT would leave the IVR's "
+                "recording running while no agent has joined"
+            )
+        if self.recording_type == "IVR" and not target.call_level:
+            raise ProviderRejected(
+                "amazon connect: RECGATE_CONNECT_RECORDING_TYPE=IVR would leave the agent's "
+                "recording running"
+            )
+
     def _outcomes(self, target: ControlTarget, state: ConfirmedState) -> list[ControlOutcome]:
         if target.call_level:
             return [ControlOutcome(None, state)]
@@ -425,6 +440,7 @@ class ConnectController(RecordingController):
                 "amazon connect cannot skip a suspended span: it fills it with silence; the IVR "
                 'must ask for "pause_behavior": "silence"'
             )
+        self._covered(target)
         contact, initial = self._ids(target)
         if initial is None:
             initial = await self._initial_contact(contact, "suspend")

@@ -21,10 +21,10 @@ one fetch, and an API ``401`` fetches a new one once and retries once.
 - ``pause_behavior``: a secure pause leaves the span out of the recording, which is ``skip``,
   and what a payment start that names no behaviour gets here. Genesys cannot record silence
   instead, so an explicit ``silence`` is refused before any request (fails closed).
-- Errors: a Genesys 404 (its error body) on a conversation recgate has events for is "gone"
-  (nothing records it); a 404 on a call-level command (no event seen yet), or a bare one, is
-  refused: a wrong id or base URL is likelier than a call nothing records. 401 after a fresh token, 403 and other 4xx are refusals; 429, 5xx and network errors
-  are retried by the gate. A 429's ``Retry-After`` is waited out only when it ends within the
+- Errors: a 404 on a pause or its read-back is refused, never "nothing records" (Genesys keeps
+  ended conversations readable: a wrong id, region or organisation is likelier); on a resume,
+  a Genesys 404 means nothing is left to resume. 401 after a fresh token, 403 and other 4xx are
+  refusals; 429, 5xx and network errors are retried by the gate. A 429's ``Retry-After`` is waited out only when it ends within the
   pause deadline; a longer one is a refusal (fail closed now rather than at the deadline).
 
 **Events.** Genesys Cloud's EventBridge integration delivers each event to an EventBridge bus; a
@@ -323,10 +323,10 @@ class GenesysController(RecordingController):
             "PUT", f"{url}/recordingstate", what, json={"recordingState": wanted}
         )
         if not 200 <= response.status_code < 300:
-            return self._refused(response, target, what)
+            return self._refused(response, target, what, wanted)
         readback = await self._api("GET", url, f"{what} read-back")
         if readback.status_code != 200:
-            return self._refused(readback, target, f"{what} read-back")
+            return self._refused(readback, target, f"{what} read-back", wanted)
         conversation = json_object(readback)
         if _ended(conversation):
             return self._each(target, ConfirmedState.GONE, ConfirmedState.NOT_RECORDING)
@@ -358,16 +358,20 @@ class GenesysController(RecordingController):
         return [ControlOutcome(ref.provider_recording_id, each) for ref in target.recordings]
 
     def _refused(
-        self, response: httpx.Response, target: ControlTarget, what: str
+        self, response: httpx.Response, target: ControlTarget, what: str, wanted: _Wanted
     ) -> list[ControlOutcome]:
         status = response.status_code
         body = json_object(response)
         if status == 404 and body.get("status") == 404 and isinstance(body.get("code"), str):
-            if target.call_level:
+            if wanted == "PAUSED" or target.call_level:
+                # Never proof that nothing records: Genesys keeps ended conversations readable,
+                # so a 404 is likelier a wrong id, region, organisation or division. A pause
+                # is only confirmed by a read-back (an ended conversation reads as such).
                 raise ProviderRejected(
-                    f"{what}: conversation not found (HTTP 404); with no event for it yet, a "
-                    "wrong conversation id is likelier than a call nothing records"
+                    f"{what}: conversation not found (HTTP 404): a wrong conversation id, "
+                    "region or OAuth client's organisation or division?"
                 )
+            # Nothing left to resume.
             return self._each(target, ConfirmedState.GONE, ConfirmedState.GONE)
         code = str(body.get("code") or "")[:64]
         if status == 403:

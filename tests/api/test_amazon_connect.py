@@ -533,6 +533,26 @@ async def test_a_narrowed_recording_type_is_sent(
     assert fake.requests("SuspendContactRecording") == [{**ids(), "ContactRecordingType": "AGENT"}]
 
 
+@pytest.mark.parametrize(("narrowed", "agent"), [("AGENT", False), ("IVR", True)])
+async def test_a_narrowed_recording_type_that_would_miss_a_recording_fails_closed(
+    make_harness: Callable[..., Any],
+    connect_settings: dict[str, Any],
+    fake: FakeConnect,
+    narrowed: str,
+    agent: bool,
+) -> None:
+    """AGENT before an agent joins leaves the IVR's recording running; IVR leaves the agent's:
+    neither may be answered safe."""
+    fake.add_contact(CONTACT)
+    async with make_harness(**connect_settings, connect_recording_type=narrowed) as h:
+        if agent:
+            await applied(h, contact_event("CONNECTED_TO_AGENT"))
+        start = await payment(h, "start")
+        assert start.status_code == 503, start.text
+        assert start.json()["safe_to_collect"] is False
+    assert fake.requests("SuspendContactRecording") == [], "nothing was sent"
+
+
 async def test_explicit_keys_sign_instead_of_the_chain(
     make_harness: Callable[..., Any], connect_settings: dict[str, Any], fake: FakeConnect
 ) -> None:

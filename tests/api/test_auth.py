@@ -144,3 +144,31 @@ async def test_tokens_are_stored_only_as_hashes(harness: Harness) -> None:
 async def test_public_metrics_need_no_token(make_harness) -> None:  # type: ignore[no-untyped-def]
     async with make_harness(metrics_public=True) as h:
         assert (await h.client.get("/metrics")).status_code == 200
+
+
+async def test_a_check_that_read_its_row_before_a_revoke_here_does_not_keep_it() -> None:
+    """On PostgreSQL the read awaits: a revoke may land while it is in flight."""
+    from app.services.tokens import TokenAuthenticator
+
+    class SlowDatabase:
+        def __init__(self) -> None:
+            self.reading = asyncio.Event()
+            self.release = asyncio.Event()
+            self.reads = 0
+
+        async def read(self, work: object) -> tuple[str, str]:
+            self.reads += 1
+            self.reading.set()
+            await self.release.wait()
+            return ("test-ops", "ops")
+
+    db = SlowDatabase()
+    auth = TokenAuthenticator(db)  # type: ignore[arg-type]
+    token = "rg_" + "x" * 43
+    check = asyncio.create_task(auth.authenticate(token))
+    await db.reading.wait()
+    auth.forget()  # the token was revoked in this process meanwhile
+    db.release.set()
+    assert (await check) is not None, "read before the revoke: answered as read"
+    await auth.authenticate(token)
+    assert db.reads == 2, "but not kept: the next check reads the row again"

@@ -8,8 +8,9 @@ are not a supported deployment, so these tests run on PostgreSQL only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -123,44 +124,48 @@ async def test_concurrent_starts_on_two_replicas_send_exactly_one_pause(
 
 
 async def test_more_concurrent_payments_than_pool_connections_all_answer_in_time(
-    harness: Harness, pbx: respx.MockRouter
+    make_harness: Callable[..., Any], pbx: respx.MockRouter
 ) -> None:
     """Pool starvation (issue 8): 40 calls start payments at once on each of two replicas
     (80 requests, each replica with a pool of 20) while the PBX takes 300 ms per pause. No
     connection is held across a PBX call, so every start is answered, safe, in time, and
-    every call gets exactly one pause."""
-    calls = [f"crowd-{n}" for n in range(40)]
+    every call gets exactly one pause. The deadline is doubled: a starved pool would make
+    them wait the pool's 5 s, and a CI machine under load must not fail the test by itself."""
+    async with make_harness(pause_timeout_ms=3000) as harness:
+        calls = [f"crowd-{n}" for n in range(40)]
 
-    async def slow_pause(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(0.3)
-        return httpx.Response(200, json={"state": "paused"})
+        async def slow_pause(request: httpx.Request) -> httpx.Response:
+            await asyncio.sleep(0.3)
+            return httpx.Response(200, json={"state": "paused"})
 
-    pause = pbx.post(url__regex=r"/calls/crowd-\d+/recording/pause").mock(side_effect=slow_pause)
-    for call_id in calls:
-        for type_, rid in (("call.started", None), ("recording.started", "r-1")):
-            sent = await harness.send_event(event(type_, call_id=call_id, recording_id=rid))
-            assert sent.status_code == 200, sent.text
-    loop = asyncio.get_running_loop()
-    async with replica(harness) as b:
-        began = loop.time()
-        answers = await asyncio.gather(
-            *(
-                h.client.post(
-                    f"/v1/calls/generic/{call_id}/payment/start", headers=h.auth(Role.IVR)
-                )
-                for call_id in calls
-                for h in (harness, b)
-            )
+        pause = pbx.post(url__regex=r"/calls/crowd-\d+/recording/pause").mock(
+            side_effect=slow_pause
         )
-        took = loop.time() - began
+        for call_id in calls:
+            for type_, rid in (("call.started", None), ("recording.started", "r-1")):
+                sent = await harness.send_event(event(type_, call_id=call_id, recording_id=rid))
+                assert sent.status_code == 200, sent.text
+        loop = asyncio.get_running_loop()
+        async with replica(harness) as b:
+            began = loop.time()
+            answers = await asyncio.gather(
+                *(
+                    h.client.post(
+                        f"/v1/calls/generic/{call_id}/payment/start", headers=h.auth(Role.IVR)
+                    )
+                    for call_id in calls
+                    for h in (harness, b)
+                )
+            )
+            took = loop.time() - began
 
-    assert [r.status_code for r in answers] == [200] * len(answers), [
-        r.text for r in answers if r.status_code != 200
-    ][:3]
-    assert all(r.json()["safe_to_collect"] for r in answers)
-    pairs = zip(answers[::2], answers[1::2], strict=True)
-    assert all(a.json()["segment_id"] == b.json()["segment_id"] for a, b in pairs), (
-        "identical starts on two replicas opened two payments"
-    )
-    assert pause.call_count == len(calls), "a pause was sent twice, or not at all"
-    assert took < harness.services.settings.pause_timeout_ms / 1000 + 1.0
+        assert [r.status_code for r in answers] == [200] * len(answers), [
+            r.text for r in answers if r.status_code != 200
+        ][:3]
+        assert all(r.json()["safe_to_collect"] for r in answers)
+        pairs = zip(answers[::2], answers[1::2], strict=True)
+        assert all(a.json()["segment_id"] == b.json()["segment_id"] for a, b in pairs), (
+            "identical starts on two replicas opened two payments"
+        )
+        assert pause.call_count == len(calls), "a pause was sent twice, or not at all"
+        assert took < harness.services.settings.pause_timeout_ms / 1000 + 1.0

@@ -392,14 +392,17 @@ async def test_unknown_conversation_fails_closed(gc: Harness, cloud: respx.MockR
     assert "wrong conversation id" in await last_error(gc)
 
 
-async def test_conversation_gone_stops_its_recording(gc: Harness, cloud: respx.MockRouter) -> None:
+async def test_a_404_on_a_pause_is_never_taken_for_nothing_recording(
+    gc: Harness, cloud: respx.MockRouter
+) -> None:
+    """Genesys keeps ended conversations readable: a 404 is a wrong id, region or organisation
+    more likely than a call nothing records, so the pause fails closed."""
     cloud.put(RECORDING_STATE).mock(
         return_value=error_body(404, "not.found", "The requested resource was not found.")
     )
     await applied(gc, snapshot("active"))
     start = await pay(gc, "start", pause_behavior="skip")
-    assert start.status_code == 200 and start.json()["safe_to_collect"] is True, start.text
-    assert states(await get_call(gc)) == {REC: ("stopped", False)}
+    assert start.status_code == 503 and start.json()["safe_to_collect"] is False, start.text
 
 
 async def test_a_bare_404_is_not_taken_for_gone(gc: Harness, cloud: respx.MockRouter) -> None:

@@ -117,10 +117,23 @@ async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock
         assert len(ran_on) == 2
 
         # The loop's connection never checkpoints; the writer thread does, now and then.
-        for _ in range(210):
-            await db.write(work, inline=True)
-        await asyncio.sleep(0.1)
-        assert not db._checkpointing
+        def grow(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS wal_probe (x TEXT)")
+            conn.exec_driver_sql("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
+
+        wal = path.with_name(path.name + "-wal")
+        while db._inline_commits % 200 != 0:  # up to the 200th: the writer thread checkpoints
+            await db.write(grow, inline=True)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not db._checkpointing:
+                break
+        grown = wal.stat().st_size
+        # Everything checkpointed: the next commits write the WAL from its start again, so it
+        # does not grow. Without the checkpoint it would grow by about 100 pages.
+        for _ in range(100):
+            await db.write(grow, inline=True)
+        assert wal.stat().st_size <= grown, "the WAL was not checkpointed"
     finally:
         await db.close()
         await engine.dispose()
