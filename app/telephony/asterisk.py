@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -64,6 +64,7 @@ from app.telephony.base import (
     RecordingController,
     RecordingGone,
     RecordingRef,
+    combine_outcomes,
     status_error,
     stream_http_media,
 )
@@ -479,7 +480,7 @@ class AsteriskController(RecordingController, MediaSource):
             *(self._command("POST", name, (operation,), ConfirmedState.PAUSED) for name in names),
             return_exceptions=True,
         )
-        return _outcomes(names, results)
+        return combine_outcomes(names, results)
 
     async def resume(self, target: ControlTarget) -> list[ControlOutcome]:
         """Undo the pause of every named recording (``DELETE`` of the path that paused it)."""
@@ -495,7 +496,7 @@ class AsteriskController(RecordingController, MediaSource):
             ),
             return_exceptions=True,
         )
-        outcomes = _outcomes(names, results)
+        outcomes = combine_outcomes(names, results)
         for name in names:
             self._paused_with.pop(name, None)
         return outcomes
@@ -579,41 +580,6 @@ def _names(target: ControlTarget, action: str) -> list[str]:
 def _name(ref: RecordingRef) -> str:
     assert ref.provider_recording_id is not None
     return ref.provider_recording_id
-
-
-def _outcomes(
-    names: Sequence[str], results: Sequence[ControlOutcome | BaseException]
-) -> list[ControlOutcome]:
-    """Per-recording answers, or the error that decides the whole command.
-
-    A recording that is gone is answered per recording (GONE), so one finished recording does
-    not make the others read as gone; only when every recording is gone is that the answer.
-    Otherwise a refusal outranks a transient error: retrying would not change it.
-    """
-    outcomes: list[ControlOutcome] = []
-    rejected: ProviderRejected | None = None
-    unavailable: ProviderUnavailable | None = None
-    gone: list[RecordingGone] = []
-    for name, result in zip(names, results, strict=True):
-        if isinstance(result, ControlOutcome):
-            outcomes.append(result)
-        elif isinstance(result, RecordingGone):
-            gone.append(result)
-            outcomes.append(ControlOutcome(name, ConfirmedState.GONE))
-        elif isinstance(result, ProviderRejected):
-            rejected = rejected or result
-        elif isinstance(result, ProviderUnavailable):
-            unavailable = unavailable or result
-        else:
-            # Not a provider answer (a bug, a cancellation): let it surface as it is.
-            raise result
-    if rejected is not None:
-        raise rejected
-    if unavailable is not None:
-        raise unavailable
-    if gone and len(gone) == len(names):
-        raise gone[0]
-    return outcomes
 
 
 # ---- the provider ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,3 +158,38 @@ async def stream_http_media(
                 yield chunk
     except httpx.HTTPError as exc:
         raise ProviderUnavailable(f"{provider} media: {type(exc).__name__}") from exc
+
+
+def combine_outcomes(
+    ids: Sequence[str], results: Iterable[ControlOutcome | BaseException]
+) -> list[ControlOutcome]:
+    """Per-recording answers of a command sent recording by recording, or the error that
+    decides the whole command. A recording that is gone is answered per recording (GONE), so
+    one finished recording does not make the others read as gone; only when every recording
+    is gone is that the answer. Otherwise a refusal outranks a transient error: retrying would
+    not change it. Anything that is not a provider answer (a bug, a cancellation) surfaces."""
+    outcomes: list[ControlOutcome] = []
+    rejected: ProviderRejected | None = None
+    unavailable: ProviderUnavailable | None = None
+    gone: list[RecordingGone] = []
+    for recording_id, result in zip(ids, results, strict=True):
+        if isinstance(result, ControlOutcome):
+            outcomes.append(result)
+        elif isinstance(result, RecordingGone):
+            gone.append(result)
+            outcomes.append(ControlOutcome(recording_id, ConfirmedState.GONE))
+        elif isinstance(result, ProviderRejected):
+            rejected = rejected or result
+        elif isinstance(result, ProviderUnavailable):
+            unavailable = unavailable or result
+        elif isinstance(result, ProviderError):
+            rejected = rejected or ProviderRejected(str(result))
+        else:
+            raise result
+    if rejected is not None:
+        raise rejected
+    if unavailable is not None:
+        raise unavailable
+    if gone and len(gone) == len(ids):
+        raise gone[0]
+    return outcomes

@@ -52,7 +52,7 @@ import logging
 import re
 import socket
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,12 +69,12 @@ from app.telephony.base import (
     ConfirmedState,
     ControlOutcome,
     ControlTarget,
-    ProviderError,
     ProviderRejected,
     ProviderUnavailable,
     RecordingController,
     RecordingGone,
     RecordingRef,
+    combine_outcomes,
 )
 from app.telephony.provider import Provider
 
@@ -621,7 +621,7 @@ class FreeSwitchController(RecordingController):
             if isinstance(result, ProviderRejected | RecordingGone):
                 # A definite "no": nothing was paused there (only a lost answer leaves doubt).
                 self._paused_with.pop(ref, None)
-        return _outcomes([path for _, path in refs], results)
+        return combine_outcomes([path for _, path in refs], results)
 
     async def resume(self, target: ControlTarget) -> list[ControlOutcome]:
         """Undo each recording's pause (``unmask`` or ``resume``); ``+OK`` confirms."""
@@ -636,7 +636,7 @@ class FreeSwitchController(RecordingController):
             ),
             return_exceptions=True,
         )
-        outcomes = _outcomes([path for _, path in refs], results)
+        outcomes = combine_outcomes([path for _, path in refs], results)
         for ref in refs:
             self._paused_with.pop(ref, None)
         return outcomes
@@ -732,39 +732,6 @@ def _channel(target: ControlTarget, ref: RecordingRef) -> str:
 def _path(ref: RecordingRef) -> str:
     assert ref.provider_recording_id is not None
     return ref.provider_recording_id
-
-
-def _outcomes(
-    paths: Sequence[str], results: Iterable[ControlOutcome | BaseException]
-) -> list[ControlOutcome]:
-    """Per-recording answers, or the error that decides the whole command: a refusal outranks
-    a transient error; a channel gone is answered per recording (GONE), and is the answer
-    only when every recording's channel is gone."""
-    outcomes: list[ControlOutcome] = []
-    rejected: ProviderRejected | None = None
-    unavailable: ProviderUnavailable | None = None
-    gone: list[RecordingGone] = []
-    for path, result in zip(paths, results, strict=True):
-        if isinstance(result, ControlOutcome):
-            outcomes.append(result)
-        elif isinstance(result, RecordingGone):
-            gone.append(result)
-            outcomes.append(ControlOutcome(path, ConfirmedState.GONE))
-        elif isinstance(result, ProviderRejected):
-            rejected = rejected or result
-        elif isinstance(result, ProviderUnavailable):
-            unavailable = unavailable or result
-        elif isinstance(result, ProviderError):
-            rejected = rejected or ProviderRejected(str(result))
-        else:
-            raise result  # not a provider answer (a bug, a cancellation)
-    if rejected is not None:
-        raise rejected
-    if unavailable is not None:
-        raise unavailable
-    if gone and len(gone) == len(paths):
-        raise gone[0]
-    return outcomes
 
 
 # ---- the provider ----------------------------------------------------------------------------
