@@ -38,7 +38,7 @@ class DatabaseUnreachable(Exception):
 
 # Connection checkouts wait this long at most; callers with a deadline give up sooner.
 POOL_TIMEOUT_S = 5.0
-_READ_OPTION = "recgate_read"
+READ_OPTION = "recgate_read"
 _IDLE_SINCE = "recgate_idle_since"
 _PING_AFTER_IDLE_S = 5.0
 # SQLite: after this many commits on the event loop's own connection, the writer thread
@@ -76,8 +76,17 @@ def _sqlite_setup(engine: Engine, *, inline: bool = False) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        read = conn.get_execution_options().get(_READ_OPTION, False)
-        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+        read = conn.get_execution_options().get(READ_OPTION, False)
+        statement = "BEGIN" if read else "BEGIN IMMEDIATE"
+        error = conn.dialect.loaded_dbapi.Error
+        # On the driver's cursor: this runs before every hot-path transaction.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(statement)
+        except error as exc:
+            raise sa.exc.DBAPIError.instance(statement, None, exc, error) from exc
+        finally:
+            cursor.close()
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -150,6 +159,7 @@ class Database:
         self._writer: ThreadPoolExecutor | None = None
         self._sync: Engine | None = None
         self._inline: Engine | None = None
+        self._inline_conn: Connection | None = None
         self._inline_commits = 0
         self._checkpointing = False
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -172,9 +182,9 @@ class Database:
             _sqlite_setup(self._inline, inline=True)
 
     @property
-    def sync_engine(self) -> Engine:
-        """The engine whose statements the hot paths issue (to observe them in tests)."""
-        return self._sync if self._sync is not None else self.engine.sync_engine
+    def sync_engines(self) -> list[Engine]:
+        """Every engine the hot paths issue statements on (to observe them in tests)."""
+        return [e for e in (self._sync, self._inline) if e is not None] or [self.engine.sync_engine]
 
     async def write(
         self,
@@ -206,16 +216,20 @@ class Database:
     def _write_inline(self, work: Callable[[Connection], T]) -> T | object:
         """``work`` in a transaction on the loop's own connection, or :data:`_LOCKED` when
         another writer holds the lock (nothing has been done then)."""
-        assert self._inline is not None
-        with self._inline.connect() as conn:
-            try:
-                transaction = conn.begin()
-            except sa.exc.OperationalError as exc:
-                if _locked(exc):
-                    return _LOCKED
-                raise
-            with transaction:
-                result = work(conn)
+        conn = self._inline_conn
+        if conn is None or conn.closed or conn.invalidated:
+            # Kept open between writes: a pool checkout per transaction costs more than
+            # the transaction's own statements.
+            assert self._inline is not None
+            conn = self._inline_conn = self._inline.connect()
+        try:
+            transaction = conn.begin()
+        except sa.exc.OperationalError as exc:
+            if _locked(exc):
+                return _LOCKED
+            raise
+        with transaction:
+            result = work(conn)
         self._inline_commits += 1
         if self._inline_commits % _CHECKPOINT_EVERY == 0:
             self._checkpoint_soon()
@@ -276,7 +290,7 @@ class Database:
         # snapshot) and writes nothing, so a short one runs right here: a hand-over to a
         # reader thread would cost more than the read.
         with self._sync.connect() as raw:
-            reader = raw.execution_options(**{_READ_OPTION: True})
+            reader = raw.execution_options(**{READ_OPTION: True})
             with reader.begin():
                 return work(reader)
 
@@ -285,6 +299,8 @@ class Database:
             await asyncio.to_thread(self._writer.shutdown, wait=True)
         if self._sync is not None:
             self._sync.dispose()
+        if self._inline_conn is not None:
+            self._inline_conn.close()
         if self._inline is not None:
             self._inline.dispose()
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import fields
 from datetime import datetime
 from enum import StrEnum
+from functools import partial
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -36,6 +37,7 @@ from app.domain.states import (
     RecordingState,
     SegmentState,
 )
+from app.storage import direct
 from app.storage.models import (
     ApiToken,
     Call,
@@ -194,6 +196,10 @@ _MOVE_ALIASES = (
     .where(aliases.c.call_id == sa.bindparam("source"))
     .values(call_id=sa.bindparam("target"))
 )
+_INSERT_SEGMENT = segments.insert()
+_INSERT_RECORDING = recordings.insert()
+_INSERT_EXPOSURE = exposures.insert()
+_INSERT_TRANSITION = transitions.insert()
 _DELETE_CALL = calls.delete().where(calls.c.id == sa.bindparam("source"))
 # Lock the call for the transaction and bump its live version, in one statement.
 _CALL_BY_ID = (
@@ -262,6 +268,7 @@ _LINKS_OF = sa.select(*links.c).where(
     links.c.segment_id.in_(sa.bindparam("segment_ids", expanding=True))
 )
 _POLICY_ALL = (policies.c.service_area, policies.c.media_months, policies.c.record_months)
+_POLICIES = sa.select(*_POLICY_ALL)
 _POLICY = sa.select(policies.c.media_months, policies.c.record_months).where(
     policies.c.service_area == sa.bindparam("area")
 )
@@ -381,6 +388,7 @@ class LiveCallRepository:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._run = partial(direct.run, conn)
         self.sql = _statements(conn)
         # What each row held when read, to write back only what changed.
         self._loaded: dict[tuple[str, uuid.UUID], dict[str, Any]] = {}
@@ -393,13 +401,11 @@ class LiveCallRepository:
 
     def insert_inbox(self, values: dict[str, Any]) -> bool:
         """Store an event in the inbox; False when it was there already (a duplicate)."""
-        return bool(self.conn.execute(self.sql.inbox, values).rowcount)
+        return bool(self._run(self.sql.inbox, values).rowcount)
 
     def insert_inbox_many(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
         """Store events in the inbox; the (provider, event id) of those that were new."""
-        result = self.conn.execute(
-            self.sql.inbox.returning(inbox.c.provider, inbox.c.event_id), rows
-        )
+        result = self._run(self.sql.inbox.returning(inbox.c.provider, inbox.c.event_id), rows)
         return {(row.provider, row.event_id) for row in result}
 
     def upsert_calls(
@@ -421,7 +427,7 @@ class LiveCallRepository:
             for key in sorted(keys)
         ]
         found: dict[tuple[str, str], CallSnap] = {}
-        for row in self.conn.execute(self.sql.upsert_call, rows):
+        for row in self._run(self.sql.upsert_call, rows):
             call, read = _call(row)
             key = (call.provider, call.provider_call_id)
             call.created = call.id == new_ids[key]
@@ -435,7 +441,7 @@ class LiveCallRepository:
         if not ids:
             return {}
         found: dict[uuid.UUID, SegmentSnap] = {}
-        for row in self.conn.execute(_OPEN_SEGMENTS, {"call_ids": ids}):
+        for row in self._run(_OPEN_SEGMENTS, {"call_ids": ids}):
             segment, read = _segment(row)
             current = found.get(segment.call_id)
             if current is None or segment.opened_at > current.opened_at:
@@ -453,14 +459,14 @@ class LiveCallRepository:
         if not ids:
             return found
         by_id: dict[uuid.UUID, RecordingSnap] = {}
-        for row in self.conn.execute(_RECORDINGS_OF, {"call_ids": ids}):
+        for row in self._run(_RECORDINGS_OF, {"call_ids": ids}):
             recording, read = _recording(row, linked=False)
             self._remember("recording", recording.id, read)
             found[recording.call_id].append(recording)
             by_id[recording.id] = recording
         segment_ids = sorted(s.id for c, s in segments.items() if c in found)
         if segment_ids and by_id:
-            for row in self.conn.execute(_LINKS_OF, {"segment_ids": segment_ids}):
+            for row in self._run(_LINKS_OF, {"segment_ids": segment_ids}):
                 linked = by_id.get(row.recording_id)
                 if linked is None:
                     continue
@@ -472,7 +478,7 @@ class LiveCallRepository:
 
     def policies(self) -> dict[str, Months]:
         """Every service area's retention override."""
-        rows = self.conn.execute(sa.select(*_POLICY_ALL))
+        rows = self._run(_POLICIES)
         return {row.service_area: Months(row.media_months, row.record_months) for row in rows}
 
     def resolve_names(
@@ -483,7 +489,7 @@ class LiveCallRepository:
         container's own name; in one statement."""
         params = {"provider": provider, "names": sorted(set(names))}
         found: dict[str, tuple[str, datetime | None, bool]] = {}
-        for row in self.conn.execute(_NAMES, params):
+        for row in self._run(_NAMES, params):
             if row.is_alias or row.name not in found:
                 found[row.name] = (row.key, row.started_at, bool(row.held))
         return found
@@ -493,11 +499,11 @@ class LiveCallRepository:
         payment segments, exposures and aliases move over, its key becomes an alias of
         ``target``, and the call itself goes. The ids of the recordings that moved."""
         params = {"source": source.id, "target": target.id, "now": now}
-        moved = set(self.conn.execute(_MOVE_RECORDINGS, params).scalars())
+        moved = set(self._run(_MOVE_RECORDINGS, params).scalars())
         for statement in (_MOVE_SEGMENTS, _MOVE_EXPOSURES, _MOVE_TRANSITIONS, _MOVE_ALIASES):
-            self.conn.execute(statement, params)
+            self._run(statement, params)
         self.add_aliases(target, (source.provider_call_id,), now)
-        self.conn.execute(_DELETE_CALL, params)
+        self._run(_DELETE_CALL, params)
         self._loaded.pop(("call", source.id), None)
         return moved
 
@@ -510,12 +516,12 @@ class LiveCallRepository:
             if name != call.provider_call_id
         ]
         if rows:
-            self.conn.execute(self.sql.alias, rows)
+            self._run(self.sql.alias, rows)
 
     def upsert_call(self, provider: str, provider_call_id: str, now: datetime) -> CallSnap:
         """The call, created (``created``) if new; locked for the transaction."""
         new_id = uuid.uuid4()
-        row = self.conn.execute(
+        row = self._run(
             self.sql.upsert_call,
             {
                 "id": new_id,
@@ -534,7 +540,7 @@ class LiveCallRepository:
 
     def call_by_id(self, call_id: uuid.UUID) -> CallSnap | None:
         """The call, locked for the transaction (its live version bumped)."""
-        row = self.conn.execute(_CALL_BY_ID, {"of_id": call_id}).one_or_none()
+        row = self._run(_CALL_BY_ID, {"of_id": call_id}).one_or_none()
         if row is None:
             return None
         call, read = _call(row)
@@ -545,7 +551,7 @@ class LiveCallRepository:
         """The call, locked for the transaction (its live version bumped); None when
         recgate does not know it."""
         params = {"of_provider": provider, "of_provider_call_id": provider_call_id}
-        row = self.conn.execute(_CALL_BY_KEY, params).one_or_none()
+        row = self._run(_CALL_BY_KEY, params).one_or_none()
         if row is None:
             return None
         call, read = _call(row)
@@ -553,21 +559,19 @@ class LiveCallRepository:
         return call
 
     def segment_call_id(self, segment_id: uuid.UUID) -> uuid.UUID | None:
-        found: uuid.UUID | None = self.conn.execute(
-            _SEGMENT_CALL, {"id": segment_id}
-        ).scalar_one_or_none()
+        found: uuid.UUID | None = self._run(_SEGMENT_CALL, {"id": segment_id}).scalar_one_or_none()
         return found
 
     def segment_claim(self, segment_id: uuid.UUID) -> datetime | None:
         """Until when the segment's command in flight holds its claim; None when none is."""
-        row = self.conn.execute(_SEGMENT_CLAIM, {"id": segment_id}).one_or_none()
+        row = self._run(_SEGMENT_CLAIM, {"id": segment_id}).one_or_none()
         if row is None or row.command_id is None:
             return None
         until: datetime | None = row.command_until
         return until
 
     def _one_segment(self, statement: sa.Select[Any], params: dict[str, Any]) -> SegmentSnap | None:
-        row = self.conn.execute(statement, params).one_or_none()
+        row = self._run(statement, params).one_or_none()
         if row is None:
             return None
         segment, read = _segment(row)
@@ -606,13 +610,13 @@ class LiveCallRepository:
 
     def recordings(self, call_id: uuid.UUID, segment_id: uuid.UUID | None) -> list[RecordingSnap]:
         """Every recording of the call, each with its link to ``segment_id``."""
-        rows = self.conn.execute(_RECORDINGS, {"call_id": call_id, "segment_id": segment_id})
+        rows = self._run(_RECORDINGS, {"call_id": call_id, "segment_id": segment_id})
         return [self._loaded_recording(row) for row in rows]
 
     def recording(
         self, call_id: uuid.UUID, provider_recording_id: str, segment_id: uuid.UUID | None
     ) -> RecordingSnap | None:
-        row = self.conn.execute(
+        row = self._run(
             _RECORDING,
             {
                 "call_id": call_id,
@@ -625,32 +629,32 @@ class LiveCallRepository:
     def policy_months(self, service_area: str | None, default: Months) -> Months:
         if service_area is None:
             return default
-        row = self.conn.execute(_POLICY, {"area": service_area}).one_or_none()
+        row = self._run(_POLICY, {"area": service_area}).one_or_none()
         return default if row is None else Months(row.media_months, row.record_months)
 
     def open_exposure(self, segment_id: uuid.UUID, recording_id: uuid.UUID) -> bool:
         params = {"segment_id": segment_id, "recording_id": recording_id}
-        return self.conn.execute(_OPEN_EXPOSURE, params).first() is not None
+        return self._run(_OPEN_EXPOSURE, params).first() is not None
 
     def pause_failed_exposed(self, segment_id: uuid.UUID) -> set[uuid.UUID | None]:
         """Recordings (None: the call) with an open pause_failed exposure in the segment."""
-        rows = self.conn.execute(_PAUSE_FAILED_EXPOSED, {"segment_id": segment_id})
+        rows = self._run(_PAUSE_FAILED_EXPOSED, {"segment_id": segment_id})
         return {row.recording_id for row in rows}
 
     def call_exposure_windows(self, call_id: uuid.UUID) -> list[tuple[datetime, datetime | None]]:
-        rows = self.conn.execute(_CALL_EXPOSURE_WINDOWS, {"call_id": call_id})
+        rows = self._run(_CALL_EXPOSURE_WINDOWS, {"call_id": call_id})
         return [(row.started_at, row.ended_at) for row in rows]
 
     def principal(self, token_hash: str) -> tuple[str, str] | None:
-        row = self.conn.execute(_TOKEN, {"token_hash": token_hash}).one_or_none()
+        row = self._run(_TOKEN, {"token_hash": token_hash}).one_or_none()
         return None if row is None else (row.name, row.role)
 
     def due_segments(self, now: datetime, limit: int) -> list[uuid.UUID]:
         """Segments whose next step is due and that nobody drives right now."""
-        return list(self.conn.execute(_DUE, {"now": now, "limit": limit}).scalars())
+        return list(self._run(_DUE, {"now": now, "limit": limit}).scalars())
 
     def flag_overlong(self, opened_before: datetime, now: datetime) -> list[tuple[uuid.UUID, str]]:
-        rows = self.conn.execute(_OVERLONG, {"opened_before": opened_before, "now": now})
+        rows = self._run(_OVERLONG, {"opened_before": opened_before, "now": now})
         return [(row.id, row.state) for row in rows]
 
     # ---- writes ---------------------------------------------------------------------------
@@ -670,7 +674,7 @@ class LiveCallRepository:
                 {"id": s.id, "call_id": s.call_id, **_values(s, _SEGMENT_COLUMNS)}
                 for s in new_segments
             ]
-            conn.execute(segments.insert(), rows)
+            self._run(_INSERT_SEGMENT, rows)
             for segment, row in zip(new_segments, rows, strict=True):
                 segment.created = False
                 self._remember("segment", segment.id, row)
@@ -686,8 +690,8 @@ class LiveCallRepository:
         )
         new = [r for r in changes.recordings.values() if r.created]
         if new:
-            conn.execute(
-                recordings.insert(),
+            self._run(
+                _INSERT_RECORDING,
                 [
                     {
                         "id": r.id,
@@ -722,10 +726,10 @@ class LiveCallRepository:
                 rows.append({"segment_id": segment_id, "recording_id": recording_id, **values})
                 self._links[(segment_id, recording_id)] = values
         if rows:
-            conn.execute(self.sql.upsert_link, rows)
+            self._run(self.sql.upsert_link, rows)
         if changes.exposures:
-            conn.execute(
-                exposures.insert(),
+            self._run(
+                _INSERT_EXPOSURE,
                 [
                     {
                         "id": uuid.uuid4(),
@@ -748,14 +752,14 @@ class LiveCallRepository:
             )
             changes.exposures_end_for.clear()
         for segment_id in changes.segment_exposures_end:
-            conn.execute(_END_SEGMENT_EXPOSURES, {"of_segment": segment_id, "now": now})
+            self._run(_END_SEGMENT_EXPOSURES, {"of_segment": segment_id, "now": now})
         changes.segment_exposures_end.clear()
         for call_id, ended in changes.end_call_exposures.items():
-            conn.execute(_END_CALL_EXPOSURES, {"of_call": call_id, "ended": ended})
+            self._run(_END_CALL_EXPOSURES, {"of_call": call_id, "ended": ended})
         changes.end_call_exposures.clear()
         if changes.transitions:
-            conn.execute(
-                transitions.insert(),
+            self._run(
+                _INSERT_TRANSITION,
                 [
                     {
                         "entity": t.entity,
@@ -792,7 +796,7 @@ class LiveCallRepository:
             params = {"row_id": key, **{f"v_{c}": v for c, v in changed.items()}}
             groups.setdefault(tuple(sorted(changed)), []).append(params)
         for columns, group in groups.items():
-            self.conn.execute(_update_statement(table, columns), group)
+            self._run(_update_statement(table, columns), group)
 
 
 _UPDATES: dict[tuple[str, tuple[str, ...]], sa.Update] = {}

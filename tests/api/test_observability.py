@@ -396,3 +396,18 @@ def test_bound_ids_and_provider_command_lines(json_logs: Lines) -> None:
     assert timeout["level"] == "warning" and timeout["call_id"] == str(call_id)
     assert "segment_id" not in timeout
     assert "call_id" not in unbound, "unbind restores what was bound before"
+
+
+def test_generated_request_ids_are_unique_and_never_read_as_card_numbers() -> None:
+    """Ids recgate makes up are logged and echoed: each unique, and left whole by the
+    scrubber (its counter runs through digit-only stretches that alone could pass Luhn)."""
+    from app.api.observe import request_id_from
+    from app.domain.scrub import scrub_text
+
+    made = [request_id_from([]) for _ in range(5000)]
+    assert len(set(made)) == len(made)
+    for request_id in made:
+        assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+        assert scrub_text(request_id) == request_id
+    # A caller's sane id is kept as it is.
+    assert request_id_from([(b"x-request-id", b"ivr-42.a")]) == "ivr-42.a"

@@ -18,6 +18,7 @@ import pytest
 import respx
 
 from app.domain.roles import Role
+from app.storage.db import READ_OPTION
 from tests.api.test_payment_gating import PAUSE, RESUME, live_call
 from tests.conftest import Harness, event
 
@@ -48,32 +49,27 @@ def counting(h: Harness) -> Iterator[Tally]:
     from sqlalchemy import event as sa_event
 
     tally = Tally()
-    engines = {id(e): e for e in (h.services.db.sync_engine, h.services.engine.sync_engine)}
+    engines = {id(e): e for e in (*h.services.db.sync_engines, h.services.engine.sync_engine)}
 
     def statement(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
-        head = sql.lstrip().split(None, 1)[0].upper()
-        if head == "BEGIN":
-            if "IMMEDIATE" in sql.upper():
-                tally.writes += 1
-            return
         tally.statements.append(re.sub(r"\s+", " ", sql)[:100])
 
     def begin(conn: Any) -> None:
-        # PostgreSQL: a transaction that is not autocommit (reads run in autocommit).
-        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        # A transaction that may write: not autocommit (PostgreSQL's reads), not a read
+        # (SQLite's token checks begin deferred).
+        options = conn.get_execution_options()
+        if options.get("isolation_level") != "AUTOCOMMIT" and not options.get(READ_OPTION):
             tally.writes += 1
 
     for engine in engines.values():
         sa_event.listen(engine, "before_cursor_execute", statement)
-        if engine.dialect.name == "postgresql":
-            sa_event.listen(engine, "begin", begin)
+        sa_event.listen(engine, "begin", begin)
     try:
         yield tally
     finally:
         for engine in engines.values():
             sa_event.remove(engine, "before_cursor_execute", statement)
-            if engine.dialect.name == "postgresql":
-                sa_event.remove(engine, "begin", begin)
+            sa_event.remove(engine, "begin", begin)
 
 
 @pytest.fixture

@@ -1,0 +1,244 @@
+"""Core statements run on the driver's own cursor: the hot paths' statement runner.
+
+SQLAlchemy builds and compiles each hot-path statement once per dialect (and per set of
+columns given, for an INSERT or UPDATE); :func:`run` then hands the SQL and the parameters,
+converted by the columns' own types, straight to the driver's cursor, and converts the rows
+it returns the same way. What it skips is SQLAlchemy's per-execution machinery (cache keys,
+execution contexts, result metadata, events): on the payment and ingest paths that cost more
+CPU than the database's own work. Values are stored exactly as SQLAlchemy stores them (its
+own bind and result processors convert them), so the ORM reads what this writes.
+
+An expanding ``IN`` is finished for each execution by SQLAlchemy's own
+``construct_expanded_state``. What goes through ``Connection.execute`` as before: many rows
+with ``RETURNING`` (SQLAlchemy sends those as one multi-row statement) or with an expanding
+``IN``, a Python-side column default that is neither a constant nor a function of nothing,
+and statements beyond the first 512 kept (a statement built on every call would otherwise
+be compiled and kept on every call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
+
+Params = Mapping[str, Any]
+_Convert = Callable[[Any], Any] | None
+
+# Prepared statements kept, at most; one built on every call would otherwise fill it.
+_MAX_PREPARED = 512
+
+
+class Unprepared(Exception):
+    """The statement needs SQLAlchemy's own execution."""
+
+
+class Rows:
+    """What a statement returned: rows (by attribute, position or ``_mapping``), rowcount."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def all(self) -> list[Any]:
+        return list(self._rows)
+
+    def one(self) -> Any:
+        if not self._rows:
+            raise sa.exc.NoResultFound("No row was found when one was required")
+        return self.one_or_none()
+
+    def one_or_none(self) -> Any:
+        if len(self._rows) > 1:
+            raise sa.exc.MultipleResultsFound("Multiple rows were found when one was required")
+        return self._rows[0] if self._rows else None
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def scalars(self) -> Iterator[Any]:
+        return (row[0] for row in self._rows)
+
+    def scalar_one_or_none(self) -> Any:
+        row = self.one_or_none()
+        return None if row is None else row[0]
+
+
+class _Row(tuple[Any, ...]):
+    """A row: a tuple whose columns are also attributes."""
+
+    __slots__ = ()
+    _index: ClassVar[dict[str, int]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[self._index[name]]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def _mapping(self) -> dict[str, Any]:
+        return {name: self[i] for name, i in self._index.items()}
+
+
+class Prepared:
+    """One statement compiled for one dialect and one set of given keys."""
+
+    def __init__(self, statement: Any, dialect: Dialect, keys: Sequence[str] | None) -> None:
+        self.statement = statement
+        compiled = statement.compile(
+            dialect=dialect, column_keys=list(keys) if keys is not None else None
+        )
+        if not isinstance(compiled, SQLCompiler) or compiled.positiontup is None:
+            raise Unprepared("not a positional SQL compilation")
+        # An expanding IN: its SQL depends on how many values come, so it is finished for
+        # each execution by SQLAlchemy's own ``construct_expanded_state``.
+        self.expanding = compiled if any(b.expanding for b in compiled.binds.values()) else None
+        if self.expanding is not None and (compiled.insert_prefetch or compiled.update_prefetch):
+            raise Unprepared("an expanding IN with column defaults")
+        self.sql = compiled.string
+        by_name = {name: bind for bind, name in compiled.bind_names.items()}
+        self.convert_by_name: dict[str, _Convert] = {
+            name: bind.type._cached_bind_processor(dialect) for name, bind in by_name.items()
+        }
+        prefetch = {c.key: c.default for c in compiled.insert_prefetch}
+        prefetch.update({c.key: c.onupdate for c in compiled.update_prefetch})
+        # Per position: the parameter's key, what it is when not given, its converter.
+        self.binds: list[tuple[str, Callable[[], Any] | None, Any, _Convert]] = []
+        for name in compiled.positiontup:
+            bind = by_name[name]
+            convert = bind.type._cached_bind_processor(dialect)
+            if bind.key in prefetch:
+                made, value = _default(prefetch[bind.key])
+                self.binds.append((bind.key, made, value, convert))
+            else:
+                self.binds.append((bind.key, bind.callable, bind.value, convert))
+        columns = compiled._result_columns
+        self.returns = bool(columns)
+        self._dialect = dialect
+        self._types = [column[3] for column in columns]
+        # Converters need the driver's type codes (PostgreSQL): made on the first result.
+        self._readers: list[_Convert] | None = None
+        index = {column[0]: i for i, column in enumerate(columns)}
+        self.row: type[_Row] = type("Row", (_Row,), {"__slots__": (), "_index": index})
+
+    def expanded(self, given: Params) -> tuple[str, tuple[Any, ...]]:
+        """The SQL and parameters of an expanding statement for these values."""
+        assert self.expanding is not None
+        state = self.expanding.construct_expanded_state(given)
+        # Converters of the values an IN expanded into, and of the other parameters.
+        convert = {**self.convert_by_name, **state.processors}
+        values = state.parameters
+        out = []
+        for name in state.positiontup or ():
+            made = convert.get(name)
+            out.append(values[name] if made is None else made(values[name]))
+        return state.statement, tuple(out)
+
+    def parameters(self, given: Params) -> tuple[Any, ...]:
+        out = []
+        for key, made, value, convert in self.binds:
+            if key in given:
+                value = given[key]
+            elif made is not None:
+                value = made()
+            out.append(value if convert is None else convert(value))
+        return tuple(out)
+
+    def rows(self, fetched: Sequence[Sequence[Any]], description: Sequence[Any]) -> list[Any]:
+        readers = self._readers
+        if readers is None:
+            readers = self._readers = [
+                type_._cached_result_processor(self._dialect, column[1])
+                for type_, column in zip(self._types, description, strict=True)
+            ]
+        make = self.row
+        return [
+            make(v if r is None else r(v) for r, v in zip(readers, raw, strict=True))
+            for raw in fetched
+        ]
+
+
+def _default(default: Any) -> tuple[Callable[[], Any] | None, Any]:
+    """A Python-side column default as (function of nothing, constant)."""
+    if default is None:
+        return None, None
+    if default.is_scalar:
+        return None, default.arg
+    if default.is_callable:
+        arg = default.arg
+        return (lambda: arg(None)), None
+    raise Unprepared("a SQL expression default")
+
+
+_PREPARED: dict[tuple[int, str, tuple[str, ...] | None], tuple[Any, Prepared | None]] = {}
+
+
+def _prepared(conn: Connection, statement: Any, keys: tuple[str, ...] | None) -> Prepared | None:
+    """The statement prepared for ``conn``'s dialect, or None (SQLAlchemy runs it). Kept by
+    the statement's identity: the statement itself is kept too, so its id stays its own."""
+    key = (id(statement), conn.dialect.name, keys)
+    found = _PREPARED.get(key)
+    if found is not None and found[0] is statement:
+        return found[1]
+    if len(_PREPARED) >= _MAX_PREPARED:
+        return None
+    try:
+        made: Prepared | None = Prepared(statement, conn.dialect, keys)
+    except Unprepared:
+        made = None
+    _PREPARED[key] = (statement, made)
+    return made
+
+
+def run(conn: Connection, statement: Any, params: Params | Sequence[Params] | None = None) -> Any:
+    """Execute ``statement`` inside ``conn``'s transaction, on the driver's cursor when it
+    is prepared: a :class:`Rows`; SQLAlchemy's own result otherwise."""
+    rows_given: Sequence[Params] = params if isinstance(params, list) else []
+    many = isinstance(params, list)
+    given: Params = (rows_given[0] if rows_given else {}) if many else (params or {})  # type: ignore[assignment]
+    keys = tuple(sorted(given)) if isinstance(statement, sa.Insert | sa.Update) else None
+    prepared = _prepared(conn, statement, keys)
+    if prepared is None or (many and (prepared.returns or prepared.expanding is not None)):
+        return conn.execute(statement, params)
+    sql = prepared.sql
+    values: Any
+    if many:
+        values = [prepared.parameters(p) for p in rows_given]
+    elif prepared.expanding is not None:
+        sql, values = prepared.expanded(given)
+    else:
+        values = prepared.parameters(given)
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    cursor = dbapi_connection.cursor()
+    # Whoever listens for statements (tracing, the statement budget test) still hears them.
+    announce = conn.dispatch.before_cursor_execute
+    if announce:
+        announce(conn, cursor, sql, values, None, many)
+    error = conn.dialect.loaded_dbapi.Error
+    try:
+        if many:
+            cursor.executemany(sql, values)
+            return Rows([], cursor.rowcount)
+        cursor.execute(sql, values)
+        rows = prepared.rows(cursor.fetchall(), cursor.description) if prepared.returns else []
+        return Rows(rows, cursor.rowcount)
+    except error as exc:
+        # As SQLAlchemy would: its own exception classes, and a connection that is gone
+        # never goes back to the pool.
+        gone = conn.dialect.is_disconnect(exc, dbapi_connection, cursor)
+        if gone:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(
+            sql, None, exc, error, connection_invalidated=gone, dialect=conn.dialect
+        ) from exc
+    finally:
+        cursor.close()
