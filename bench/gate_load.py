@@ -432,7 +432,12 @@ def payment_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for tag, results in run["results"].items():
         out[tag] = summarise(results, start=tag.startswith("start"))
     if "start-0" in run["results"]:
-        pairs = zip(run["results"]["start-0"], run["results"]["start-1"], strict=True)
+        # Results come in the order they were answered; pair them by when they were sent
+        # (each payment's two starts go at the same offset).
+        first, second = (
+            sorted(run["results"][t], key=lambda r: r["at"]) for t in ("start-0", "start-1")
+        )
+        pairs = zip(first, second, strict=True)
         out["same_segment"] = sum(1 for a, b in pairs if _segment(a) and _segment(a) == _segment(b))
     return out
 
