@@ -227,6 +227,10 @@ class Database:
         except sa.exc.OperationalError as exc:
             if _locked(exc):
                 return _LOCKED
+            self._drop_inline(conn)
+            raise
+        except BaseException:
+            self._drop_inline(conn)
             raise
         with transaction:
             result = work(conn)
@@ -234,6 +238,12 @@ class Database:
         if self._inline_commits % _CHECKPOINT_EVERY == 0:
             self._checkpoint_soon()
         return result
+
+    def _drop_inline(self, conn: Connection) -> None:
+        """Forget the kept connection after a failed begin: closing the driver's connection
+        ends whatever the failure left open (a BEGIN that went through, and its lock)."""
+        self._inline_conn = None
+        conn.invalidate()
 
     def _checkpoint_soon(self) -> None:
         """Checkpoint the WAL in the writer thread (PASSIVE: it waits for nobody)."""

@@ -9,11 +9,12 @@ CPU than the database's own work. Values are stored exactly as SQLAlchemy stores
 own bind and result processors convert them), so the ORM reads what this writes.
 
 An expanding ``IN`` is finished for each execution by SQLAlchemy's own
-``construct_expanded_state``. What goes through ``Connection.execute`` as before: many rows
-with ``RETURNING`` (SQLAlchemy sends those as one multi-row statement) or with an expanding
-``IN``, a Python-side column default that is neither a constant nor a function of nothing,
-and statements beyond the first 512 kept (a statement built on every call would otherwise
-be compiled and kept on every call).
+``construct_expanded_state``. A parameter with no value and no default raises, as in
+SQLAlchemy. What goes through ``Connection.execute`` as before: many rows with ``RETURNING``
+(SQLAlchemy sends those as one multi-row statement) or with an expanding ``IN``, a
+Python-side column default that is neither a constant nor a function of nothing, and
+statements beyond the first 512 kept (a statement built on every call would otherwise be
+compiled and kept on every call: build hot-path statements once).
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ class Prepared:
             if bind.key in prefetch:
                 made, value = _default(prefetch[bind.key])
                 self.binds.append((bind.key, made, value, convert))
+            elif bind.callable is None and bind.required:
+                self.binds.append((bind.key, _required(bind.key), None, convert))
             else:
                 self.binds.append((bind.key, bind.callable, bind.value, convert))
         columns = compiled._result_columns
@@ -174,9 +177,23 @@ def _default(default: Any) -> tuple[Callable[[], Any] | None, Any]:
     if default.is_scalar:
         return None, default.arg
     if default.is_callable:
-        arg = default.arg
-        return (lambda: arg(None)), None
+        # SQLAlchemy wraps a function of nothing (``_fn`` is the function itself); one that
+        # reads the execution context needs SQLAlchemy's own execution.
+        if default.arg is default._fn:
+            raise Unprepared("a column default that reads the execution context")
+        made: Callable[[], Any] = default._fn
+        return made, None
     raise Unprepared("a SQL expression default")
+
+
+def _required(key: str) -> Callable[[], Any]:
+    """What a parameter without a value or default is when not given: an error, as in
+    SQLAlchemy (never a silent NULL)."""
+
+    def missing() -> Any:
+        raise sa.exc.InvalidRequestError(f"A value is required for bind parameter {key!r}")
+
+    return missing
 
 
 _PREPARED: dict[tuple[int, str, tuple[str, ...] | None], tuple[Any, Prepared | None]] = {}

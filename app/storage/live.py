@@ -102,6 +102,7 @@ class _Statements:
     def __init__(self, dialect: str) -> None:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self.inbox = insert(inbox).on_conflict_do_nothing(index_elements=["provider", "event_id"])
+        self.inbox_new = self.inbox.returning(inbox.c.provider, inbox.c.event_id)
         call_insert = insert(calls)
         self.upsert_call = call_insert.on_conflict_do_update(
             index_elements=["provider", "provider_call_id"],
@@ -405,7 +406,7 @@ class LiveCallRepository:
 
     def insert_inbox_many(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
         """Store events in the inbox; the (provider, event id) of those that were new."""
-        result = self._run(self.sql.inbox.returning(inbox.c.provider, inbox.c.event_id), rows)
+        result = self._run(self.sql.inbox_new, rows)
         return {(row.provider, row.event_id) for row in result}
 
     def upsert_calls(

@@ -1,0 +1,218 @@
+"""The hot paths' statement runner (``app.storage.direct``) against the real databases.
+
+It skips SQLAlchemy's execution machinery, so these pin that it keeps SQLAlchemy's meaning:
+values stored and read back as SQLAlchemy stores and reads them, defaults applied, a missing
+parameter refused, database errors as SQLAlchemy's own exceptions, statement listeners told.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app.storage import direct
+from app.storage.db import Database, create_engine
+from app.storage.models import UTCDateTime
+
+
+def _made() -> str:
+    return "made-by-default"
+
+
+def _from_context(context: Any) -> str:
+    return f"ctx-{context.get_current_parameters()['label']}"
+
+
+_meta = sa.MetaData()
+probe = sa.Table(
+    f"direct_probe_{uuid.uuid4().hex[:8]}",
+    _meta,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("label", sa.String(32), nullable=False),
+    sa.Column("at", UTCDateTime()),
+    sa.Column("amount", sa.Numeric(10, 2)),
+    sa.Column("flag", sa.Boolean, nullable=False, default=False),
+    sa.Column("made", sa.String(32), default=_made),
+    sa.Column("from_ctx", sa.String(64), default=_from_context),
+    sa.Column("hits", sa.BigInteger, nullable=False, default=0),
+)
+INSERT = probe.insert()
+BY_LABELS = sa.select(probe).where(probe.c.label.in_(sa.bindparam("labels", expanding=True)))
+BY_LABEL = sa.select(probe).where(probe.c.label == sa.bindparam("label"))
+BUMP = (
+    probe.update()
+    .where(probe.c.label == sa.bindparam("of"))
+    .values(hits=probe.c.hits + sa.bindparam("by"))
+)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    engine = create_engine(database_url)
+    database = Database(engine, database_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(_meta.create_all)
+    try:
+        yield database
+    finally:
+        async with engine.begin() as conn:
+            await conn.run_sync(_meta.drop_all)
+        await database.close()
+        await engine.dispose()
+
+
+async def _write(db: Database, work: Callable[[sa.Connection], Any]) -> Any:
+    return await db.write(work, inline=True)
+
+
+async def test_values_round_trip_as_sqlalchemy_stores_and_reads_them(db: Database) -> None:
+    key = uuid.uuid4()
+    london = datetime(2026, 7, 1, 12, 30, tzinfo=timezone(timedelta(hours=1)))
+    row = {"id": key, "label": "a", "at": london, "amount": Decimal("12.50"), "flag": True}
+
+    def work(conn: sa.Connection) -> tuple[Any, Any]:
+        assert direct.run(conn, INSERT, row).rowcount == 1
+        ours = direct.run(conn, BY_LABEL, {"label": "a"}).one()
+        theirs = conn.execute(BY_LABEL, {"label": "a"}).one()
+        return ours, theirs
+
+    ours, theirs = await _write(db, work)
+    assert tuple(ours) == tuple(theirs)
+    assert ours.id == key and isinstance(ours.id, uuid.UUID)
+    assert ours.at == datetime(2026, 7, 1, 11, 30, tzinfo=UTC)
+    assert ours.amount == Decimal("12.50") and isinstance(ours.amount, Decimal)
+    assert ours.flag is True
+    assert ours._mapping["label"] == "a"
+
+
+async def test_defaults_fill_what_was_not_given(db: Database) -> None:
+    def work(conn: sa.Connection) -> Any:
+        direct.run(conn, INSERT, {"id": uuid.uuid4(), "label": "b", "from_ctx": "given"})
+        return direct.run(conn, BY_LABEL, {"label": "b"}).one()
+
+    row = await _write(db, work)
+    assert (row.flag, row.made, row.hits, row.at) == (False, "made-by-default", 0, None)
+
+
+async def test_a_default_that_reads_the_context_goes_through_sqlalchemy(db: Database) -> None:
+    def work(conn: sa.Connection) -> tuple[Any, Any]:
+        result = direct.run(conn, INSERT, {"id": uuid.uuid4(), "label": "c"})
+        return result, direct.run(conn, BY_LABEL, {"label": "c"}).one()
+
+    result, row = await _write(db, work)
+    assert isinstance(result, sa.CursorResult), "SQLAlchemy's own execution, with its context"
+    assert row.from_ctx == "ctx-c"
+
+
+async def test_a_missing_parameter_is_refused_not_stored_as_null(db: Database) -> None:
+    def work(conn: sa.Connection) -> Any:
+        direct.run(conn, INSERT, {"id": uuid.uuid4(), "label": "d", "from_ctx": "x"})
+        with pytest.raises(sa.exc.InvalidRequestError, match="'by'"):
+            direct.run(conn, BUMP, {"of": "d"})
+        # Many rows: the later row lacks a key the first one gave.
+        rows = [
+            {"id": uuid.uuid4(), "label": "e", "from_ctx": "x"},
+            {"id": uuid.uuid4(), "from_ctx": "x"},
+        ]
+        with pytest.raises(sa.exc.InvalidRequestError, match="'label'"):
+            direct.run(conn, INSERT, rows)
+        return direct.run(conn, BY_LABEL, {"label": "d"}).one()
+
+    row = await _write(db, work)
+    assert row.hits == 0
+
+
+async def test_many_rows_expanding_in_and_updates(db: Database) -> None:
+    rows = [{"id": uuid.uuid4(), "label": f"m{i}", "from_ctx": "x"} for i in range(5)]
+
+    def work(conn: sa.Connection) -> list[str]:
+        # Many rows' rowcount is the driver's (asyncpg: -1), so the rows are read back.
+        direct.run(conn, INSERT, rows)
+        found = [r.label for r in direct.run(conn, BY_LABELS, {"labels": ["m1", "m3", "zz"]})]
+        direct.run(conn, BUMP, [{"of": "m1", "by": 2}, {"of": "m3", "by": 5}])
+        return sorted(found)
+
+    assert await _write(db, work) == ["m1", "m3"]
+
+    def counts(conn: sa.Connection) -> dict[str, int]:
+        return {r.label: r.hits for r in direct.run(conn, sa.select(probe.c.label, probe.c.hits))}
+
+    assert (await _write(db, counts)) == {"m0": 0, "m1": 2, "m2": 0, "m3": 5, "m4": 0}
+
+
+async def test_database_errors_are_sqlalchemys_and_listeners_hear_each_statement(
+    db: Database,
+) -> None:
+    heard: list[str] = []
+
+    def listen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        heard.append(statement)
+
+    for engine in db.sync_engines:
+        sa.event.listen(engine, "before_cursor_execute", listen)
+    key = uuid.uuid4()
+
+    def work(conn: sa.Connection) -> None:
+        direct.run(conn, INSERT, {"id": key, "label": "f", "from_ctx": "x"})
+
+    try:
+        await _write(db, work)
+        with pytest.raises(sa.exc.IntegrityError):
+            await _write(db, work)
+    finally:
+        for engine in db.sync_engines:
+            sa.event.remove(engine, "before_cursor_execute", listen)
+    assert sum("INSERT INTO" in s for s in heard) == 2
+
+    # The failed transaction left nothing behind: the next write goes through.
+    def other(conn: sa.Connection) -> int:
+        rowcount: int = direct.run(
+            conn, INSERT, {"id": uuid.uuid4(), "label": "g", "from_ctx": "x"}
+        ).rowcount
+        return rowcount
+
+    assert await _write(db, other) == 1
+
+
+async def test_a_failed_begin_on_the_loops_sqlite_connection_leaves_no_lock(
+    database_url: str,
+) -> None:
+    """BEGIN IMMEDIATE went through, then the begin failed: the kept connection must not stay
+    inside that transaction, holding the write lock for good."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the loop's own connection is SQLite's")
+    engine = create_engine(database_url)
+    db = Database(engine, database_url)
+    failing = [True]
+
+    def after_begin(_conn: Any) -> None:
+        if failing[0]:
+            failing[0] = False
+            raise RuntimeError("a listener failed after BEGIN IMMEDIATE")
+
+    inline = db.sync_engines[-1]
+    sa.event.listen(inline, "begin", after_begin)
+
+    def count(conn: sa.Connection) -> int:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM calls").scalar_one())
+
+    try:
+        with pytest.raises(RuntimeError):
+            await db.write(count, inline=True)
+        # Another connection can take the write lock at once, and the loop can write again.
+        import sqlite3
+
+        other = sqlite3.connect(database_url.split("///", 1)[1], isolation_level=None, timeout=0)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("COMMIT")
+        other.close()
+        assert await db.write(count, inline=True) == 0
+    finally:
+        await db.close()
+        await engine.dispose()
