@@ -106,13 +106,17 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
         redirect_slashes=False,
         docs_url=None,
         redoc_url=None,
+        # recgate's metrics and request log are its own (app/api/observe.py); FastAPI's
+        # OpenTelemetry hooks would only ask, on every request, whether anyone listens.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
     observe_requests(app)
+    # Webhooks first: they are most of the traffic, and routes are matched in order.
+    app.include_router(webhooks.router)
     app.include_router(ops.router)
     app.include_router(calls.router)
-    app.include_router(webhooks.router)
     app.include_router(recordings.router)
     app.include_router(retention.router)
     app.include_router(disclosures.router)

@@ -29,7 +29,10 @@ def id_problem(value: str, what: str) -> str | None:
         return f"{what} is empty"
     if REPLACEMENT_CHARACTER in value:
         return f"{what} is not valid UTF-8"
-    if not value.isprintable() or any(unicodedata.category(ch) == "Cf" for ch in value):
+    if not value.isprintable() or (
+        # No ASCII character is a format character (Cf): only other text needs the walk.
+        not value.isascii() and any(unicodedata.category(ch) == "Cf" for ch in value)
+    ):
         return f"{what} may hold printable characters only"
     if has_card_number(value):
         return f"{what} contains a card number"
@@ -65,7 +68,13 @@ def event_problem(event: PbxEvent) -> str | None:
 
 def _texts_of(info: CallInfo | RecordingInfo) -> list[str]:
     """The text fields of an event's call or recording part."""
-    return [v for v in (getattr(info, f.name) for f in fields(info)) if isinstance(v, str)]
+    names = _FIELD_NAMES[type(info)]
+    return [v for v in (getattr(info, name) for name in names) if isinstance(v, str)]
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    kind: tuple(f.name for f in fields(kind)) for kind in (CallInfo, RecordingInfo)
+}
 
 
 def valid_id(value: str, what: str) -> str:

@@ -23,9 +23,17 @@ def load_json(body: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise MalformedJson("body is not JSON") from exc
     except RecursionError as exc:
         raise MalformedJson(f"body nests deeper than {max_depth} levels") from exc
-    if json_depth(value) > max_depth:
+    if _openings(body) > max_depth and json_depth(value) > max_depth:
         raise MalformedJson(f"body nests deeper than {max_depth} levels")
     return value
+
+
+def _openings(body: bytes | str) -> int:
+    """How many arrays and objects ``body`` could open at most (a bracket inside a string
+    counts too): no deeper than that can they nest, so most bodies need no walk."""
+    if isinstance(body, str):
+        return body.count("{") + body.count("[")
+    return body.count(b"{") + body.count(b"[")
 
 
 def json_depth(value: Any) -> int:

@@ -72,10 +72,10 @@ class LabelledCounter:
 
     def child(self, **labels: str) -> Counter:
         """The series for ``labels`` (created at 0 if new)."""
-        key = tuple(str(labels[name]) for name in self.labels)
+        key = tuple([labels[name] for name in self.labels])
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = self.counter.labels(*key)
+            found = self._children[key] = self.counter.labels(*map(str, key))
         return found
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
@@ -105,10 +105,10 @@ class LabelledHistogram:
         self._children: dict[tuple[str, ...], Histogram] = {}
 
     def child(self, **labels: str) -> Histogram:
-        key = tuple(str(labels[name]) for name in self.labels)
+        key = tuple([labels[name] for name in self.labels])
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = self.histogram.labels(*key)
+            found = self._children[key] = self.histogram.labels(*map(str, key))
         return found
 
     def observe(self, value: float, **labels: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -29,6 +30,24 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime refused: recgate stores UTC only")
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        # On SQLite the two steps (to naive UTC, then SQLAlchemy's text for a DATETIME,
+        # "2026-12-04 12:00:00.000000") are one C call: every row the hot paths write binds
+        # several timestamps. tests/integration/test_storage.py holds it to the two steps.
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("naive datetime refused: recgate stores UTC only")
+            if value.tzinfo is not UTC:
+                value = value.astimezone(UTC)
+            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return process
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

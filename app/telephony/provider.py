@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol
+from urllib.parse import parse_qsl
 
 import httpx
 from pydantic import SecretStr
@@ -32,10 +33,15 @@ class IncomingWebhook:
 
     path: str
     query_string: str
-    query: Mapping[str, str]
     headers: Mapping[str, str]
     body: bytes
     now: datetime
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        """The query's parameters (the last value of a repeated one), parsed only for the
+        adapters that read any."""
+        return dict(parse_qsl(self.query_string, keep_blank_values=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,3 +227,18 @@ async def test_final_state_does_not_depend_on_order_or_duplicates(
 async def test_generic_contract_has_no_internal_event_types(harness: Harness) -> None:
     response = await harness.send_event(event("call.linked"))
     assert response.status_code == 422
+
+
+def test_every_webhook_route_is_documented() -> None:
+    """The webhook routes skip FastAPI's parameter handling (they read the raw, signed body);
+    they are still in the OpenAPI document, with the acknowledgement they answer."""
+    from app.config import Settings
+    from app.main import create_app
+    from app.telephony.registry import PROVIDERS
+
+    paths = create_app(Settings(_env_file=None)).openapi()["paths"]
+    for provider in PROVIDERS:
+        for route in provider.webhooks:
+            operation = paths[f"/v1/webhooks/{route.path}"]["post"]
+            ack = operation["responses"]["200"]["content"]["application/json"]["schema"]
+            assert ack == {"$ref": "#/components/schemas/WebhookAck"}

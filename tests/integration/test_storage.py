@@ -51,10 +51,35 @@ async def test_timestamps_round_trip_as_utc(database_url: str) -> None:
 
 
 def test_naive_timestamps_are_refused() -> None:
+    sqlite = sa.create_engine("sqlite://").dialect
     with pytest.raises(ValueError, match="naive"):
-        UTCDateTime().process_bind_param(
-            datetime(2026, 1, 1), sa.create_engine("sqlite://").dialect
-        )
+        UTCDateTime().process_bind_param(datetime(2026, 1, 1), sqlite)
+    bind = UTCDateTime().bind_processor(sqlite)
+    assert bind is not None
+    with pytest.raises(ValueError, match="naive"):
+        bind(datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 12, 4, 12, 0, tzinfo=UTC),
+        datetime(2026, 12, 4, 12, 0, 5, 123456, tzinfo=UTC),
+        datetime(2026, 3, 29, 1, 30, 0, 1, tzinfo=timezone(timedelta(hours=1))),
+        datetime(2027, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC),
+        None,
+    ],
+)
+def test_sqlite_timestamp_text_is_sqlalchemys_own(value: datetime | None) -> None:
+    """The one-step SQLite bind writes exactly what SQLAlchemy's DATETIME would after the
+    UTC normalisation, so stored text compares and reads back as before."""
+    sqlite = sa.create_engine("sqlite://").dialect
+    fast = UTCDateTime().bind_processor(sqlite)
+    plain = sa.DateTime(timezone=True).dialect_impl(sqlite).bind_processor(sqlite)
+    assert fast is not None and plain is not None
+    expected = plain(UTCDateTime().process_bind_param(value, sqlite))
+    assert fast(value) == expected
 
 
 async def test_migrations_match_the_models(database_url: str) -> None:
