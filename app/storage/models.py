@@ -45,7 +45,23 @@ class UTCDateTime(TypeDecorator[datetime]):
                 raise ValueError("naive datetime refused: recgate stores UTC only")
             if value.tzinfo is not UTC:
                 value = value.astimezone(UTC)
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            return value.isoformat(" ", "microseconds")[:-6]  # without its "+00:00"
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        # The way back in one step too: the stored text parsed and tagged UTC (a live call's
+        # rows are read with a dozen timestamps on every webhook).
+        def process(value: str | None) -> datetime | None:
+            if value is None:
+                return None
+            try:
+                return datetime.fromisoformat(value + "+00:00")
+            except ValueError:  # text that names its own zone (not written by recgate)
+                return datetime.fromisoformat(value).astimezone(UTC)
 
         return process
 

@@ -80,6 +80,20 @@ def test_sqlite_timestamp_text_is_sqlalchemys_own(value: datetime | None) -> Non
     assert fast is not None and plain is not None
     expected = plain(UTCDateTime().process_bind_param(value, sqlite))
     assert fast(value) == expected
+    # And back: what SQLAlchemy's DATETIME reads, tagged UTC, is what the one step reads.
+    read = UTCDateTime().result_processor(sqlite, None)
+    plain_read = sa.DateTime(timezone=True).dialect_impl(sqlite).result_processor(sqlite, None)
+    assert read is not None and plain_read is not None
+    back = UTCDateTime().process_result_value(plain_read(expected), sqlite)
+    assert read(expected) == back
+    assert back is None or (back.tzinfo is UTC and value is not None and back == value)
+
+
+def test_sqlite_timestamp_text_with_its_own_zone_reads_as_utc() -> None:
+    read = UTCDateTime().result_processor(sa.create_engine("sqlite://").dialect, None)
+    assert read is not None
+    assert read("2026-07-01 12:00:00+01:00") == datetime(2026, 7, 1, 11, 0, tzinfo=UTC)
+    assert read("2026-07-01 12:00:00") == datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
 
 
 async def test_migrations_match_the_models(database_url: str) -> None:
