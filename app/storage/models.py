@@ -13,6 +13,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 
+def _in_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive one is refused, whatever zone it was meant in."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime refused: recgate stores UTC only")
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored and read back as timezone-aware UTC on every backend.
 
@@ -26,9 +33,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime refused: recgate stores UTC only")
-        value = value.astimezone(UTC)
+        value = _in_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
@@ -41,11 +46,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         def process(value: datetime | None) -> str | None:
             if value is None:
                 return None
-            if value.tzinfo is None:
-                raise ValueError("naive datetime refused: recgate stores UTC only")
-            if value.tzinfo is not UTC:
-                value = value.astimezone(UTC)
-            return value.isoformat(" ", "microseconds")[:-6]  # without its "+00:00"
+            return _in_utc(value).isoformat(" ", "microseconds")[:-6]  # without its "+00:00"
 
         return process
 
@@ -61,7 +62,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             try:
                 return datetime.fromisoformat(value + "+00:00")
             except ValueError:  # text that names its own zone (not written by recgate)
-                return datetime.fromisoformat(value).astimezone(UTC)
+                return self.process_result_value(datetime.fromisoformat(value), dialect)
 
         return process
 
