@@ -28,6 +28,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from app.storage import direct
+
 T = TypeVar("T")
 _log = logging.getLogger("recgate.db")
 
@@ -319,8 +321,12 @@ _LOCKED = object()
 
 
 def _not_waiting_for_disk(work: Callable[[Connection], T], conn: Connection) -> T:
-    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-    return work(conn)
+    # ``SET LOCAL synchronous_commit`` goes with the transaction's writes when they are sent
+    # together (no round trip of its own), else on its own before the commit.
+    direct.lazy_commit(conn)
+    result = work(conn)
+    direct.settle_lazy_commit(conn)
+    return result
 
 
 def _locked(exc: sa.exc.OperationalError) -> bool:

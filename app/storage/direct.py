@@ -19,6 +19,7 @@ compiled and kept on every call: build hot-path statements once).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -29,6 +30,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 Params = Mapping[str, Any]
 _Convert = Callable[[Any], Any] | None
 
+_PLACEHOLDER = re.compile(r"\$(\d+)")
 # Prepared statements kept, at most; one built on every call would otherwise fill it.
 _MAX_PREPARED = 512
 
@@ -126,6 +128,16 @@ class Prepared:
                 self.binds.append((bind.key, bind.callable, bind.value, convert))
         columns = compiled._result_columns
         self.returns = bool(columns)
+        # Can go in a statement of data-modifying CTEs with others (PostgreSQL's numbered
+        # placeholders, renumbered there): returns nothing, a fixed SQL, and its placeholders
+        # are exactly $1 … $n, none of them inside a literal.
+        numbers = {int(n) for n in _PLACEHOLDER.findall(self.sql)}
+        self.combinable = (
+            not self.returns
+            and self.expanding is None
+            and numbers == set(range(1, len(self.binds) + 1))
+            and "'" not in self.sql
+        )
         self._dialect = dialect
         self._types = [column[3] for column in columns]
         # Converters need the driver's type codes (PostgreSQL): made on the first result.
@@ -222,8 +234,7 @@ def run(conn: Connection, statement: Any, params: Params | Sequence[Params] | No
     rows_given: Sequence[Params] = params if isinstance(params, list) else []
     many = isinstance(params, list)
     given: Params = (rows_given[0] if rows_given else {}) if many else (params or {})  # type: ignore[assignment]
-    keys = tuple(sorted(given)) if isinstance(statement, sa.Insert | sa.Update) else None
-    prepared = _prepared(conn, statement, keys)
+    prepared = _prepared(conn, statement, _keys(statement, given))
     if prepared is None or (many and (prepared.returns or prepared.expanding is not None)):
         return conn.execute(statement, params)
     sql = prepared.sql
@@ -234,6 +245,14 @@ def run(conn: Connection, statement: Any, params: Params | Sequence[Params] | No
         sql, values = prepared.expanded(given)
     else:
         values = prepared.parameters(given)
+    return _execute(conn, sql, values, many=many, read=prepared if prepared.returns else None)
+
+
+def _keys(statement: Any, given: Params) -> tuple[str, ...] | None:
+    return tuple(sorted(given)) if isinstance(statement, sa.Insert | sa.Update) else None
+
+
+def _execute(conn: Connection, sql: str, values: Any, *, many: bool, read: Prepared | None) -> Rows:
     dbapi_connection: Any = conn.connection.dbapi_connection
     cursor = dbapi_connection.cursor()
     # Whoever listens for statements (tracing, the statement budget test) still hears them.
@@ -246,7 +265,7 @@ def run(conn: Connection, statement: Any, params: Params | Sequence[Params] | No
             cursor.executemany(sql, values)
             return Rows([], cursor.rowcount)
         cursor.execute(sql, values)
-        rows = prepared.rows(cursor.fetchall(), cursor.description) if prepared.returns else []
+        rows = read.rows(cursor.fetchall(), cursor.description) if read is not None else []
         return Rows(rows, cursor.rowcount)
     except error as exc:
         # As SQLAlchemy would: its own exception classes, and a connection that is gone
@@ -259,3 +278,92 @@ def run(conn: Connection, statement: Any, params: Params | Sequence[Params] | No
         ) from exc
     finally:
         cursor.close()
+
+
+# ---- writes sent together (PostgreSQL) --------------------------------------------------------
+
+# Execution option: this transaction's commit need not wait for the WAL to reach the disk.
+LAZY_COMMIT = "recgate_lazy_commit"
+_SET_LAZY = "SET LOCAL synchronous_commit TO OFF"
+# Rows sent in one statement at most: enough for a payment's writes, few enough that the
+# statements' shapes (each prepared once per connection) stay few.
+MAX_TOGETHER = 8
+# Combined statements kept, by the prepared statements they are made of (and laziness).
+_COMBINED: dict[tuple[tuple[int, ...], bool], str] = {}
+
+
+def run_writes(conn: Connection, writes: Sequence[tuple[Any, Params | Sequence[Params]]]) -> None:
+    """Execute ``writes`` (statements that return nothing) in order, inside ``conn``'s
+    transaction. On PostgreSQL up to :data:`MAX_TOGETHER` consecutive rows go as one
+    statement of data-modifying CTEs (one per row): one round trip instead of one per
+    statement. Such writes see the same snapshot, so they must not touch the same row nor
+    read rows another of them writes (an ``UPDATE … WHERE`` over rows an INSERT beside it
+    adds): run those with :func:`run`. More rows than fit go as before (``executemany``).
+
+    A transaction marked by :func:`lazy_commit` has its ``synchronous_commit`` setting sent
+    here, as ``set_config`` in the combined statement."""
+    together = conn.dialect.name == "postgresql"
+    group: list[tuple[Prepared, Params]] = []
+    for statement, params in writes:
+        rows: list[Params] = list(params) if isinstance(params, list) else [params]  # type: ignore[list-item]
+        if not rows:
+            continue
+        if not together:
+            run(conn, statement, params)
+            continue
+        prepared = _prepared(conn, statement, _keys(statement, rows[0]))
+        alone = prepared is None or not prepared.combinable
+        if alone or len(rows) > MAX_TOGETHER:
+            _send_together(conn, group)
+            group = []
+            run(conn, statement, params)
+            continue
+        assert prepared is not None
+        if len(group) + len(rows) > MAX_TOGETHER:
+            _send_together(conn, group)
+            group = []
+        group.extend((prepared, row) for row in rows)
+    _send_together(conn, group)
+
+
+def _send_together(conn: Connection, group: list[tuple[Prepared, Params]]) -> None:
+    lazy = bool(conn.get_execution_options().get(LAZY_COMMIT))
+    if not group:
+        return
+    if len(group) == 1 and not lazy:
+        prepared, params = group[0]
+        _execute(conn, prepared.sql, prepared.parameters(params), many=False, read=None)
+        return
+    key = (tuple(id(p) for p, _ in group), lazy)
+    sql = _COMBINED.get(key)
+    if sql is None:
+        parts, offset = [], 0
+        for n, (prepared, _) in enumerate(group):
+            count = len(prepared.binds)
+
+            def shift(match: re.Match[str], by: int = offset) -> str:
+                return f"${int(match.group(1)) + by}"
+
+            parts.append(f"w{n} AS ({_PLACEHOLDER.sub(shift, prepared.sql)})")
+            offset += count
+        main = "SELECT set_config('synchronous_commit', 'off', true)" if lazy else "SELECT 1"
+        sql = "WITH " + ", ".join(parts) + " " + main
+        if len(_COMBINED) < _MAX_PREPARED:
+            _COMBINED[key] = sql
+    values = tuple(v for prepared, params in group for v in prepared.parameters(params))
+    _execute(conn, sql, values, many=False, read=None)
+    if lazy:
+        conn.execution_options(**{LAZY_COMMIT: False})
+
+
+def lazy_commit(conn: Connection) -> None:
+    """Mark the transaction: its commit need not wait for the disk (PostgreSQL). The setting
+    goes with the next writes sent together, or with :func:`settle_lazy_commit`."""
+    conn.execution_options(**{LAZY_COMMIT: True})
+
+
+def settle_lazy_commit(conn: Connection) -> None:
+    """Before the commit: send the mark if no writes carried it."""
+    if conn.get_execution_options().get(LAZY_COMMIT):
+        conn.exec_driver_sql(_SET_LAZY)
+        conn.execution_options(**{LAZY_COMMIT: False})

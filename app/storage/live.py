@@ -200,7 +200,8 @@ _MOVE_ALIASES = (
 _INSERT_SEGMENT = segments.insert()
 _INSERT_RECORDING = recordings.insert()
 _INSERT_EXPOSURE = exposures.insert()
-_INSERT_TRANSITION = transitions.insert()
+# No RETURNING of the new id (nobody reads it), so it can go with other writes.
+_INSERT_TRANSITION = transitions.insert().inline()
 _DELETE_CALL = calls.delete().where(calls.c.id == sa.bindparam("source"))
 # Lock the call for the transaction and bump its live version, in one statement.
 _CALL_BY_ID = (
@@ -663,10 +664,11 @@ class LiveCallRepository:
     def write(self, changes: Changes) -> None:
         """Write what ``changes`` records: only changed columns of rows read, whole new rows,
         and the state transitions; rows of a kind with the same changed columns in one
-        statement."""
+        statement. The writes that touch distinct rows go together (one round trip on
+        PostgreSQL, :func:`direct.run_writes`); ending exposures reads rows and follows."""
         now = changes.now
-        conn = self.conn
-        self._update_rows(
+        writes: list[tuple[Any, Any]] = []
+        writes += self._update_rows(
             "call", calls, [(c.id, _values(c, _CALL_COLUMNS)) for c in changes.calls.values()], now
         )
         new_segments = [s for s in changes.segments.values() if s.created]
@@ -675,11 +677,11 @@ class LiveCallRepository:
                 {"id": s.id, "call_id": s.call_id, **_values(s, _SEGMENT_COLUMNS)}
                 for s in new_segments
             ]
-            self._run(_INSERT_SEGMENT, rows)
+            writes.append((_INSERT_SEGMENT, rows))
             for segment, row in zip(new_segments, rows, strict=True):
                 segment.created = False
                 self._remember("segment", segment.id, row)
-        self._update_rows(
+        writes += self._update_rows(
             "segment",
             segments,
             [
@@ -691,26 +693,28 @@ class LiveCallRepository:
         )
         new = [r for r in changes.recordings.values() if r.created]
         if new:
-            self._run(
-                _INSERT_RECORDING,
-                [
-                    {
-                        "id": r.id,
-                        "call_id": r.call_id,
-                        "provider_recording_id": r.provider_recording_id,
-                        "media_files": 1,
-                        "media_fetch_attempts": 0,
-                        "created_at": now,
-                        **_values(r, _RECORDING_COLUMNS),
-                        "updated_at": now,
-                    }
-                    for r in new
-                ],
+            writes.append(
+                (
+                    _INSERT_RECORDING,
+                    [
+                        {
+                            "id": r.id,
+                            "call_id": r.call_id,
+                            "provider_recording_id": r.provider_recording_id,
+                            "media_files": 1,
+                            "media_fetch_attempts": 0,
+                            "created_at": now,
+                            **_values(r, _RECORDING_COLUMNS),
+                            "updated_at": now,
+                        }
+                        for r in new
+                    ],
+                )
             )
             for r in new:
                 r.created = False
                 self._remember("recording", r.id, _values(r, _RECORDING_COLUMNS))
-        self._update_rows(
+        writes += self._update_rows(
             "recording",
             recordings,
             [
@@ -727,27 +731,50 @@ class LiveCallRepository:
                 rows.append({"segment_id": segment_id, "recording_id": recording_id, **values})
                 self._links[(segment_id, recording_id)] = values
         if rows:
-            self._run(self.sql.upsert_link, rows)
+            writes.append((self.sql.upsert_link, rows))
         if changes.exposures:
-            self._run(
-                _INSERT_EXPOSURE,
-                [
-                    {
-                        "id": uuid.uuid4(),
-                        "call_id": e.call_id,
-                        "recording_id": e.recording_id,
-                        "segment_id": e.segment_id,
-                        "kind": e.kind.value,
-                        "started_at": e.started_at,
-                        "ended_at": None,
-                        "detail": e.detail[:500],
-                    }
-                    for e in changes.exposures
-                ],
+            writes.append(
+                (
+                    _INSERT_EXPOSURE,
+                    [
+                        {
+                            "id": uuid.uuid4(),
+                            "call_id": e.call_id,
+                            "recording_id": e.recording_id,
+                            "segment_id": e.segment_id,
+                            "kind": e.kind.value,
+                            "started_at": e.started_at,
+                            "ended_at": None,
+                            "detail": e.detail[:500],
+                        }
+                        for e in changes.exposures
+                    ],
+                )
             )
             changes.exposures.clear()
+        if changes.transitions:
+            writes.append(
+                (
+                    _INSERT_TRANSITION,
+                    [
+                        {
+                            "entity": t.entity,
+                            "entity_id": t.entity_id,
+                            "call_id": t.call_id,
+                            "from_state": t.from_state,
+                            "to_state": t.to_state,
+                            "cause": t.cause[:255],
+                            "at": t.at,
+                        }
+                        for t in changes.transitions
+                    ],
+                )
+            )
+            changes.transitions.clear()
+        direct.run_writes(self.conn, writes)
+        # These read the exposures they end, those just inserted included: after the rest.
         if changes.exposures_end_for:
-            conn.execute(
+            self.conn.execute(
                 _END_RECORDING_EXPOSURES,
                 {"recording_ids": sorted(changes.exposures_end_for), "now": now},
             )
@@ -758,23 +785,6 @@ class LiveCallRepository:
         for call_id, ended in changes.end_call_exposures.items():
             self._run(_END_CALL_EXPOSURES, {"of_call": call_id, "ended": ended})
         changes.end_call_exposures.clear()
-        if changes.transitions:
-            self._run(
-                _INSERT_TRANSITION,
-                [
-                    {
-                        "entity": t.entity,
-                        "entity_id": t.entity_id,
-                        "call_id": t.call_id,
-                        "from_state": t.from_state,
-                        "to_state": t.to_state,
-                        "cause": t.cause[:255],
-                        "at": t.at,
-                    }
-                    for t in changes.transitions
-                ],
-            )
-            changes.transitions.clear()
 
     def _update_rows(
         self,
@@ -782,9 +792,9 @@ class LiveCallRepository:
         table: sa.Table,
         rows: list[tuple[uuid.UUID, dict[str, Any]]],
         updated_at: datetime | None,
-    ) -> None:
-        """UPDATE the columns of each row that differ from what was read, one statement
-        per set of changed columns."""
+    ) -> list[tuple[sa.Update, list[dict[str, Any]]]]:
+        """The UPDATEs of the columns of each row that differ from what was read, one
+        statement per set of changed columns."""
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for key, values in rows:
             before = self._loaded.get((kind, key), {})
@@ -796,8 +806,7 @@ class LiveCallRepository:
                 changed["updated_at"] = updated_at
             params = {"row_id": key, **{f"v_{c}": v for c, v in changed.items()}}
             groups.setdefault(tuple(sorted(changed)), []).append(params)
-        for columns, group in groups.items():
-            self._run(_update_statement(table, columns), group)
+        return [(_update_statement(table, columns), group) for columns, group in groups.items()]
 
 
 _UPDATES: dict[tuple[str, tuple[str, ...]], sa.Update] = {}

@@ -42,7 +42,16 @@ probe = sa.Table(
     sa.Column("from_ctx", sa.String(64), default=_from_context),
     sa.Column("hits", sa.BigInteger, nullable=False, default=0),
 )
+child = sa.Table(
+    f"direct_child_{uuid.uuid4().hex[:8]}",
+    _meta,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("probe_id", sa.Uuid, sa.ForeignKey(probe.c.id), nullable=False),
+    sa.Column("note", sa.String(32)),
+)
 INSERT = probe.insert()
+INSERT_CHILD = child.insert()
+RENAME = probe.update().where(probe.c.id == sa.bindparam("of_id")).values(label=sa.bindparam("to"))
 BY_LABELS = sa.select(probe).where(probe.c.label.in_(sa.bindparam("labels", expanding=True)))
 BY_LABEL = sa.select(probe).where(probe.c.label == sa.bindparam("label"))
 BUMP = (
@@ -216,3 +225,123 @@ async def test_a_failed_begin_on_the_loops_sqlite_connection_leaves_no_lock(
     finally:
         await db.close()
         await engine.dispose()
+
+
+class _Heard:
+    def __init__(self, db: Database) -> None:
+        self.engines = db.sync_engines
+        self.statements: list[str] = []
+
+    def __enter__(self) -> list[str]:
+        for engine in self.engines:
+            sa.event.listen(engine, "before_cursor_execute", self._hear)
+        return self.statements
+
+    def __exit__(self, *_: Any) -> None:
+        for engine in self.engines:
+            sa.event.remove(engine, "before_cursor_execute", self._hear)
+
+    def _hear(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        self.statements.append(statement)
+
+
+async def test_writes_sent_together_store_what_separate_statements_store(
+    db: Database, database_url: str
+) -> None:
+    """A parent, its child and an update of another row: one statement on PostgreSQL (the
+    child's foreign key is checked against the parent inserted beside it), three on SQLite;
+    the same rows either way."""
+    parent, other, kid = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await _write(db, lambda c: direct.run(c, INSERT, {"id": other, "label": "o", "from_ctx": "x"}))
+
+    def work(conn: sa.Connection) -> None:
+        direct.run_writes(
+            conn,
+            [
+                (
+                    INSERT,
+                    [{"id": parent, "label": "p", "from_ctx": "x", "amount": Decimal("1.50")}],
+                ),
+                (INSERT_CHILD, {"id": kid, "probe_id": parent, "note": "k"}),
+                (RENAME, [{"of_id": other, "to": "renamed"}]),
+            ],
+        )
+
+    with _Heard(db) as heard:
+        await _write(db, work)
+    postgres = database_url.startswith("postgresql")
+    assert len(heard) == (1 if postgres else 3), heard
+
+    def read(conn: sa.Connection) -> tuple[Any, ...]:
+        labels = {r.id: (r.label, r.amount, r.hits) for r in direct.run(conn, sa.select(probe))}
+        kids = [(r.id, r.probe_id, r.note) for r in direct.run(conn, sa.select(child))]
+        return labels, kids
+
+    labels, kids = await _write(db, read)
+    assert labels == {parent: ("p", Decimal("1.50"), 0), other: ("renamed", None, 0)}
+    assert kids == [(kid, parent, "k")]
+
+
+async def test_more_rows_than_go_together_still_all_land(db: Database, database_url: str) -> None:
+    rows = [{"id": uuid.uuid4(), "label": f"r{i}", "from_ctx": "x"} for i in range(20)]
+    few = [{"id": uuid.uuid4(), "label": f"f{i}", "from_ctx": "x"} for i in range(3)]
+
+    def work(conn: sa.Connection) -> None:
+        direct.run_writes(conn, [(INSERT, few), (INSERT, rows), (INSERT, [])])
+
+    with _Heard(db) as heard:
+        await _write(db, work)
+    if database_url.startswith("postgresql"):
+        # The three rows together, then the twenty as many rows of one statement.
+        assert [h.split()[0] for h in heard] == ["WITH", "INSERT"]
+        assert len(rows) > direct.MAX_TOGETHER
+    found = await _write(db, lambda c: {r.label for r in direct.run(c, sa.select(probe.c.label))})
+    assert found == {r["label"] for r in rows + few}
+
+
+async def test_a_failed_write_among_others_stores_none_of_them(db: Database) -> None:
+    taken = uuid.uuid4()
+    await _write(db, lambda c: direct.run(c, INSERT, {"id": taken, "label": "t", "from_ctx": "x"}))
+
+    def work(conn: sa.Connection) -> None:
+        direct.run_writes(
+            conn,
+            [
+                (INSERT, {"id": uuid.uuid4(), "label": "new", "from_ctx": "x"}),
+                (INSERT, {"id": taken, "label": "again", "from_ctx": "x"}),
+            ],
+        )
+
+    with pytest.raises(sa.exc.IntegrityError):
+        await _write(db, work)
+    found = await _write(db, lambda c: {r.label for r in direct.run(c, sa.select(probe.c.label))})
+    assert found == {"t"}
+
+
+async def test_a_commit_not_waiting_for_the_disk_says_so_once(
+    db: Database, database_url: str
+) -> None:
+    """PostgreSQL: ``synchronous_commit`` is off for a write given ``durable=False`` (with the
+    writes sent together, or on its own when there are none), and on for the next write."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite's commits never wait for the disk (WAL, synchronous=NORMAL)")
+
+    def setting(conn: sa.Connection) -> str:
+        value: str = conn.exec_driver_sql("SHOW synchronous_commit").scalar_one()
+        return value
+
+    def with_writes(conn: sa.Connection) -> str:
+        direct.run_writes(conn, [(INSERT, {"id": uuid.uuid4(), "label": "w", "from_ctx": "x"})])
+        return setting(conn)
+
+    with _Heard(db) as heard:
+        assert await db.write(with_writes, durable=False) == "off"
+    assert not any(h.startswith("SET LOCAL") for h in heard)
+    assert "set_config('synchronous_commit', 'off', true)" in heard[0]
+
+    with _Heard(db) as heard:
+        await db.write(lambda c: None, durable=False)
+    assert heard == ["SET LOCAL synchronous_commit TO OFF"]
+
+    assert await db.write(setting) == "on"
+    assert await db.write(with_writes) == "on"
