@@ -95,6 +95,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite+aiosqlite:///{path}"
         return
     url: str = request.getfixturevalue("postgres_database")
+    emptied(url)
+    yield url
+
+
+def emptied(url: str) -> str:
+    """``url``'s PostgreSQL database with every table emptied (the migrations' own kept)."""
 
     async def truncate() -> None:
         engine = create_async_engine(url)
@@ -118,7 +124,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             await engine.dispose()
 
     asyncio.run(truncate())
-    yield url
+    return url
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TypeVar
@@ -201,6 +201,14 @@ class _Recorded:
     next: Command | None
     exposures: int = 0
     seen: _Seen | None = None
+
+
+def _copied(
+    segment: SegmentSnap, recordings: list[RecordingSnap]
+) -> tuple[SegmentSnap, list[RecordingSnap]]:
+    return replace(segment), [
+        replace(r, link=None if r.link is None else replace(r.link)) for r in recordings
+    ]
 
 
 def _plan_and_write(
@@ -591,8 +599,9 @@ class PaymentGate:
             raise DatabaseUnreachable("the segment's planning write is gone")
         seen = fly.seen
         if seen is not None and call.live_version == seen.version + 1:
-            # Nobody has touched the call's live rows since this command was planned.
-            segment, recordings = seen.segment, seen.recordings
+            # Nobody has touched the call's live rows since this command was planned. Copies:
+            # a run of this that writes nothing (optimistic, beaten) leaves them as they were.
+            segment, recordings = _copied(seen.segment, seen.recordings)
             repo.adopt(segment, recordings)
         else:
             found = repo.segment(command.segment_id)
@@ -825,7 +834,9 @@ class PaymentGate:
         one, whose commit makes everything before it durable too; a database crash in between
         loses a claim whose command the IVR was never told succeeded (docs/gate.md)."""
         try:
-            return await self.db.write(work, deadline=deadline, inline=True, durable=durable)
+            return await self.db.write(
+                work, deadline=deadline, inline=True, durable=durable, optimistic=True
+            )
         except IllegalTransition as exc:
             raise IllegalStateTransition(
                 str(exc), entity=exc.entity, current=exc.current, target=exc.target

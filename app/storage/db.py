@@ -165,6 +165,9 @@ class Database:
         self._inline_commits = 0
         self._checkpointing = False
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._optimistic = engine.execution_options(
+            isolation_level="AUTOCOMMIT", **{direct.OPTIMISTIC: True}
+        )
         if self.is_sqlite:
             sync_url = make_url(url).set(drivername="sqlite")
             self._sync = sa.create_engine(
@@ -195,6 +198,7 @@ class Database:
         deadline: float | None = None,
         inline: bool = False,
         durable: bool = True,
+        optimistic: bool = False,
     ) -> T:
         """Run ``work`` in one write transaction; commit when it returns.
 
@@ -202,8 +206,17 @@ class Database:
         must then be short. ``durable=False`` (PostgreSQL): the commit does not wait for the
         WAL to reach the disk (``synchronous_commit off`` for this transaction: a server crash
         may lose it, never corrupt anything; the next durable commit makes it durable too).
-        On SQLite every commit is like that already (WAL, ``synchronous=NORMAL``). Raises :class:`DatabaseUnreachable` when the database cannot be
-        used, and ``TimeoutError`` at ``deadline``."""
+        On SQLite every commit is like that already (WAL, ``synchronous=NORMAL``).
+
+        ``optimistic`` (PostgreSQL): first run ``work`` outside a transaction: it reads a call
+        without locking it, and writes once, in one statement guarded by the call's version
+        as read (:class:`~app.storage.live.LiveCallRepository`). No BEGIN, no COMMIT, no lock
+        held between statements. When that version has moved on, or the writes need a
+        transaction, nothing was written and ``work`` runs again in a transaction. ``work``
+        must then be a function of what it reads, not of what an earlier run of it changed.
+
+        Raises :class:`DatabaseUnreachable` when the database cannot be used, and
+        ``TimeoutError`` at ``deadline``."""
         with _unreachable_as_such():
             if inline and self._sync is not None:
                 if deadline is not None and asyncio.get_running_loop().time() >= deadline:
@@ -212,7 +225,14 @@ class Database:
                 if done is not _LOCKED:
                     return done  # type: ignore[return-value]
             if not durable and self._sync is None:
-                return await self._write(partial(_not_waiting_for_disk, work), deadline)
+                work = partial(_not_waiting_for_disk, work)
+            if optimistic and self._sync is None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        async with self._optimistic.connect() as conn:
+                            return await conn.run_sync(work)
+                except direct.NeedsTransaction:
+                    pass  # changed since it was read, or needs a transaction: nothing written
             return await self._write(work, deadline)
 
     def _write_inline(self, work: Callable[[Connection], T]) -> T | object:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
@@ -132,12 +132,8 @@ class Prepared:
         # placeholders, renumbered there): returns nothing, a fixed SQL, and its placeholders
         # are exactly $1 … $n, none of them inside a literal.
         numbers = {int(n) for n in _PLACEHOLDER.findall(self.sql)}
-        self.combinable = (
-            not self.returns
-            and self.expanding is None
-            and numbers == set(range(1, len(self.binds) + 1))
-            and "'" not in self.sql
-        )
+        self.numbered = numbers == set(range(1, len(self.binds) + 1)) and "'" not in self.sql
+        self.combinable = not self.returns and self.expanding is None and self.numbered
         self._dialect = dialect
         self._types = [column[3] for column in columns]
         # Converters need the driver's type codes (PostgreSQL): made on the first result.
@@ -252,7 +248,17 @@ def _keys(statement: Any, given: Params) -> tuple[str, ...] | None:
     return tuple(sorted(given)) if isinstance(statement, sa.Insert | sa.Update) else None
 
 
-def _execute(conn: Connection, sql: str, values: Any, *, many: bool, read: Prepared | None) -> Rows:
+def _execute(
+    conn: Connection,
+    sql: str,
+    values: Any,
+    *,
+    many: bool,
+    read: Prepared | None,
+    fetch: bool = False,
+) -> Rows:
+    """``sql`` on the driver's cursor; rows converted by ``read``, or as they come with
+    ``fetch``."""
     dbapi_connection: Any = conn.connection.dbapi_connection
     cursor = dbapi_connection.cursor()
     # Whoever listens for statements (tracing, the statement budget test) still hears them.
@@ -265,7 +271,11 @@ def _execute(conn: Connection, sql: str, values: Any, *, many: bool, read: Prepa
             cursor.executemany(sql, values)
             return Rows([], cursor.rowcount)
         cursor.execute(sql, values)
-        rows = read.rows(cursor.fetchall(), cursor.description) if read is not None else []
+        rows: list[Any] = []
+        if read is not None:
+            rows = read.rows(cursor.fetchall(), cursor.description)
+        elif fetch:
+            rows = list(cursor.fetchall())
         return Rows(rows, cursor.rowcount)
     except error as exc:
         # As SQLAlchemy would: its own exception classes, and a connection that is gone
@@ -289,7 +299,7 @@ _SET_LAZY = "SET LOCAL synchronous_commit TO OFF"
 # statements' shapes (each prepared once per connection) stay few.
 MAX_TOGETHER = 8
 # Combined statements kept, by the prepared statements they are made of (and laziness).
-_COMBINED: dict[tuple[tuple[int, ...], bool], str] = {}
+_COMBINED: dict[tuple[int, tuple[int, ...], bool], str] = {}
 
 
 def run_writes(conn: Connection, writes: Sequence[tuple[Any, Params | Sequence[Params]]]) -> None:
@@ -305,7 +315,7 @@ def run_writes(conn: Connection, writes: Sequence[tuple[Any, Params | Sequence[P
     together = conn.dialect.name == "postgresql"
     group: list[tuple[Prepared, Params]] = []
     for statement, params in writes:
-        rows: list[Params] = list(params) if isinstance(params, list) else [params]  # type: ignore[list-item]
+        rows = _rows(params)
         if not rows:
             continue
         if not together:
@@ -326,6 +336,11 @@ def run_writes(conn: Connection, writes: Sequence[tuple[Any, Params | Sequence[P
     _send_together(conn, group)
 
 
+def _rows(params: Params | Sequence[Params]) -> list[Params]:
+    """One row or many (a list), as a list."""
+    return params if isinstance(params, list) else [cast(Params, params)]
+
+
 def _send_together(conn: Connection, group: list[tuple[Prepared, Params]]) -> None:
     lazy = bool(conn.get_execution_options().get(LAZY_COMMIT))
     if not group:
@@ -334,26 +349,88 @@ def _send_together(conn: Connection, group: list[tuple[Prepared, Params]]) -> No
         prepared, params = group[0]
         _execute(conn, prepared.sql, prepared.parameters(params), many=False, read=None)
         return
-    key = (tuple(id(p) for p, _ in group), lazy)
-    sql = _COMBINED.get(key)
-    if sql is None:
-        parts, offset = [], 0
-        for n, (prepared, _) in enumerate(group):
-            count = len(prepared.binds)
-
-            def shift(match: re.Match[str], by: int = offset) -> str:
-                return f"${int(match.group(1)) + by}"
-
-            parts.append(f"w{n} AS ({_PLACEHOLDER.sub(shift, prepared.sql)})")
-            offset += count
-        main = "SELECT set_config('synchronous_commit', 'off', true)" if lazy else "SELECT 1"
-        sql = "WITH " + ", ".join(parts) + " " + main
-        if len(_COMBINED) < _MAX_PREPARED:
-            _COMBINED[key] = sql
+    sql = _combined(None, [p for p, _ in group], lazy)
     values = tuple(v for prepared, params in group for v in prepared.parameters(params))
     _execute(conn, sql, values, many=False, read=None)
     if lazy:
         conn.execution_options(**{LAZY_COMMIT: False})
+
+
+def _combined(guard: Prepared | None, parts: list[Prepared], lazy: bool) -> str:
+    """``WITH [recgate_guard AS (guard),] w0 AS (…), w1 AS (…) SELECT …``: each part's
+    placeholders renumbered after those before it. Kept by shape."""
+    key = (id(guard), tuple(id(p) for p in parts), lazy)
+    sql = _COMBINED.get(key)
+    if sql is not None:
+        return sql
+    ctes, offset = [], 0
+    named = [(GUARD, guard)] if guard is not None else []
+    for name, prepared in [*named, *((f"w{n}", p) for n, p in enumerate(parts))]:
+
+        def shift(match: re.Match[str], by: int = offset) -> str:
+            return f"${int(match.group(1)) + by}"
+
+        ctes.append(f"{name} AS ({_PLACEHOLDER.sub(shift, prepared.sql)})")
+        offset += len(prepared.binds)
+    columns = [_GUARD_COUNT] if guard is not None else []
+    if lazy:
+        columns.append("set_config('synchronous_commit', 'off', true)")
+    sql = "WITH " + ", ".join(ctes) + " SELECT " + (", ".join(columns) or "1")
+    if len(_COMBINED) < _MAX_PREPARED:
+        _COMBINED[key] = sql
+    return sql
+
+
+# ---- optimistic writes (PostgreSQL) -------------------------------------------------------
+
+# Execution option: the connection runs its work outside a transaction, reads as it goes and
+# writes once, with :func:`run_guarded` (see ``Database.write(optimistic=True)``).
+OPTIMISTIC = "recgate_optimistic"
+# The CTE that guards the writes sent with it, and what the statement returns of it.
+GUARD = "recgate_guard"
+_GUARD_COUNT = "(SELECT count(*) FROM recgate_guard)"
+
+
+class NeedsTransaction(Exception):
+    """Nothing was written: run the work in a transaction instead (what it read has changed
+    since, or its writes cannot go as one statement)."""
+
+
+def optimistic(conn: Connection) -> bool:
+    return bool(conn.get_execution_options().get(OPTIMISTIC))
+
+
+def run_guarded(
+    conn: Connection,
+    guard: tuple[Any, Params],
+    writes: Sequence[tuple[Any, Params | Sequence[Params]]],
+) -> None:
+    """``writes`` as one statement, atomic by itself, on a connection outside a transaction:
+    ``guard`` (an ``UPDATE … RETURNING`` that matches a row only when nothing has changed
+    since the work read it) goes first, as the CTE ``recgate_guard``, and each write must
+    write nothing unless that CTE holds a row (``WHERE EXISTS (SELECT * FROM
+    recgate_guard)``). Raises :class:`NeedsTransaction` when the guard matched nothing (so
+    nothing was written), or when the writes cannot go in one statement (before sending)."""
+    statement, params = guard
+    head = _prepared(conn, statement, _keys(statement, params))
+    if head is None or not head.numbered or head.expanding is not None:
+        raise NeedsTransaction("the guard cannot go in one statement")
+    group: list[tuple[Prepared, Params]] = []
+    for write, given in writes:
+        for row in _rows(given):
+            prepared = _prepared(conn, write, _keys(write, row))
+            if prepared is None or not prepared.combinable or len(group) == MAX_TOGETHER:
+                raise NeedsTransaction("the writes cannot go in one statement")
+            group.append((prepared, row))
+    lazy = bool(conn.get_execution_options().get(LAZY_COMMIT))
+    sql = _combined(head, [p for p, _ in group], lazy)
+    values = head.parameters(params) + tuple(
+        v for prepared, row in group for v in prepared.parameters(row)
+    )
+    matched = _execute(conn, sql, values, many=False, read=None, fetch=True).first()
+    if not matched or not matched[0]:
+        raise NeedsTransaction("changed since it was read")
+    conn.execution_options(**{LAZY_COMMIT: False})
 
 
 def lazy_commit(conn: Connection) -> None:
@@ -363,7 +440,8 @@ def lazy_commit(conn: Connection) -> None:
 
 
 def settle_lazy_commit(conn: Connection) -> None:
-    """Before the commit: send the mark if no writes carried it."""
-    if conn.get_execution_options().get(LAZY_COMMIT):
+    """Before the commit: send the mark if no writes carried it. Outside a transaction
+    (optimistic) there is nothing left to commit."""
+    if conn.get_execution_options().get(LAZY_COMMIT) and not optimistic(conn):
         conn.exec_driver_sql(_SET_LAZY)
         conn.execution_options(**{LAZY_COMMIT: False})

@@ -96,6 +96,48 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, StrEnum) else value
 
 
+# Optimistic writes (PostgreSQL, ``direct.run_guarded``): each write is written only when the
+# guard, the call's version moving on from the one read, matched.
+_GUARD_HELD = sa.exists().select_from(sa.table(direct.GUARD))
+_GUARD_CALL = (
+    calls.update()
+    .where(calls.c.id == sa.bindparam("of_id"), calls.c.live_version == sa.bindparam("seen"))
+    .values(live_version=calls.c.live_version + 1)
+    .returning(calls.c.id)
+)
+_CALL_ROW_BY_ID = sa.select(*calls.c).where(calls.c.id == sa.bindparam("of_id"))
+_CALL_ROW_BY_KEY = sa.select(*calls.c).where(
+    calls.c.provider == sa.bindparam("of_provider"),
+    calls.c.provider_call_id == sa.bindparam("of_provider_call_id"),
+)
+
+
+def _guarded_select(table: sa.Table, columns: list[str]) -> sa.Select[Any]:
+    """``SELECT :a, :b … WHERE EXISTS (SELECT * FROM recgate_guard)``: one row to insert,
+    or none when the guard did not hold."""
+    values = [sa.bindparam(c, type_=table.c[c].type) for c in columns]
+    return sa.select(*values).where(_GUARD_HELD)
+
+
+_GUARDED: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _guarded(statement: Any, keys: tuple[str, ...], upsert_link: Any, guarded_link: Any) -> Any:
+    """The guarded twin of one of :meth:`LiveCallRepository.write`'s statements."""
+    if statement is upsert_link:
+        return guarded_link
+    key = (id(statement), keys)
+    found = _GUARDED.get(key)
+    if found is None:
+        if isinstance(statement, sa.Update):
+            found = statement.where(_GUARD_HELD)
+        else:
+            table = cast(sa.Table, statement.table)
+            found = table.insert().from_select(list(keys), _guarded_select(table, list(keys)))
+        _GUARDED[key] = found
+    return found
+
+
 class _Statements:
     """Statements that differ by dialect (upserts), built once per dialect."""
 
@@ -120,6 +162,13 @@ class _Statements:
         self.upsert_link = link_insert.on_conflict_do_update(
             index_elements=["segment_id", "recording_id"],
             set_={c: link_insert.excluded[c] for c in _LINK_COLUMNS},
+        )
+        # The same, written only when the guard of an optimistic write holds (see _guarded).
+        columns = ["segment_id", "recording_id", *_LINK_COLUMNS]
+        guarded_insert = insert(links).from_select(columns, _guarded_select(links, columns))
+        self.guarded_link = guarded_insert.on_conflict_do_update(
+            index_elements=["segment_id", "recording_id"],
+            set_={c: guarded_insert.excluded[c] for c in _LINK_COLUMNS},
         )
 
 
@@ -395,6 +444,11 @@ class LiveCallRepository:
         # What each row held when read, to write back only what changed.
         self._loaded: dict[tuple[str, uuid.UUID], dict[str, Any]] = {}
         self._links: dict[tuple[uuid.UUID, uuid.UUID], dict[str, Any]] = {}
+        # Optimistic (PostgreSQL, ``Database.write(optimistic=True)``): outside a transaction,
+        # a call is read, not locked, and the one write is guarded by the version read.
+        self.optimistic = direct.optimistic(conn)
+        self._guard: tuple[uuid.UUID, int] | None = None
+        self._written = False
 
     def _remember(self, kind: str, key: uuid.UUID, values: dict[str, Any]) -> None:
         self._loaded[(kind, key)] = values
@@ -520,8 +574,28 @@ class LiveCallRepository:
         if rows:
             self._run(self.sql.alias, rows)
 
+    def _seen_call(self, row: Row[Any] | None) -> CallSnap | None:
+        """Optimistic: the call as read, with the version the guarded write moves it to (as
+        a locked read would have bumped it); that write is guarded by the version read."""
+        if row is None:
+            return None
+        call, read = _call(row)
+        if self._guard is not None and self._guard[0] != call.id:
+            raise direct.NeedsTransaction("a second call")
+        self._guard = (call.id, call.live_version)
+        call.live_version += 1
+        read["live_version"] = call.live_version
+        self._remember("call", call.id, read)
+        return call
+
     def upsert_call(self, provider: str, provider_call_id: str, now: datetime) -> CallSnap:
         """The call, created (``created``) if new; locked for the transaction."""
+        if self.optimistic:
+            params = {"of_provider": provider, "of_provider_call_id": provider_call_id}
+            found = self._seen_call(self._run(_CALL_ROW_BY_KEY, params).one_or_none())
+            if found is None:
+                raise direct.NeedsTransaction("a new call")
+            return found
         new_id = uuid.uuid4()
         row = self._run(
             self.sql.upsert_call,
@@ -542,6 +616,8 @@ class LiveCallRepository:
 
     def call_by_id(self, call_id: uuid.UUID) -> CallSnap | None:
         """The call, locked for the transaction (its live version bumped)."""
+        if self.optimistic:
+            return self._seen_call(self._run(_CALL_ROW_BY_ID, {"of_id": call_id}).one_or_none())
         row = self._run(_CALL_BY_ID, {"of_id": call_id}).one_or_none()
         if row is None:
             return None
@@ -553,6 +629,8 @@ class LiveCallRepository:
         """The call, locked for the transaction (its live version bumped); None when
         recgate does not know it."""
         params = {"of_provider": provider, "of_provider_call_id": provider_call_id}
+        if self.optimistic:
+            return self._seen_call(self._run(_CALL_ROW_BY_KEY, params).one_or_none())
         row = self._run(_CALL_BY_KEY, params).one_or_none()
         if row is None:
             return None
@@ -665,9 +743,39 @@ class LiveCallRepository:
         """Write what ``changes`` records: only changed columns of rows read, whole new rows,
         and the state transitions; rows of a kind with the same changed columns in one
         statement. The writes that touch distinct rows go together (one round trip on
-        PostgreSQL, :func:`direct.run_writes`); ending exposures reads rows and follows."""
+        PostgreSQL, :func:`direct.run_writes`); ending exposures reads rows and follows.
+
+        Optimistic: all of it as one statement guarded by the call's version as read, or
+        :class:`direct.NeedsTransaction` (nothing written) when that version has moved on,
+        or when the writes need a transaction (the call's own row, exposures to end)."""
+        if self.optimistic:
+            self._write_guarded(changes)
+            return
+        direct.run_writes(self.conn, self._writes(changes))
+        self._end_exposures(changes)
+
+    def _write_guarded(self, changes: Changes) -> None:
+        if self._written:
+            raise RuntimeError("an optimistic work writes once")
+        ends = changes.exposures_end_for or changes.segment_exposures_end
+        if self._guard is None or changes.calls or ends or changes.end_call_exposures:
+            raise direct.NeedsTransaction("these writes need a transaction")
+        self._written = True
+        call_id, seen = self._guard
+        writes = [
+            (_guarded(statement, tuple(sorted(rows[0])), *self._link_statements), rows)
+            for statement, rows in self._writes(changes)
+        ]
+        direct.run_guarded(self.conn, (_GUARD_CALL, {"of_id": call_id, "seen": seen}), writes)
+
+    @property
+    def _link_statements(self) -> tuple[Any, Any]:
+        return self.sql.upsert_link, self.sql.guarded_link
+
+    def _writes(self, changes: Changes) -> list[tuple[Any, list[dict[str, Any]]]]:
+        """The statements that write ``changes`` (but ending exposures), with their rows."""
         now = changes.now
-        writes: list[tuple[Any, Any]] = []
+        writes: list[tuple[Any, list[dict[str, Any]]]] = []
         writes += self._update_rows(
             "call", calls, [(c.id, _values(c, _CALL_COLUMNS)) for c in changes.calls.values()], now
         )
@@ -771,8 +879,11 @@ class LiveCallRepository:
                 )
             )
             changes.transitions.clear()
-        direct.run_writes(self.conn, writes)
-        # These read the exposures they end, those just inserted included: after the rest.
+        return writes
+
+    def _end_exposures(self, changes: Changes) -> None:
+        """These read the exposures they end, those just inserted included: after the rest."""
+        now = changes.now
         if changes.exposures_end_for:
             self.conn.execute(
                 _END_RECORDING_EXPOSURES,

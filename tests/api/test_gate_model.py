@@ -47,7 +47,7 @@ from app.config import Settings
 from app.domain.roles import Role
 from app.main import create_app
 from app.telephony.signing import signed_headers
-from tests.conftest import ASTERISK_SECRET, CONTROL_URL, SECRET, FakeClock
+from tests.conftest import ASTERISK_SECRET, CONTROL_URL, SECRET, FakeClock, emptied
 
 ARI = "http://127.0.0.1:9/ari"
 CALL = "model-call"
@@ -78,6 +78,8 @@ class GateMachine(RuleBasedStateMachine):
 
     template: ClassVar[Path]
     workdir: ClassVar[Path]
+    # A PostgreSQL database to run on (emptied for each example), instead of SQLite.
+    postgres: ClassVar[str | None] = None
     provider: ClassVar[str]
 
     def __init__(self) -> None:
@@ -91,14 +93,18 @@ class GateMachine(RuleBasedStateMachine):
         # The IVR's view: has it been told safe, and has it not ended the payment since?
         self.told_safe = False
         self.paying = False
-        self.loop.run_until_complete(self._open())
+        if self.postgres is not None:
+            url = emptied(self.postgres)
+        else:
+            path = self.workdir / f"{uuid.uuid4().hex}.db"
+            shutil.copyfile(self.template, path)
+            url = f"sqlite+aiosqlite:///{path}"
+        self.loop.run_until_complete(self._open(url))
 
-    async def _open(self) -> None:
-        path = self.workdir / f"{uuid.uuid4().hex}.db"
-        shutil.copyfile(self.template, path)
+    async def _open(self, url: str) -> None:
         app = create_app(
             Settings(
-                database_url=f"sqlite+aiosqlite:///{path}",
+                database_url=url,
                 media_dir=self.workdir / "media",
                 generic_webhook_secret=SECRET,
                 asterisk_webhook_secret=ASTERISK_SECRET,
@@ -460,9 +466,22 @@ MODEL_SETTINGS = settings(
 
 
 @pytest.mark.parametrize("machine", [GenericPbx, AsteriskPbx], ids=["generic", "asterisk"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_safe_means_every_recording_is_paused_or_the_gap_is_on_record(
-    machine: type[GateMachine], sqlite_template: Path, tmp_path: Path
+    machine: type[GateMachine],
+    backend: str,
+    sqlite_template: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """On PostgreSQL the gate writes optimistically (docs/gate.md), so the model runs there
+    too, with the same examples."""
     machine.template = sqlite_template
     machine.workdir = tmp_path
-    run_state_machine_as_test(machine, settings=MODEL_SETTINGS)
+    machine.postgres = (
+        request.getfixturevalue("postgres_database") if backend == "postgres" else None
+    )
+    try:
+        run_state_machine_as_test(machine, settings=MODEL_SETTINGS)
+    finally:
+        machine.postgres = None

@@ -1,0 +1,159 @@
+"""Optimistic writes (``Database.write(optimistic=True)``) against the real databases.
+
+On PostgreSQL the gate's work runs first outside a transaction: it reads the call without
+locking it and writes once, in one statement guarded by the call's version as read. These pin
+what that must keep: a write beaten by another writer stores nothing and the work runs again
+in a transaction, writes that need a transaction get one, and on SQLite nothing changes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app.domain.snapshots import Changes, Transition
+from app.storage import direct
+from app.storage.db import Database, create_engine
+from app.storage.live import LiveCallRepository, calls, transitions
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+BUMP = (
+    calls.update()
+    .where(calls.c.id == sa.bindparam("of"))
+    .values(live_version=calls.c.live_version + 1)
+)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    engine = create_engine(database_url)
+    database = Database(engine, database_url)
+    try:
+        yield database
+    finally:
+        await database.close()
+        await engine.dispose()
+
+
+async def _call(db: Database) -> tuple[uuid.UUID, int]:
+    call = await db.write(lambda c: LiveCallRepository(c).upsert_call("generic", "c-opt", NOW))
+    return call.id, call.live_version
+
+
+async def _stored(db: Database, call_id: uuid.UUID) -> tuple[int, list[str]]:
+    def read(conn: sa.Connection) -> tuple[int, list[str]]:
+        version = direct.run(conn, sa.select(calls.c.live_version).where(calls.c.id == call_id))
+        causes = direct.run(
+            conn, sa.select(transitions.c.cause).where(transitions.c.call_id == call_id)
+        )
+        return version.one()[0], sorted(r[0] for r in causes)
+
+    return await db.write(read)
+
+
+def _noting(call_id: uuid.UUID, cause: str, changes: Changes) -> None:
+    changes.transitions.append(
+        Transition("call", call_id, call_id, "in_progress", "in_progress", cause, NOW)
+    )
+
+
+def _work(
+    call_id: uuid.UUID,
+    runs: list[bool],
+    *,
+    beaten: bool = False,
+    shape: Callable[[Changes], None] = lambda _: None,
+) -> Callable[[sa.Connection], int]:
+    def work(conn: sa.Connection) -> int:
+        repo = LiveCallRepository(conn)
+        runs.append(repo.optimistic)
+        call = repo.call_by_id(call_id)
+        assert call is not None
+        if beaten and len(runs) == 1:
+            # Another replica's transaction changes the call between this read and the write.
+            direct.run(conn, BUMP, {"of": call_id})
+        changes = Changes(NOW)
+        _noting(call_id, f"run {len(runs)}", changes)
+        shape(changes)
+        repo.write(changes)
+        return call.live_version
+
+    return work
+
+
+async def test_an_optimistic_write_is_one_statement_outside_a_transaction(
+    db: Database, database_url: str
+) -> None:
+    call_id, version = await _call(db)
+    runs: list[bool] = []
+    heard: list[str] = []
+
+    def hear(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        heard.append(statement.split()[0])
+
+    for engine in db.sync_engines:
+        sa.event.listen(engine, "before_cursor_execute", hear)
+    try:
+        seen = await db.write(_work(call_id, runs), optimistic=True, inline=True)
+    finally:
+        for engine in db.sync_engines:
+            sa.event.remove(engine, "before_cursor_execute", hear)
+    postgres = database_url.startswith("postgresql")
+    assert runs == [postgres]
+    if postgres:
+        # The call read, then the guarded write: no BEGIN, no COMMIT, no lock between them.
+        assert heard == ["SELECT", "WITH"]
+    # Either way the call's version moved on by one, as the version the work saw says.
+    assert seen == version + 1
+    assert await _stored(db, call_id) == (version + 1, ["run 1"])
+
+
+async def test_a_write_beaten_by_another_stores_nothing_and_runs_again_locked(
+    db: Database, database_url: str
+) -> None:
+    call_id, version = await _call(db)
+    runs: list[bool] = []
+    seen = await db.write(_work(call_id, runs, beaten=True), optimistic=True, inline=True)
+    if database_url.startswith("postgresql"):
+        # The first run's write found the version moved on and wrote nothing; the second
+        # run, in a transaction, locked the call after the other writer's change.
+        assert runs == [True, False]
+        assert seen == version + 2
+        assert await _stored(db, call_id) == (version + 2, ["run 2"])
+    else:
+        assert runs == [False]
+        assert await _stored(db, call_id) == (version + 2, ["run 1"])
+
+
+async def test_writes_that_need_a_transaction_get_one(db: Database, database_url: str) -> None:
+    """Ending exposures reads the rows it ends: not in a guarded statement. The optimistic
+    run writes nothing and the work runs again in a transaction."""
+    call_id, version = await _call(db)
+    runs: list[bool] = []
+
+    def ending(changes: Changes) -> None:
+        changes.end_call_exposures[call_id] = NOW
+
+    await db.write(_work(call_id, runs, shape=ending), optimistic=True, inline=True)
+    assert runs == ([True, False] if database_url.startswith("postgresql") else [False])
+    assert await _stored(db, call_id) == (version + 1, [f"run {len(runs)}"])
+
+
+async def test_an_optimistic_work_writes_once(db: Database, database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("optimistic writes are PostgreSQL's")
+    call_id, _ = await _call(db)
+
+    def twice(conn: sa.Connection) -> None:
+        repo = LiveCallRepository(conn)
+        repo.call_by_id(call_id)
+        repo.write(Changes(NOW))
+        repo.write(Changes(NOW))
+
+    with pytest.raises(RuntimeError, match="writes once"):
+        await db.write(twice, optimistic=True)
