@@ -154,6 +154,7 @@ class _Seen:
     version: int
     segment: SegmentSnap
     recordings: list[RecordingSnap]
+    call: CallSnap
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,12 +221,12 @@ def _plan_and_write(
 ) -> _Answer | _Fly:
     """Plan the segment's next command, claim it, write: the end of every planning
     transaction."""
-    recordings = repo.recordings(call.id, segment.id)
+    recordings = repo.recordings(call.id, segment.id, new_segment=segment.created)
     command = gate.plan(segment, recordings, changes, lease_until=lease)
     repo.write(changes)
     if command is None:
         return _Answer(_outcome(segment, recordings))
-    seen = _Seen(call.live_version, segment, recordings)
+    seen = _Seen(call.live_version, segment, recordings, call)
     return _Fly(command, call.id, call.provider, call.provider_call_id, seen)
 
 
@@ -593,11 +594,15 @@ class PaymentGate:
         now = self.clock()
         changes = Changes(now)
         command = fly.command
-        call = repo.call_by_id(fly.call_id)
+        seen = fly.seen
+        # Optimistic (PostgreSQL): the call as planning left it is not read again; the write
+        # lands only if nobody has changed it since.
+        call = repo.call_by_id(
+            fly.call_id, seen=None if seen is None else (seen.call, seen.version)
+        )
         if call is None:
             # The planning commit (not waited to disk) was lost with a database crash.
             raise DatabaseUnreachable("the segment's planning write is gone")
-        seen = fly.seen
         if seen is not None and call.live_version == seen.version + 1:
             # Nobody has touched the call's live rows since this command was planned. Copies:
             # a run of this that writes nothing (optimistic, beaten) leaves them as they were.
@@ -615,7 +620,7 @@ class PaymentGate:
         if result is _AGAIN:
             next_command = gate.plan(segment, recordings, changes, lease_until=lease)
             repo.write(changes)
-            seen = _Seen(call.live_version, segment, recordings)
+            seen = _Seen(call.live_version, segment, recordings, call)
             return _Recorded(_outcome(segment, recordings), next_command, 0, seen)
         if isinstance(result, _Failure):
             if command.action == "pause":
@@ -640,7 +645,7 @@ class PaymentGate:
                 next_command = gate.plan(segment, recordings, changes, lease_until=lease)
             exposed_now = len(changes.exposures)
             repo.write(changes)
-            seen = _Seen(call.live_version, segment, recordings)
+            seen = _Seen(call.live_version, segment, recordings, call)
             return _Recorded(_outcome(segment, recordings), next_command, exposed_now, seen)
         if command.action == "pause":
             gate.apply_pause(segment, recordings, result, changes)
@@ -670,7 +675,7 @@ class PaymentGate:
             _outcome(segment, recordings),
             next_command,
             exposed_now,
-            _Seen(call.live_version, segment, recordings),
+            _Seen(call.live_version, segment, recordings, call),
         )
 
     # ---- the command loop -------------------------------------------------------------

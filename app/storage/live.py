@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime
 from enum import StrEnum
 from functools import partial
@@ -105,11 +105,46 @@ _GUARD_CALL = (
     .values(live_version=calls.c.live_version + 1)
     .returning(calls.c.id)
 )
-_CALL_ROW_BY_ID = sa.select(*calls.c).where(calls.c.id == sa.bindparam("of_id"))
-_CALL_ROW_BY_KEY = sa.select(*calls.c).where(
+
+
+def _read_together() -> sa.Select[Any]:
+    """A call, its latest payment segment, and every recording of the call with its link
+    to that segment: one row per recording (one with no recording when it has none)."""
+    latest = segments.alias("latest")
+    latest_id = (
+        sa.select(latest.c.id)
+        .where(latest.c.call_id == calls.c.id)
+        .order_by(latest.c.opened_at.desc())
+        .limit(1)
+        .correlate(calls)
+        .scalar_subquery()
+    )
+    link = sa.and_(links.c.recording_id == recordings.c.id, links.c.segment_id == segments.c.id)
+    return (
+        sa.select(
+            *(c.label(f"c_{c.name}") for c in calls.c),
+            *(c.label(f"s_{c.name}") for c in segments.c),
+            *(c.label(f"r_{c.name}") for c in _RECORDING_SELECT),
+            *_LINK_SELECT,
+        )
+        .select_from(
+            calls.outerjoin(segments, segments.c.id == latest_id)
+            .outerjoin(recordings, recordings.c.call_id == calls.c.id)
+            .outerjoin(links, link)
+        )
+        .order_by(recordings.c.created_at, recordings.c.id)
+    )
+
+
+_CALL_ROWS_BY_ID = _read_together().where(calls.c.id == sa.bindparam("of_id"))
+_CALL_ROWS_BY_KEY = _read_together().where(
     calls.c.provider == sa.bindparam("of_provider"),
     calls.c.provider_call_id == sa.bindparam("of_provider_call_id"),
 )
+
+
+def _prefixed(m: Any, prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) :]: v for k, v in m.items() if k.startswith(prefix)}
 
 
 def _guarded_select(table: sa.Table, columns: list[str]) -> sa.Select[Any]:
@@ -391,9 +426,13 @@ _OVERLONG = (
 )
 
 
-def _call(row: Row[Any]) -> tuple[CallSnap, dict[str, Any]]:
+def _mapping(row: Row[Any] | dict[str, Any]) -> Any:
+    return row if isinstance(row, dict) else row._mapping
+
+
+def _call(row: Row[Any] | dict[str, Any]) -> tuple[CallSnap, dict[str, Any]]:
     """The snapshot, and the row's values as read (to tell later what changed)."""
-    m = row._mapping
+    m = _mapping(row)
     read = {c: m[c] for c in _CALL_COLUMNS.values()}
     values: dict[str, Any] = {f: read[c] for f, c in _CALL_COLUMNS.items()}
     values["state"] = CallState(values["state"])
@@ -403,8 +442,8 @@ def _call(row: Row[Any]) -> tuple[CallSnap, dict[str, Any]]:
     return snap, read
 
 
-def _segment(row: Row[Any]) -> tuple[SegmentSnap, dict[str, Any]]:
-    m = row._mapping
+def _segment(row: Row[Any] | dict[str, Any]) -> tuple[SegmentSnap, dict[str, Any]]:
+    m = _mapping(row)
     read = {c: m[c] for c in _SEGMENT_COLUMNS.values()}
     values: dict[str, Any] = {f: read[c] for f, c in _SEGMENT_COLUMNS.items()}
     values["state"] = SegmentState(values["state"])
@@ -412,8 +451,10 @@ def _segment(row: Row[Any]) -> tuple[SegmentSnap, dict[str, Any]]:
     return SegmentSnap(id=m["id"], call_id=m["call_id"], **values), read
 
 
-def _recording(row: Row[Any], *, linked: bool = True) -> tuple[RecordingSnap, dict[str, Any]]:
-    m = row._mapping
+def _recording(
+    row: Row[Any] | dict[str, Any], *, linked: bool = True
+) -> tuple[RecordingSnap, dict[str, Any]]:
+    m = _mapping(row)
     read = {c: m[c] for c in _RECORDING_COLUMNS.values()}
     values: dict[str, Any] = {f: read[c] for f, c in _RECORDING_COLUMNS.items()}
     values["state"] = RecordingState(values["state"])
@@ -449,6 +490,8 @@ class LiveCallRepository:
         self.optimistic = direct.optimistic(conn)
         self._guard: tuple[uuid.UUID, int] | None = None
         self._written = False
+        # Optimistic: the call read, its latest segment and its recordings (as rows).
+        self._prefetch: tuple[uuid.UUID, dict[str, Any] | None, list[Any]] | None = None
 
     def _remember(self, kind: str, key: uuid.UUID, values: dict[str, Any]) -> None:
         self._loaded[(kind, key)] = values
@@ -574,25 +617,46 @@ class LiveCallRepository:
         if rows:
             self._run(self.sql.alias, rows)
 
-    def _seen_call(self, row: Row[Any] | None) -> CallSnap | None:
+    def _read_call(self, statement: sa.Select[Any], params: dict[str, Any]) -> CallSnap | None:
         """Optimistic: the call as read, with the version the guarded write moves it to (as
-        a locked read would have bumped it); that write is guarded by the version read."""
-        if row is None:
+        a locked read would have bumped it); that write is guarded by the version read. Its
+        latest segment and its recordings come in the same statement, for the reads that
+        follow (:meth:`_prefetched`)."""
+        rows = self._run(statement, params).all()
+        if not rows:
             return None
-        call, read = _call(row)
+        first = rows[0]._mapping
+        call, read = _call(_prefixed(first, "c_"))
+        self._guard_call(call, read)
+        segment = _prefixed(first, "s_") if first["s_id"] is not None else None
+        found = []
+        for row in rows:
+            m = row._mapping
+            if m["r_id"] is not None:
+                links_of = {k: v for k, v in m.items() if k.startswith("link_")}
+                found.append({**_prefixed(m, "r_"), **links_of})
+        self._prefetch = (call.id, segment, found)
+        return call
+
+    def _guard_call(self, call: CallSnap, read: dict[str, Any]) -> None:
         if self._guard is not None and self._guard[0] != call.id:
             raise direct.NeedsTransaction("a second call")
         self._guard = (call.id, call.live_version)
         call.live_version += 1
         read["live_version"] = call.live_version
         self._remember("call", call.id, read)
-        return call
+
+    def _prefetched(self, call_id: uuid.UUID) -> tuple[dict[str, Any] | None, list[Any]] | None:
+        """The latest segment and the recordings read with the call, if that call."""
+        if self._prefetch is None or self._prefetch[0] != call_id:
+            return None
+        return self._prefetch[1], self._prefetch[2]
 
     def upsert_call(self, provider: str, provider_call_id: str, now: datetime) -> CallSnap:
         """The call, created (``created``) if new; locked for the transaction."""
         if self.optimistic:
             params = {"of_provider": provider, "of_provider_call_id": provider_call_id}
-            found = self._seen_call(self._run(_CALL_ROW_BY_KEY, params).one_or_none())
+            found = self._read_call(_CALL_ROWS_BY_KEY, params)
             if found is None:
                 raise direct.NeedsTransaction("a new call")
             return found
@@ -614,10 +678,20 @@ class LiveCallRepository:
         self._remember("call", call.id, read)
         return call
 
-    def call_by_id(self, call_id: uuid.UUID) -> CallSnap | None:
-        """The call, locked for the transaction (its live version bumped)."""
+    def call_by_id(
+        self, call_id: uuid.UUID, *, seen: tuple[CallSnap, int] | None = None
+    ) -> CallSnap | None:
+        """The call, locked for the transaction (its live version bumped).
+
+        Optimistic, with ``seen`` (the call as an earlier transaction of this process left
+        it, and the version it left it at): not read again; the write is guarded by that
+        version, so it lands only if nobody has changed the call since."""
+        if self.optimistic and seen is not None:
+            call = replace(seen[0], live_version=seen[1], created=False)
+            self._guard_call(call, _values(call, _CALL_COLUMNS))
+            return call
         if self.optimistic:
-            return self._seen_call(self._run(_CALL_ROW_BY_ID, {"of_id": call_id}).one_or_none())
+            return self._read_call(_CALL_ROWS_BY_ID, {"of_id": call_id})
         row = self._run(_CALL_BY_ID, {"of_id": call_id}).one_or_none()
         if row is None:
             return None
@@ -630,7 +704,7 @@ class LiveCallRepository:
         recgate does not know it."""
         params = {"of_provider": provider, "of_provider_call_id": provider_call_id}
         if self.optimistic:
-            return self._seen_call(self._run(_CALL_ROW_BY_KEY, params).one_or_none())
+            return self._read_call(_CALL_ROWS_BY_KEY, params)
         row = self._run(_CALL_BY_KEY, params).one_or_none()
         if row is None:
             return None
@@ -668,28 +742,57 @@ class LiveCallRepository:
                 key = (recording.link.segment_id, recording.id)
                 self._links[key] = _values(recording.link, _LINK_MAP)
 
+    def _segment_read(self, row: dict[str, Any]) -> SegmentSnap:
+        segment, read = _segment(row)
+        self._remember("segment", segment.id, read)
+        return segment
+
     def segment(self, segment_id: uuid.UUID) -> SegmentSnap | None:
+        latest = None if self._prefetch is None else self._prefetch[1]
+        if latest is not None and latest["id"] == segment_id:
+            return self._segment_read(latest)
         return self._one_segment(_SEGMENT_BY_ID, {"id": segment_id})
 
     def open_segment(self, call_id: uuid.UUID) -> SegmentSnap | None:
+        prefetched = self._prefetched(call_id)
+        if prefetched is not None:
+            latest = prefetched[0]
+            if latest is None:
+                return None  # no segment at all
+            if latest["state"] in _OPEN:
+                return self._segment_read(latest)
         return self._one_segment(_OPEN_SEGMENT, {"call_id": call_id})
 
     def latest_segment(self, call_id: uuid.UUID) -> SegmentSnap | None:
+        prefetched = self._prefetched(call_id)
+        if prefetched is not None:
+            return None if prefetched[0] is None else self._segment_read(prefetched[0])
         return self._one_segment(_LATEST_SEGMENT, {"call_id": call_id})
 
     def segment_by_key(self, call_id: uuid.UUID, key: str) -> SegmentSnap | None:
         return self._one_segment(_SEGMENT_BY_KEY, {"call_id": call_id, "key": key})
 
-    def _loaded_recording(self, row: Row[Any]) -> RecordingSnap:
-        recording, read = _recording(row)
+    def _loaded_recording(
+        self, row: Row[Any] | dict[str, Any], *, linked: bool = True
+    ) -> RecordingSnap:
+        recording, read = _recording(row, linked=linked)
         self._remember("recording", recording.id, read)
         if recording.link is not None:
             key = (recording.link.segment_id, recording.id)
             self._links[key] = _values(recording.link, _LINK_MAP)
         return recording
 
-    def recordings(self, call_id: uuid.UUID, segment_id: uuid.UUID | None) -> list[RecordingSnap]:
-        """Every recording of the call, each with its link to ``segment_id``."""
+    def recordings(
+        self, call_id: uuid.UUID, segment_id: uuid.UUID | None, *, new_segment: bool = False
+    ) -> list[RecordingSnap]:
+        """Every recording of the call, each with its link to ``segment_id`` (none when
+        ``new_segment``: a segment not yet written has no links)."""
+        prefetched = self._prefetched(call_id)
+        if prefetched is not None:
+            latest = prefetched[0]
+            if new_segment or (latest["id"] if latest is not None else None) == segment_id:
+                linked = not new_segment
+                return [self._loaded_recording(row, linked=linked) for row in prefetched[1]]
         rows = self._run(_RECORDINGS, {"call_id": call_id, "segment_id": segment_id})
         return [self._loaded_recording(row) for row in rows]
 

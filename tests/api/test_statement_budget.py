@@ -29,8 +29,8 @@ from tests.conftest import Harness, event
 # ``synchronous_commit`` setting.
 INGEST_NEW_CALL = 4
 INGEST_RECORDING_EVENT = 7
-PAYMENT_START = {"sqlite": 12, "postgresql": 6}
-PAYMENT_END = {"sqlite": 11, "postgresql": 6}
+PAYMENT_START = {"sqlite": 12, "postgresql": 3}
+PAYMENT_END = {"sqlite": 11, "postgresql": 3}
 # PostgreSQL: the gate writes optimistically, outside a transaction, when nobody else is
 # changing the call (docs/gate.md).
 PAYMENT_WRITE_TRANSACTIONS = {"sqlite": 2, "postgresql": 0}

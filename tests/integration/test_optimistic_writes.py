@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import respx
 import sqlalchemy as sa
 
+from app.domain.roles import Role
 from app.domain.snapshots import Changes, Transition
 from app.storage import direct
 from app.storage.db import Database, create_engine
 from app.storage.live import LiveCallRepository, calls, transitions
+from tests.api.test_payment_gating import PAUSE, RESUME, live_call
+from tests.conftest import Harness, event
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 BUMP = (
@@ -157,3 +162,75 @@ async def test_an_optimistic_work_writes_once(db: Database, database_url: str) -
 
     with pytest.raises(RuntimeError, match="writes once"):
         await db.write(twice, optimistic=True)
+
+
+async def test_the_one_statement_read_gives_what_separate_reads_give(harness: Harness) -> None:
+    """Optimistic reads take the call, its latest segment and its recordings (with their
+    links to that segment) in one statement; the snapshots are those of separate reads.
+    Two recordings, one paused inside a payment that has ended, one that joined later."""
+    await live_call(harness)
+    ivr = harness.auth(Role.IVR)
+    async with respx.mock(assert_all_called=False) as pbx:
+        pbx.post(PAUSE).respond(200, json={"state": "paused"})
+        pbx.post(RESUME).respond(200, json={"state": "recording"})
+        start = "/v1/calls/generic/c-123/payment/start"
+        assert (await harness.client.post(start, headers=ivr)).status_code == 200
+        end = "/v1/calls/generic/c-123/payment/end"
+        assert (await harness.client.post(end, headers=ivr)).status_code == 200
+    later = event("recording.started", recording_id="r-2")
+    assert (await harness.send_event(later)).status_code == 200
+
+    def read(conn: sa.Connection) -> tuple[Any, ...]:
+        repo = LiveCallRepository(conn)
+        call = repo.call_by_key("generic", "c-123")
+        assert call is not None
+        latest = repo.latest_segment(call.id)
+        assert latest is not None
+        return (
+            call,
+            latest,
+            repo.open_segment(call.id),
+            repo.recordings(call.id, latest.id),
+            repo.recordings(call.id, uuid.uuid4(), new_segment=True),
+        )
+
+    db = harness.services.db
+    together = await db.write(read, optimistic=True, inline=True)
+    apart = await db.write(read)
+    # The version each reports is the one its write moves the call to: apart, a locked read
+    # has moved it already (SQLite's first read too); together, the guarded write would.
+    assert replace(together[0], live_version=0) == replace(apart[0], live_version=0)
+    assert together[1:] == apart[1:]
+    _, latest, still_open, linked, unlinked = together
+    assert latest.state == "closed" and still_open is None
+    assert [r.provider_recording_id for r in linked] == ["r-1", "r-2"]
+    assert linked[0].link is not None and linked[0].link.paused_at is not None
+    assert linked[1].link is None and [r.link for r in unlinked] == [None, None]
+
+
+async def test_a_call_trusted_as_seen_is_guarded_by_that_version(
+    db: Database, database_url: str
+) -> None:
+    """Recording a provider's answer trusts the call as planning left it (no read): a
+    change since, by anyone, makes the guarded write miss, and the work runs again locked."""
+    call_id, version = await _call(db)
+    snapshot = await db.write(lambda c: LiveCallRepository(c).call_by_id(call_id))
+    assert snapshot is not None and snapshot.live_version == version + 1
+    await db.write(lambda c: direct.run(c, BUMP, {"of": call_id}))  # someone else, since
+    runs: list[bool] = []
+
+    def work(conn: sa.Connection) -> int:
+        repo = LiveCallRepository(conn)
+        runs.append(repo.optimistic)
+        call = repo.call_by_id(call_id, seen=(snapshot, snapshot.live_version))
+        assert call is not None
+        changes = Changes(NOW)
+        _noting(call_id, f"run {len(runs)}", changes)
+        repo.write(changes)
+        return call.live_version
+
+    seen = await db.write(work, optimistic=True, inline=True)
+    postgres = database_url.startswith("postgresql")
+    assert runs == ([True, False] if postgres else [False])
+    assert seen == version + 3
+    assert await _stored(db, call_id) == (version + 3, [f"run {len(runs)}"])
