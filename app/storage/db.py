@@ -230,7 +230,7 @@ class Database:
                 try:
                     async with asyncio.timeout_at(deadline):
                         async with self._optimistic.connect() as conn:
-                            return await conn.run_sync(work)
+                            return await conn.run_sync(partial(_optimistically, work))
                 except direct.NeedsTransaction:
                     pass  # changed since it was read, or needs a transaction: nothing written
             return await self._write(work, deadline)
@@ -338,6 +338,23 @@ class Database:
 
 
 _LOCKED = object()
+
+
+def _optimistically(work: Callable[[Connection], T], conn: Connection) -> T:
+    """``work`` outside a transaction. An answer or a refusal it reached without writing,
+    on reads from more than one snapshot that no guarded write checked, is not final: the
+    work runs again in a transaction (:class:`direct.NeedsTransaction`)."""
+    try:
+        result = work(conn)
+    except direct.NeedsTransaction:
+        raise
+    except Exception as exc:
+        if direct.unchecked_reads(conn) and not database_unavailable(exc):
+            raise direct.NeedsTransaction("refused on reads no write checked") from exc
+        raise
+    if direct.unchecked_reads(conn):
+        raise direct.NeedsTransaction("answered on reads no write checked")
+    return result
 
 
 def _not_waiting_for_disk(work: Callable[[Connection], T], conn: Connection) -> T:

@@ -298,8 +298,9 @@ _SET_LAZY = "SET LOCAL synchronous_commit TO OFF"
 # Rows sent in one statement at most: enough for a payment's writes, few enough that the
 # statements' shapes (each prepared once per connection) stay few.
 MAX_TOGETHER = 8
-# Combined statements kept, by the prepared statements they are made of (and laziness).
-_COMBINED: dict[tuple[int, tuple[int, ...], bool], str] = {}
+# Combined statements kept, by the prepared statements they are made of (kept alive by the
+# key itself, so an address is never another statement's) and laziness.
+_COMBINED: dict[tuple[Prepared | None, tuple[Prepared, ...], bool], str] = {}
 
 
 def run_writes(conn: Connection, writes: Sequence[tuple[Any, Params | Sequence[Params]]]) -> None:
@@ -359,7 +360,7 @@ def _send_together(conn: Connection, group: list[tuple[Prepared, Params]]) -> No
 def _combined(guard: Prepared | None, parts: list[Prepared], lazy: bool) -> str:
     """``WITH [recgate_guard AS (guard),] w0 AS (…), w1 AS (…) SELECT …``: each part's
     placeholders renumbered after those before it. Kept by shape."""
-    key = (id(guard), tuple(id(p) for p in parts), lazy)
+    key = (guard, tuple(parts), lazy)
     sql = _COMBINED.get(key)
     if sql is not None:
         return sql
@@ -396,8 +397,23 @@ class NeedsTransaction(Exception):
     since, or its writes cannot go as one statement)."""
 
 
+# Execution option: an optimistic work has read beside its one-statement read, and no guarded
+# write has checked those reads since (they may come from different snapshots).
+_UNCHECKED = "recgate_unchecked_reads"
+
+
 def optimistic(conn: Connection) -> bool:
     return bool(conn.get_execution_options().get(OPTIMISTIC))
+
+
+def note_unchecked_read(conn: Connection) -> None:
+    conn.execution_options(**{_UNCHECKED: True})
+
+
+def unchecked_reads(conn: Connection) -> bool:
+    """An optimistic work read more than one snapshot and no guarded write checked them: an
+    answer it gives without writing is not to be trusted (run it in a transaction)."""
+    return bool(conn.get_execution_options().get(_UNCHECKED))
 
 
 def run_guarded(
@@ -430,7 +446,8 @@ def run_guarded(
     matched = _execute(conn, sql, values, many=False, read=None, fetch=True).first()
     if not matched or not matched[0]:
         raise NeedsTransaction("changed since it was read")
-    conn.execution_options(**{LAZY_COMMIT: False})
+    # Nothing changed the call since it was read: every read since then was of one state.
+    conn.execution_options(**{LAZY_COMMIT: False, _UNCHECKED: False})
 
 
 def lazy_commit(conn: Connection) -> None:

@@ -480,7 +480,7 @@ class LiveCallRepository:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self._run = partial(direct.run, conn)
+        self._run: Any = partial(direct.run, conn)
         self.sql = _statements(conn)
         # What each row held when read, to write back only what changed.
         self._loaded: dict[tuple[str, uuid.UUID], dict[str, Any]] = {}
@@ -492,6 +492,18 @@ class LiveCallRepository:
         self._written = False
         # Optimistic: the call read, its latest segment and its recordings (as rows).
         self._prefetch: tuple[uuid.UUID, dict[str, Any] | None, list[Any]] | None = None
+        if self.optimistic:
+            self._run = self._run_optimistic
+
+    def _run_optimistic(self, statement: Any, params: Any = None) -> Any:
+        """A statement of an optimistic work: reads come before the one write, and a read
+        beside the one-statement read is noted (its snapshot is another one) until the
+        guarded write checks it."""
+        if self._written:
+            raise RuntimeError("an optimistic work writes last")
+        if self._guard is not None and isinstance(statement, sa.Select | sa.CompoundSelect):
+            direct.note_unchecked_read(self.conn)
+        return direct.run(self.conn, statement, params)
 
     def _remember(self, kind: str, key: uuid.UUID, values: dict[str, Any]) -> None:
         self._loaded[(kind, key)] = values
@@ -639,8 +651,9 @@ class LiveCallRepository:
         return call
 
     def _guard_call(self, call: CallSnap, read: dict[str, Any]) -> None:
-        if self._guard is not None and self._guard[0] != call.id:
-            raise direct.NeedsTransaction("a second call")
+        if self._guard is not None:
+            # Decisions may rest on the first read: one call, read once.
+            raise direct.NeedsTransaction("a call read twice")
         self._guard = (call.id, call.live_version)
         call.live_version += 1
         read["live_version"] = call.live_version

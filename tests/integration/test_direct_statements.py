@@ -312,10 +312,26 @@ async def test_a_failed_write_among_others_stores_none_of_them(db: Database) -> 
             ],
         )
 
-    with pytest.raises(sa.exc.IntegrityError):
+    with _Heard(db) as heard, pytest.raises(sa.exc.IntegrityError):
         await _write(db, work)
+    # On PostgreSQL both went as one statement, which failed as a whole.
+    assert len(heard) == (1 if db.sync_engines[0].dialect.name == "postgresql" else 2)
     found = await _write(db, lambda c: {r.label for r in direct.run(c, sa.select(probe.c.label))})
     assert found == {"t"}
+
+    def orphan(conn: sa.Connection) -> None:
+        direct.run_writes(
+            conn,
+            [
+                (INSERT, {"id": uuid.uuid4(), "label": "p", "from_ctx": "x"}),
+                (INSERT_CHILD, {"id": uuid.uuid4(), "probe_id": uuid.uuid4(), "note": "o"}),
+            ],
+        )
+
+    # A child whose parent is in neither the statement nor the table is refused.
+    with pytest.raises(sa.exc.IntegrityError):
+        await _write(db, orphan)
+    assert await _write(db, lambda c: direct.run(c, sa.select(child)).all()) == []
 
 
 async def test_a_commit_not_waiting_for_the_disk_says_so_once(

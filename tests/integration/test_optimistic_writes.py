@@ -8,6 +8,7 @@ in a transaction, writes that need a transaction get one, and on SQLite nothing 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -18,11 +19,20 @@ import pytest
 import respx
 import sqlalchemy as sa
 
+from app.domain import gate
 from app.domain.roles import Role
-from app.domain.snapshots import Changes, Transition
+from app.domain.snapshots import Changes, LinkSnap, RecordingSnap, Transition
+from app.domain.states import PauseBehavior, RecordingState
 from app.storage import direct
 from app.storage.db import Database, create_engine
-from app.storage.live import LiveCallRepository, calls, transitions
+from app.storage.live import (
+    LiveCallRepository,
+    calls,
+    links,
+    recordings,
+    segments,
+    transitions,
+)
 from tests.api.test_payment_gating import PAUSE, RESUME, live_call
 from tests.conftest import Harness, event
 
@@ -97,42 +107,149 @@ async def test_an_optimistic_write_is_one_statement_outside_a_transaction(
     call_id, version = await _call(db)
     runs: list[bool] = []
     heard: list[str] = []
+    transactions: list[str] = []
 
     def hear(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         heard.append(statement.split()[0])
 
+    def begun(conn: sa.Connection) -> None:
+        transactions.append(str(conn.get_execution_options().get("isolation_level")))
+
     for engine in db.sync_engines:
         sa.event.listen(engine, "before_cursor_execute", hear)
+        sa.event.listen(engine, "begin", begun)
     try:
         seen = await db.write(_work(call_id, runs), optimistic=True, inline=True)
     finally:
         for engine in db.sync_engines:
             sa.event.remove(engine, "before_cursor_execute", hear)
+            sa.event.remove(engine, "begin", begun)
     postgres = database_url.startswith("postgresql")
     assert runs == [postgres]
     if postgres:
-        # The call read, then the guarded write: no BEGIN, no COMMIT, no lock between them.
+        # The call read, then the guarded write, on a connection in autocommit: no BEGIN,
+        # no COMMIT, no lock held between them.
         assert heard == ["SELECT", "WITH"]
+        assert set(transactions) <= {"AUTOCOMMIT"}
     # Either way the call's version moved on by one, as the version the work saw says.
     assert seen == version + 1
     assert await _stored(db, call_id) == (version + 1, ["run 1"])
 
 
+async def _with_recording(db: Database, call_id: uuid.UUID) -> uuid.UUID:
+    recording = RecordingSnap(
+        id=uuid.uuid4(),
+        call_id=call_id,
+        provider_recording_id="r-opt",
+        state=RecordingState.RECORDING,
+        created=True,
+    )
+
+    def add(conn: sa.Connection) -> None:
+        repo = LiveCallRepository(conn)
+        assert repo.call_by_id(call_id) is not None
+        changes = Changes(NOW)
+        changes.recordings[recording.id] = recording
+        repo.write(changes)
+
+    await db.write(add)
+    return recording.id
+
+
+def _every_kind(call_id: uuid.UUID, run: int) -> Callable[[LiveCallRepository, Changes], None]:
+    """Writes of every kind the gate sends, tagged with the run: a new segment, a changed
+    recording, a link between them, a transition."""
+
+    def shape(repo: LiveCallRepository, changes: Changes) -> None:
+        (recording,) = repo.recordings(call_id, None)
+        segment = gate.open_segment(call_id, PauseBehavior.SILENCE, f"run {run}", None, changes)
+        recording.media_url = f"https://pbx.test/run-{run}"
+        changes.touch_recording(recording)
+        changes.links[(segment.id, recording.id)] = LinkSnap(segment.id, pause_sent_at=NOW)
+
+    return shape
+
+
+async def _kinds_stored(db: Database, call_id: uuid.UUID) -> tuple[Any, ...]:
+    def read(conn: sa.Connection) -> tuple[Any, ...]:
+        refs = direct.run(conn, sa.select(segments.c.id, segments.c.reference)).all()
+        urls = direct.run(conn, sa.select(recordings.c.media_url)).all()
+        linked = direct.run(conn, sa.select(links.c.segment_id)).all()
+        return [tuple(r) for r in refs], [r[0] for r in urls], [r[0] for r in linked]
+
+    return await db.write(read)
+
+
 async def test_a_write_beaten_by_another_stores_nothing_and_runs_again_locked(
     db: Database, database_url: str
 ) -> None:
+    """Another writer changes the call between the read and the guarded write: none of the
+    writes (segment, recording, link, transition) lands, and the work runs again locked."""
     call_id, version = await _call(db)
+    await _with_recording(db, call_id)
+    version += 1
     runs: list[bool] = []
-    seen = await db.write(_work(call_id, runs, beaten=True), optimistic=True, inline=True)
+
+    def work(conn: sa.Connection) -> int:
+        repo = LiveCallRepository(conn)
+        runs.append(repo.optimistic)
+        call = repo.call_by_id(call_id)
+        assert call is not None
+        if len(runs) == 1:
+            # Another replica's transaction changes the call between this read and the write.
+            direct.run(conn, BUMP, {"of": call_id})
+        changes = Changes(NOW)
+        _noting(call_id, f"run {len(runs)}", changes)
+        _every_kind(call_id, len(runs))(repo, changes)
+        repo.write(changes)
+        return call.live_version
+
+    seen = await db.write(work, optimistic=True, inline=True)
+    last = len(runs)
     if database_url.startswith("postgresql"):
-        # The first run's write found the version moved on and wrote nothing; the second
-        # run, in a transaction, locked the call after the other writer's change.
-        assert runs == [True, False]
-        assert seen == version + 2
-        assert await _stored(db, call_id) == (version + 2, ["run 2"])
+        # The locked run read the call after the other writer's change.
+        assert runs == [True, False] and seen == version + 2
     else:
         assert runs == [False]
-        assert await _stored(db, call_id) == (version + 2, ["run 1"])
+    assert await _stored(db, call_id) == (version + 2, ["ivr: payment start", f"run {last}"])
+    (segment,), urls, linked = await _kinds_stored(db, call_id)
+    assert segment[1] == f"run {last}"
+    assert urls == [f"https://pbx.test/run-{last}"]
+    assert linked == [segment[0]]
+
+
+async def test_a_guard_waits_for_a_writer_holding_the_call_then_misses(
+    db: Database, database_url: str
+) -> None:
+    """A transaction holds the call's row (locked, its version moved on, not committed yet):
+    the guarded write waits for it, finds the version moved, writes nothing, and the work
+    runs again locked after it."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("optimistic writes are PostgreSQL's")
+    call_id, version = await _call(db)
+    runs: list[bool] = []
+    other = create_engine(database_url)
+    try:
+        async with other.connect() as holder:
+            await holder.execute(BUMP, {"of": call_id})  # begins, locks, bumps
+            task = asyncio.ensure_future(db.write(_work(call_id, runs), optimistic=True))
+            # Until the guarded write is waiting on the row lock (bounded).
+            for _ in range(500):
+                async with other.connect() as waiting:
+                    blocked = await waiting.scalar(
+                        sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                    )
+                if blocked or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert blocked and not task.done()
+            await holder.commit()
+        seen = await task
+    finally:
+        await other.dispose()
+    assert runs == [True, False]
+    assert seen == version + 2
+    assert await _stored(db, call_id) == (version + 2, ["run 2"])
 
 
 async def test_writes_that_need_a_transaction_get_one(db: Database, database_url: str) -> None:
@@ -234,3 +351,81 @@ async def test_a_call_trusted_as_seen_is_guarded_by_that_version(
     assert runs == ([True, False] if postgres else [False])
     assert seen == version + 3
     assert await _stored(db, call_id) == (version + 3, [f"run {len(runs)}"])
+
+
+async def test_an_open_payment_read_in_one_statement(harness: Harness) -> None:
+    """The one-statement read while a payment is open: the open segment, that segment by its
+    id, the recording linked to it, and the call by its key (a payment start's read)."""
+    await live_call(harness)
+    ivr = harness.auth(Role.IVR)
+    async with respx.mock(assert_all_called=False) as pbx:
+        pbx.post(PAUSE).respond(200, json={"state": "paused"})
+        start = "/v1/calls/generic/c-123/payment/start"
+        assert (await harness.client.post(start, headers=ivr)).status_code == 200
+
+    def read(conn: sa.Connection) -> tuple[Any, ...]:
+        repo = LiveCallRepository(conn)
+        call = repo.upsert_call("generic", "c-123", NOW)
+        segment = repo.open_segment(call.id)
+        assert segment is not None
+        return (
+            replace(call, live_version=0),
+            segment,
+            repo.segment(segment.id),
+            repo.recordings(call.id, segment.id),
+        )
+
+    db = harness.services.db
+    together = await db.write(read, optimistic=True, inline=True)
+    assert together == await db.write(read)
+    _, segment, same, (recording,) = together
+    assert segment.state == "paused" and same == segment
+    assert recording.link is not None and recording.link.segment_id == segment.id
+
+
+async def test_an_answer_on_reads_no_write_checked_is_not_final(
+    db: Database, database_url: str
+) -> None:
+    """A read beside the one-statement read is of another snapshot. An optimistic work that
+    answers (or refuses) on it without a guarded write runs again in a transaction; one that
+    refuses on the one-statement read alone does not."""
+    call_id, _ = await _call(db)
+    runs: list[bool] = []
+
+    def answers(conn: sa.Connection) -> str:
+        repo = LiveCallRepository(conn)
+        runs.append(repo.optimistic)
+        call = repo.call_by_id(call_id)
+        assert call is not None
+        repo.segment_by_key(call.id, "no-such-key")  # a read of its own
+        return "answer"
+
+    assert await db.write(answers, optimistic=True) == "answer"
+    postgres = database_url.startswith("postgresql")
+    assert runs == ([True, False] if postgres else [False])
+
+    runs.clear()
+
+    def refuses(conn: sa.Connection) -> None:
+        repo = LiveCallRepository(conn)
+        runs.append(repo.optimistic)
+        call = repo.call_by_id(call_id)
+        assert call is not None
+        if len(runs) == 1:
+            repo.segment_by_key(call.id, "no-such-key")
+        raise LookupError(f"refused on run {len(runs)}")
+
+    with pytest.raises(LookupError, match="run 2" if postgres else "run 1"):
+        await db.write(refuses, optimistic=True)
+
+    runs.clear()
+
+    def refuses_on_one_read(conn: sa.Connection) -> None:
+        repo = LiveCallRepository(conn)
+        runs.append(repo.optimistic)
+        assert repo.call_by_id(call_id) is not None
+        raise LookupError("refused")
+
+    with pytest.raises(LookupError):
+        await db.write(refuses_on_one_read, optimistic=True)
+    assert runs == [postgres]
