@@ -350,11 +350,22 @@ def _send_together(conn: Connection, group: list[tuple[Prepared, Params]]) -> No
         prepared, params = group[0]
         _execute(conn, prepared.sql, prepared.parameters(params), many=False, read=None)
         return
-    sql = _combined(None, [p for p, _ in group], lazy)
-    values = tuple(v for prepared, params in group for v in prepared.parameters(params))
-    _execute(conn, sql, values, many=False, read=None)
+    _send_combined(conn, None, group, lazy)
     if lazy:
         conn.execution_options(**{LAZY_COMMIT: False})
+
+
+def _send_combined(
+    conn: Connection,
+    guard: tuple[Prepared, Params] | None,
+    group: list[tuple[Prepared, Params]],
+    lazy: bool,
+) -> Rows:
+    """``group`` (after ``guard``) as one statement; what it returns (the guard's count)."""
+    sql = _combined(None if guard is None else guard[0], [p for p, _ in group], lazy)
+    first = () if guard is None else guard[0].parameters(guard[1])
+    values = first + tuple(v for prepared, row in group for v in prepared.parameters(row))
+    return _execute(conn, sql, values, many=False, read=None, fetch=guard is not None)
 
 
 def _combined(guard: Prepared | None, parts: list[Prepared], lazy: bool) -> str:
@@ -439,11 +450,7 @@ def run_guarded(
                 raise NeedsTransaction("the writes cannot go in one statement")
             group.append((prepared, row))
     lazy = bool(conn.get_execution_options().get(LAZY_COMMIT))
-    sql = _combined(head, [p for p, _ in group], lazy)
-    values = head.parameters(params) + tuple(
-        v for prepared, row in group for v in prepared.parameters(row)
-    )
-    matched = _execute(conn, sql, values, many=False, read=None, fetch=True).first()
+    matched = _send_combined(conn, (head, params), group, lazy).first()
     if not matched or not matched[0]:
         raise NeedsTransaction("changed since it was read")
     # Nothing changed the call since it was read: every read since then was of one state.

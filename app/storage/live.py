@@ -154,23 +154,8 @@ def _guarded_select(table: sa.Table, columns: list[str]) -> sa.Select[Any]:
     return sa.select(*values).where(_GUARD_HELD)
 
 
-_GUARDED: dict[tuple[int, tuple[str, ...]], Any] = {}
-
-
-def _guarded(statement: Any, keys: tuple[str, ...], upsert_link: Any, guarded_link: Any) -> Any:
-    """The guarded twin of one of :meth:`LiveCallRepository.write`'s statements."""
-    if statement is upsert_link:
-        return guarded_link
-    key = (id(statement), keys)
-    found = _GUARDED.get(key)
-    if found is None:
-        if isinstance(statement, sa.Update):
-            found = statement.where(_GUARD_HELD)
-        else:
-            table = cast(sa.Table, statement.table)
-            found = table.insert().from_select(list(keys), _guarded_select(table, list(keys)))
-        _GUARDED[key] = found
-    return found
+# Guarded twins, by the statement itself (kept alive by the key) and the columns given.
+_GUARDED: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
 
 class _Statements:
@@ -205,6 +190,22 @@ class _Statements:
             index_elements=["segment_id", "recording_id"],
             set_={c: guarded_insert.excluded[c] for c in _LINK_COLUMNS},
         )
+
+    def guarded(self, statement: Any, keys: tuple[str, ...]) -> Any:
+        """The guarded twin of one of :meth:`LiveCallRepository.write`'s statements, given
+        the columns of its rows."""
+        if statement is self.upsert_link:
+            return self.guarded_link
+        key = (statement, keys)
+        found = _GUARDED.get(key)
+        if found is None:
+            if isinstance(statement, sa.Update):
+                found = statement.where(_GUARD_HELD)
+            else:
+                table = cast(sa.Table, statement.table)
+                found = table.insert().from_select(list(keys), _guarded_select(table, list(keys)))
+            _GUARDED[key] = found
+        return found
 
 
 _BY_DIALECT: dict[str, _Statements] = {}
@@ -879,14 +880,10 @@ class LiveCallRepository:
         self._written = True
         call_id, seen = self._guard
         writes = [
-            (_guarded(statement, tuple(sorted(rows[0])), *self._link_statements), rows)
+            (self.sql.guarded(statement, tuple(sorted(rows[0]))), rows)
             for statement, rows in self._writes(changes)
         ]
         direct.run_guarded(self.conn, (_GUARD_CALL, {"of_id": call_id, "seen": seen}), writes)
-
-    @property
-    def _link_statements(self) -> tuple[Any, Any]:
-        return self.sql.upsert_link, self.sql.guarded_link
 
     def _writes(self, changes: Changes) -> list[tuple[Any, list[dict[str, Any]]]]:
         """The statements that write ``changes`` (but ending exposures), with their rows."""

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from app.domain import gate
 from app.domain.roles import Role
-from app.domain.snapshots import Changes, LinkSnap, RecordingSnap, Transition
+from app.domain.snapshots import CallSnap, Changes, LinkSnap, RecordingSnap, Transition
 from app.domain.states import PauseBehavior, RecordingState
 from app.storage import direct
 from app.storage.db import Database, create_engine
@@ -77,6 +77,20 @@ def _noting(call_id: uuid.UUID, cause: str, changes: Changes) -> None:
     )
 
 
+def _opened(
+    conn: sa.Connection,
+    call_id: uuid.UUID,
+    runs: list[bool],
+    seen: tuple[CallSnap, int] | None = None,
+) -> tuple[LiveCallRepository, CallSnap]:
+    """A run of a work: its repository (noted: optimistic or not) and the call it read."""
+    repo = LiveCallRepository(conn)
+    runs.append(repo.optimistic)
+    call = repo.call_by_id(call_id, seen=seen)
+    assert call is not None
+    return repo, call
+
+
 def _work(
     call_id: uuid.UUID,
     runs: list[bool],
@@ -85,10 +99,7 @@ def _work(
     shape: Callable[[Changes], None] = lambda _: None,
 ) -> Callable[[sa.Connection], int]:
     def work(conn: sa.Connection) -> int:
-        repo = LiveCallRepository(conn)
-        runs.append(repo.optimistic)
-        call = repo.call_by_id(call_id)
-        assert call is not None
+        repo, call = _opened(conn, call_id, runs)
         if beaten and len(runs) == 1:
             # Another replica's transaction changes the call between this read and the write.
             direct.run(conn, BUMP, {"of": call_id})
@@ -191,10 +202,7 @@ async def test_a_write_beaten_by_another_stores_nothing_and_runs_again_locked(
     runs: list[bool] = []
 
     def work(conn: sa.Connection) -> int:
-        repo = LiveCallRepository(conn)
-        runs.append(repo.optimistic)
-        call = repo.call_by_id(call_id)
-        assert call is not None
+        repo, call = _opened(conn, call_id, runs)
         if len(runs) == 1:
             # Another replica's transaction changes the call between this read and the write.
             direct.run(conn, BUMP, {"of": call_id})
@@ -337,10 +345,7 @@ async def test_a_call_trusted_as_seen_is_guarded_by_that_version(
     runs: list[bool] = []
 
     def work(conn: sa.Connection) -> int:
-        repo = LiveCallRepository(conn)
-        runs.append(repo.optimistic)
-        call = repo.call_by_id(call_id, seen=(snapshot, snapshot.live_version))
-        assert call is not None
+        repo, call = _opened(conn, call_id, runs, seen=(snapshot, snapshot.live_version))
         changes = Changes(NOW)
         _noting(call_id, f"run {len(runs)}", changes)
         repo.write(changes)
@@ -393,10 +398,7 @@ async def test_an_answer_on_reads_no_write_checked_is_not_final(
     runs: list[bool] = []
 
     def answers(conn: sa.Connection) -> str:
-        repo = LiveCallRepository(conn)
-        runs.append(repo.optimistic)
-        call = repo.call_by_id(call_id)
-        assert call is not None
+        repo, call = _opened(conn, call_id, runs)
         repo.segment_by_key(call.id, "no-such-key")  # a read of its own
         return "answer"
 
@@ -407,10 +409,7 @@ async def test_an_answer_on_reads_no_write_checked_is_not_final(
     runs.clear()
 
     def refuses(conn: sa.Connection) -> None:
-        repo = LiveCallRepository(conn)
-        runs.append(repo.optimistic)
-        call = repo.call_by_id(call_id)
-        assert call is not None
+        repo, call = _opened(conn, call_id, runs)
         if len(runs) == 1:
             repo.segment_by_key(call.id, "no-such-key")
         raise LookupError(f"refused on run {len(runs)}")
@@ -421,9 +420,7 @@ async def test_an_answer_on_reads_no_write_checked_is_not_final(
     runs.clear()
 
     def refuses_on_one_read(conn: sa.Connection) -> None:
-        repo = LiveCallRepository(conn)
-        runs.append(repo.optimistic)
-        assert repo.call_by_id(call_id) is not None
+        _opened(conn, call_id, runs)
         raise LookupError("refused")
 
     with pytest.raises(LookupError):
