@@ -257,6 +257,15 @@ class Settings(BaseSettings):
 
     metrics_public: bool = False
     background_jobs: bool = True
+    ingest_worker: bool = Field(
+        default=True,
+        description=(
+            "Apply webhook batches in a child process of the service (the ingest worker, "
+            "[gate.md](gate.md#webhook-ingest-group-commit-in-a-worker-process)), so they run "
+            "on a core of their own. Ignored for an in-memory SQLite database, which a second "
+            "process cannot open. `false` applies them in the service's process"
+        ),
+    )
 
     @field_validator("generic_webhook_secret", "asterisk_webhook_secret")
     @classmethod

@@ -163,7 +163,8 @@ def _database_down(request: Request) -> JSONResponse:
 _UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
 
 
-def _unstorable_text(exc: BaseException) -> bool:
+def unstorable_text(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database refusing text it cannot hold (the request's fault)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -308,7 +309,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # Answered here rather than by the catch-all below, which closes the connection.
         if database_unavailable(exc):
             return _database_down(request)
-        if _unstorable_text(exc):
+        if unstorable_text(exc):
             unstorable = MalformedInput("The request holds a character that cannot be stored.")
             return _problem(422, unstorable.to_problem(request.url.path))
         log.exception("database error on %s %s", request.method, _path(request))

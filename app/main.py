@@ -61,6 +61,11 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, clock)
         app.state.services = services
+        try:
+            await services.start()
+        except BaseException:
+            await services.close()
+            raise
         _settle_garbage_collector()
         watchdog = None
         if settings.background_jobs:

@@ -86,10 +86,15 @@ class Config:
 
 
 def rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and its children (recgate's ingest worker)."""
+    total = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+            total += int(line.split()[1])
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += rss_kib(int(child))
+    return total
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:

@@ -60,7 +60,7 @@ GROUPS: tuple[Group, ...] = (
     Group(
         "Database",
         "`recgate migrate` creates or upgrades the schema; `recgate serve` never changes it.",
-        ("database_url",),
+        ("database_url", "ingest_worker"),
     ),
     Group(
         "Media storage",

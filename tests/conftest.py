@@ -142,6 +142,10 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         provider_request_timeout_s=1.0,
         sim_pause_latency_ms=0,
         background_jobs=False,
+        # Batches are applied in the test's own process (a worker per app would cost each test
+        # a second interpreter); tests/integration/test_ingest_worker.py runs the worker, and
+        # the processes tests start run it as production does.
+        ingest_worker=False,
         _env_file=None,
     )
 

@@ -124,8 +124,12 @@ class Services:
             spool=spool,
         )
 
+    async def start(self) -> None:
+        await self.ingest.start()
+
     async def close(self) -> None:
         await self.tasks.close()
+        await self.ingest.close()
         for controller in self.controllers.values():
             await controller.aclose()
         await self.http.aclose()

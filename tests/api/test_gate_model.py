@@ -115,6 +115,9 @@ class GateMachine(RuleBasedStateMachine):
                 pause_timeout_ms=250,
                 provider_request_timeout_s=0.2,
                 background_jobs=False,
+                # In-process batches: a worker per example would cost each a second
+                # interpreter (the worker is tested in tests/integration/test_ingest_worker.py).
+                ingest_worker=False,
                 _env_file=None,
             ),
             clock=self.clock,

@@ -1,0 +1,308 @@
+"""The ingest worker: a process of recgate's own that applies webhook batches.
+
+One interpreter runs one thread of Python at a time. With webhooks arriving by the thousand,
+the service's process is busy with HTTP, signatures and scrubbing, and each batch's
+transaction (a few hundred microseconds of Python per event) waited its turn for the same
+interpreter while a second core sat idle. The worker applies the batches on its own
+connection, in its own interpreter: the service's process hands it a batch of parsed,
+scrubbed events and the time, and gets back each event's result.
+
+The worker is the service's child: it reads batches on its standard input and answers on
+its standard output, one at a time, in order. It owns nothing: when its input closes (the
+service stopped, or died) it finishes the batch in hand and exits; when it dies, the batch
+in hand is answered 503 (nothing acknowledged, so the PBX sends it again) and the next batch
+starts a new worker. A batch it committed but could not answer is a duplicate when the PBX
+retries it. Only plain values cross the pipe (events, results, the time), framed and
+pickled; the pipe is the child's own, never a socket.
+
+Run it only from :class:`IngestWorker`: ``python -m app.services.ingest_worker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections import deque
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.config import Settings
+from app.domain.states import IllegalTransition
+from app.errors import MalformedInput, unstorable_text
+from app.services.ingest_apply import (
+    BatchApply,
+    IngestResult,
+    IngestRules,
+    Items,
+    Outcome,
+    apply_in_order,
+)
+from app.storage.db import Database, DatabaseUnreachable, create_engine
+
+log = logging.getLogger("recgate.ingest")
+
+_HEADER = struct.Struct("!I")
+# The worker imports recgate and answers "ready" within this, or the service gives up on it.
+START_TIMEOUT_S = 60.0
+# At shutdown the worker finishes the batch in hand within this, or it is killed.
+STOP_TIMEOUT_S = 10.0
+
+
+class IngestFailed(Exception):
+    """The worker could not apply a batch, for a reason other than the database or the
+    events themselves (its log says which)."""
+
+
+def worker_can_open(database_url: str) -> bool:
+    """Whether a second process can open the database the service uses: not an in-memory
+    SQLite database."""
+    url = make_url(database_url)
+    return not url.drivername.startswith("sqlite") or url.database not in (None, "", ":memory:")
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    database_url: str
+    rules: IngestRules
+    log_format: str
+    log_level: str
+
+
+def _frame(message: object) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+# What an outcome other than a result crosses the pipe as, and back.
+_FAILED = "the ingest worker could not apply the event"
+_UNSTORABLE = "The request holds a character that cannot be stored."
+
+
+def _encoded(outcome: Outcome) -> object:
+    """An event's outcome as plain values (an exception need not pickle, and its driver's
+    parts would not)."""
+    if isinstance(outcome, IngestResult):
+        return outcome
+    if isinstance(outcome, DatabaseUnreachable):
+        return ("unreachable", str(outcome))
+    if isinstance(outcome, IllegalTransition):
+        return ("illegal", (outcome.entity, outcome.current, outcome.target))
+    if isinstance(outcome, MalformedInput):
+        return ("malformed", str(outcome))
+    if isinstance(outcome, SQLAlchemyError) and unstorable_text(outcome):
+        return ("malformed", _UNSTORABLE)
+    log.error("ingest event failed", exc_info=outcome)
+    return ("failed", _FAILED)
+
+
+def _decoded(encoded: object) -> Outcome:
+    """An event's outcome as applying it in the service's process would have given it."""
+    if isinstance(encoded, IngestResult):
+        return encoded
+    assert isinstance(encoded, tuple)
+    kind, detail = encoded
+    if kind == "unreachable":
+        return DatabaseUnreachable(detail)
+    if kind == "illegal":
+        return IllegalTransition(*detail)
+    if kind == "malformed":
+        return MalformedInput(detail)
+    return IngestFailed(detail)
+
+
+class IngestWorker:
+    """The service's side of the worker: start it, hand it batches, stop it.
+
+    Batches are written to the worker as they come and answered in the order they were
+    written: a caller may hand over the next batch before the last is answered, and the
+    worker starts on it as soon as it has committed the last."""
+
+    def __init__(self, settings: Settings, rules: IngestRules) -> None:
+        self._setup = _Setup(settings.database_url, rules, settings.log_format, settings.log_level)
+        self._process: asyncio.subprocess.Process | None = None
+        self._answers: asyncio.Task[None] | None = None
+        # One future per batch written and not yet answered, in the order written.
+        self._waiting: deque[asyncio.Future[list[object]]] = deque()
+        self._starting = asyncio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    @property
+    def in_flight(self) -> int:
+        """Batches handed to the worker and not yet answered."""
+        return len(self._waiting)
+
+    async def start(self) -> None:
+        await self._running()
+
+    async def apply(self, items: Items, now: datetime) -> list[Outcome]:
+        """Each event's outcome, as applying the batch in-process would give it.
+
+        :class:`DatabaseUnreachable` for every event when the worker cannot be started or
+        stops before it answers: whether the batch was committed is then unknown, and the
+        PBX's retry tells (a duplicate)."""
+        try:
+            process = await self._running()
+        except DatabaseUnreachable as exc:
+            return [exc] * len(items)
+        assert process.stdin is not None
+        answer: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
+        self._waiting.append(answer)
+        process.stdin.write(_frame((items, now)))
+        with suppress(ConnectionError):  # it stopped: its answer says so
+            await process.stdin.drain()
+        try:
+            return [_decoded(encoded) for encoded in await answer]
+        except DatabaseUnreachable as exc:
+            return [exc] * len(items)
+
+    async def close(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            await _stop(process)
+        if self._answers is not None:
+            await self._answers  # it ends at the worker's end of file
+
+    async def _running(self) -> asyncio.subprocess.Process:
+        async with self._starting:
+            process = self._process
+            if process is not None and process.returncode is None:
+                return process
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                __name__,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=_child_env(),
+            )
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                async with asyncio.timeout(START_TIMEOUT_S):
+                    process.stdin.write(_frame(self._setup))
+                    await process.stdin.drain()
+                    ready = await _read_reply(process.stdout)
+            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
+                await _stop(process)
+                raise DatabaseUnreachable("the ingest worker did not start") from exc
+            except BaseException:
+                await asyncio.shield(_stop(process))
+                raise
+            if ready != ("ready", None):
+                await _stop(process)
+                raise DatabaseUnreachable("the ingest worker did not start")
+            self._process = process
+            self._answers = asyncio.ensure_future(self._read_answers(process))
+            return process
+
+    async def _read_answers(self, process: asyncio.subprocess.Process) -> None:
+        """Hand each answer to its batch, in order; at the worker's end, fail the rest."""
+        assert process.stdout is not None
+        try:
+            while True:
+                answer = await _read_reply(process.stdout)
+                waiting = self._waiting.popleft()
+                if not waiting.done():  # its caller may have been cancelled
+                    waiting.set_result(answer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if self._process is process:
+                self._process = None
+                log.error(
+                    "the ingest worker (pid %s) stopped; the next batch starts another", process.pid
+                )
+            if process.stdin is not None and not process.stdin.is_closing():
+                process.stdin.close()
+            while self._waiting:
+                waiting = self._waiting.popleft()
+                if not waiting.done():
+                    waiting.set_exception(DatabaseUnreachable("the ingest worker stopped"))
+
+
+async def _read_reply(stream: asyncio.StreamReader) -> Any:
+    (size,) = _HEADER.unpack(await stream.readexactly(_HEADER.size))
+    # The worker's own pipe: only this service's child writes on it.
+    return pickle.loads(await stream.readexactly(size))  # noqa: S301
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.stdin is not None and not process.stdin.is_closing():
+        process.stdin.close()  # the worker answers what it holds, then exits
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            await process.wait()
+    except TimeoutError:
+        log.error("the ingest worker (pid %s) did not stop; killing it", process.pid)
+        process.kill()
+        await process.wait()
+
+
+def _child_env() -> dict[str, str]:
+    """The service's environment, with this copy of recgate first on the import path: the
+    worker runs the same code as the service that started it."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root if not path else os.pathsep.join((root, path))}
+
+
+# ---- the worker process ------------------------------------------------------------------
+
+
+def _read(stream: IO[bytes]) -> Any:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None  # the service closed the pipe: stop
+    (size,) = _HEADER.unpack(header)
+    # Standard input is the pipe of the service that started this worker; nothing else.
+    return pickle.loads(stream.read(size))  # noqa: S301
+
+
+def main() -> None:
+    from app.logging import configure_logging
+
+    # Ctrl-C in a terminal reaches the whole process group: the service stops its worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    requests = sys.stdin.buffer
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed goes to the log stream, never among the replies
+    setup: _Setup = _read(requests)
+    configure_logging(setup.log_format, setup.log_level)
+    with asyncio.Runner() as runner:
+        # One batch at a time: one connection (SQLite's come from the database's own engines).
+        sqlite = setup.database_url.startswith("sqlite")
+        engine = create_engine(setup.database_url, **({} if sqlite else {"pool_size": 1}))
+        db = Database(engine, setup.database_url)
+        apply = BatchApply(setup.rules)
+        replies.write(_frame(("ready", None)))
+        replies.flush()
+        try:
+            while (request := _read(requests)) is not None:
+                items, now = request
+                # Inline: nothing else runs on this loop, so a thread hand-over would only cost.
+                outcomes = runner.run(apply_in_order(db, apply, items, now, inline=True))
+                replies.write(_frame([_encoded(outcome) for outcome in outcomes]))
+                replies.flush()
+        except BrokenPipeError:
+            pass  # the service is gone: nobody to answer
+        finally:
+            runner.run(db.close())
+            runner.run(engine.dispose())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""The ingest worker (issue 8): webhook batches applied by a process of recgate's own.
+
+The service hands each batch to its worker over a pipe and answers each webhook once the
+worker has committed it. Behaviour is the same as applying in the service's process: the
+same rows, the same answers, 503 when nothing could be stored. When the worker dies, the
+batch in hand is answered 503 (so the PBX retries) and the next batch starts another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app.domain.states import IllegalTransition
+from app.errors import MalformedInput
+from app.services.ingest_apply import IngestResult
+from app.services.ingest_worker import IngestFailed, _decoded, _encoded, worker_can_open
+from app.storage.db import DatabaseUnreachable
+from tests.conftest import Harness, event
+
+LIFECYCLE = (
+    ("call.started", None),
+    ("call.answered", None),
+    ("recording.started", "rec-1"),
+    ("recording.paused", "rec-1"),
+    ("recording.resumed", "rec-1"),
+    ("recording.stopped", "rec-1"),
+    ("call.ended", None),
+)
+
+
+@pytest.fixture
+async def worker_harness(make_harness: Callable[..., Any]) -> AsyncIterator[Harness]:
+    async with make_harness(ingest_worker=True) as h:
+        yield h
+
+
+async def _lifecycle(h: Harness, call_id: str) -> list[str]:
+    """One call's events, each sent once its predecessor is answered (as a PBX does)."""
+    statuses = []
+    for type_, recording in LIFECYCLE:
+        response = await h.send_event(event(type_, call_id, recording))
+        assert response.status_code == 200, response.text
+        statuses.append(response.json()["status"])
+    return statuses
+
+
+async def _rows(h: Harness, prefix: str) -> list[tuple[Any, ...]]:
+    """What the calls whose provider id starts with ``prefix`` left on disk, ids aside."""
+    async with h.services.engine.connect() as conn:
+        found = await conn.execute(
+            sa.text(
+                "SELECT c.provider_call_id, c.ended_at IS NOT NULL, r.provider_recording_id, "
+                "r.state, r.pbx_paused, r.stopped_at IS NOT NULL, "
+                "r.retention_until IS NOT NULL, "
+                "(SELECT count(*) FROM inbound_events i WHERE i.provider_call_id = c.provider_call_id) "
+                "FROM calls c LEFT JOIN recordings r ON r.call_id = c.id "
+                "WHERE c.provider_call_id LIKE :p ORDER BY c.provider_call_id"
+            ),
+            {"p": f"{prefix}%"},
+        )
+        return [tuple(row) for row in found]
+
+
+async def test_the_worker_applies_batches_as_the_service_would(worker_harness: Harness) -> None:
+    h = worker_harness
+    worker = h.services.ingest.worker
+    assert worker is not None and worker.pid not in (None, os.getpid())
+    # Twenty calls at once: batches of many calls, each call's events in order.
+    outcomes = await asyncio.gather(*(_lifecycle(h, f"wk-{n:02}") for n in range(20)))
+    assert outcomes == [["applied"] * len(LIFECYCLE)] * 20
+    assert await _rows(h, "wk-") == [
+        (f"wk-{n:02}", True, "rec-1", "stopped", False, True, True, len(LIFECYCLE))
+        for n in range(20)
+    ]
+    started = event("call.started", "wk-dup")
+    first = await h.send_event(started, msg_id="msg-dup")
+    second = await h.send_event(started, msg_id="msg-dup")
+    assert [first.json()["status"], second.json()["status"]] == ["applied", "duplicate"]
+    assert await h.count("inbound_events") == 20 * len(LIFECYCLE) + 1
+
+
+async def test_a_worker_that_dies_costs_its_batch_a_503_and_the_next_starts_another(
+    worker_harness: Harness,
+) -> None:
+    h = worker_harness
+    worker = h.services.ingest.worker
+    assert worker is not None
+    pid = worker.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # it reads nothing more, commits nothing more
+    try:
+        sent = asyncio.create_task(h.send_event(event("call.started", "wk-dies")))
+        for _ in range(500):  # bounded: until the batch is in the worker's pipe
+            if worker.in_flight:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.in_flight == 1
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    response = await sent
+    assert response.status_code == 503, response.text
+    assert response.json()["type"].endswith("/database-unavailable")
+    assert await h.count("calls") == 0, "nothing was stored, so nothing was acknowledged"
+
+    # The PBX retries: a new worker applies it.
+    retried = await h.send_event(event("call.started", "wk-dies"))
+    assert (retried.status_code, retried.json()) == (200, {"status": "applied"})
+    assert worker.pid not in (None, pid)
+    assert await h.count("calls") == 1
+
+
+async def test_the_worker_stops_with_the_service(make_harness: Callable[..., Any]) -> None:
+    async with make_harness(ingest_worker=True) as h:
+        worker = h.services.ingest.worker
+        assert worker is not None
+        pid = worker.pid
+        assert pid is not None
+        assert (await h.send_event(event("call.started", "wk-stop"))).status_code == 200
+    assert worker.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # exited and reaped: no process, not even a zombie
+
+
+def test_every_outcome_crosses_the_pipe_as_it_was() -> None:
+    result = IngestResult(duplicate=False, call_id=uuid.uuid4(), exposures=(("k", None),))
+    assert _decoded(_encoded(result)) == result
+    unreachable = _decoded(_encoded(DatabaseUnreachable("gone")))
+    assert isinstance(unreachable, DatabaseUnreachable) and str(unreachable) == "gone"
+    illegal = _decoded(_encoded(IllegalTransition("recording", "deleted", "recording")))
+    assert isinstance(illegal, IllegalTransition)
+    assert (illegal.entity, illegal.current, illegal.target) == (
+        "recording",
+        "deleted",
+        "recording",
+    )
+    malformed = _decoded(_encoded(MalformedInput("bad")))
+    assert isinstance(malformed, MalformedInput) and str(malformed) == "bad"
+    # Anything else is logged by the worker and told apart from a database that is down.
+    failed = _decoded(_encoded(RuntimeError("card 4111 1111 1111 1111 in a message")))
+    assert isinstance(failed, IngestFailed) and "4111" not in str(failed)
+
+
+def test_only_a_database_a_second_process_can_open_gets_a_worker() -> None:
+    assert worker_can_open("sqlite+aiosqlite:////var/lib/recgate/recgate.db")
+    assert worker_can_open("postgresql+asyncpg://recgate@db/recgate")
+    assert not worker_can_open("sqlite+aiosqlite://")
+    assert not worker_can_open("sqlite+aiosqlite:///:memory:")
