@@ -82,7 +82,7 @@ class IngestService:
         # soon as it has committed one. In-process batches go one at a time (in order).
         self._depth = 2 if self.worker is not None else 1
         self._pending: list[_Pending] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._in_flight = 0
 
     async def start(self) -> None:
         """Start the ingest worker, if batches are applied there (a webhook waits for it
@@ -95,10 +95,9 @@ class IngestService:
             await self.worker.close()
 
     async def _applied(self, items: Items) -> list[Outcome]:
-        now = self.clock()
         if self.worker is not None:
-            return await self.worker.apply(items, now)
-        return await apply_in_order(self.db, self._apply, items, now)
+            return await self.worker.apply(items, self.clock())
+        return await apply_in_order(self.db, self._apply, items, self.clock())
 
     async def ingest(self, event: PbxEvent, payload: dict[str, Any]) -> IngestResult:
         """Store ``event`` in the inbox and apply it; return once that is committed.
@@ -107,37 +106,33 @@ class IngestService:
         """
         pending = _Pending(event, payload, asyncio.get_running_loop().create_future())
         self._pending.append(pending)
-        if self._committer is None or self._committer.done():
-            self._committer = self.tasks.spawn(self._commit_pending(), name="ingest-commit")
+        self._dispatch()
         # Shielded: a webhook whose sender hung up is still applied with its batch.
         return await asyncio.shield(pending.future)
 
-    async def _commit_pending(self) -> None:
-        # A batch holds many webhooks: its lines carry their own ids, not the first request's.
-        clear_context()
-        in_flight: set[asyncio.Task[None]] = set()
-        try:
-            while self._pending or in_flight:
-                while self._pending and len(in_flight) < self._depth:
-                    batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                    in_flight.add(asyncio.ensure_future(self._commit(batch)))
-                _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            # Shutting down: nothing more is applied, and nobody is left waiting.
-            for task in in_flight:
-                task.cancel()
-            for pending in self._pending:
-                pending.future.cancel()
-            self._pending = []
-            raise
+    def _dispatch(self) -> None:
+        """Hand the pending events over, as batches, while fewer than ``_depth`` are out."""
+        while self._pending and self._in_flight < self._depth:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            self._in_flight += 1
+            self.tasks.spawn(self._commit(batch), name="ingest-commit")
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        # A batch holds many webhooks: its lines carry their own ids, not the first request's.
+        clear_context()
         try:
             outcomes = await self._applied([(p.event, p.payload) for p in batch])
         except asyncio.CancelledError:
-            for pending in batch:
+            # Shutting down: nothing more is applied, and nobody is left waiting.
+            for pending in (*batch, *self._pending):
                 pending.future.cancel()
+            self._pending = []
             raise
+        except Exception as exc:
+            log.error("an ingest batch could not be handed over", exc_info=exc)
+            outcomes = [exc] * len(batch)
+        self._in_flight -= 1
+        self._dispatch()
         for pending, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, IllegalTransition):
                 outcome = IllegalStateTransition(

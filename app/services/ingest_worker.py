@@ -27,10 +27,11 @@ import pickle
 import signal
 import struct
 import sys
+import time
 from collections import deque
 from contextlib import suppress
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -121,6 +122,16 @@ def _decoded(encoded: object) -> Outcome:
     return IngestFailed(detail)
 
 
+@dataclass(eq=False)
+class _Running:
+    """One worker process, and a future per batch written to it and not yet answered, in
+    the order written. A new process starts with a queue of its own."""
+
+    process: asyncio.subprocess.Process
+    waiting: deque[asyncio.Future[list[object]]] = field(default_factory=deque)
+    answers: asyncio.Task[None] | None = None
+
+
 class IngestWorker:
     """The service's side of the worker: start it, hand it batches, stop it.
 
@@ -130,66 +141,76 @@ class IngestWorker:
 
     def __init__(self, settings: Settings, rules: IngestRules) -> None:
         self._setup = _Setup(settings.database_url, rules, settings.log_format, settings.log_level)
-        self._process: asyncio.subprocess.Process | None = None
-        self._answers: asyncio.Task[None] | None = None
-        # One future per batch written and not yet answered, in the order written.
-        self._waiting: deque[asyncio.Future[list[object]]] = deque()
+        self._running: _Running | None = None
         self._starting = asyncio.Lock()
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
-        process = self._process
-        return process.pid if process is not None and process.returncode is None else None
+        running = self._running
+        return running.process.pid if running is not None and _alive(running) else None
 
     @property
     def in_flight(self) -> int:
         """Batches handed to the worker and not yet answered."""
-        return len(self._waiting)
+        return len(self._running.waiting) if self._running is not None else 0
 
     async def start(self) -> None:
-        await self._running()
+        await self._current()
 
     async def apply(self, items: Items, now: datetime) -> list[Outcome]:
         """Each event's outcome, as applying the batch in-process would give it.
 
+        ``now`` is the service's clock when the batch was handed over; the worker adds the
+        time the batch then waited, so a batch is dated when it is applied, as in-process.
         :class:`DatabaseUnreachable` for every event when the worker cannot be started or
         stops before it answers: whether the batch was committed is then unknown, and the
         PBX's retry tells (a duplicate)."""
+        frame = _frame((items, now, time.monotonic()))
         try:
-            process = await self._running()
+            running = await self._current()
         except DatabaseUnreachable as exc:
             return [exc] * len(items)
-        assert process.stdin is not None
+        stdin = running.process.stdin
+        assert stdin is not None
         answer: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
-        self._waiting.append(answer)
-        process.stdin.write(_frame((items, now)))
+        running.waiting.append(answer)
+        stdin.write(frame)
         with suppress(ConnectionError):  # it stopped: its answer says so
-            await process.stdin.drain()
+            await stdin.drain()
         try:
             return [_decoded(encoded) for encoded in await answer]
         except DatabaseUnreachable as exc:
             return [exc] * len(items)
 
     async def close(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            await _stop(process)
-        if self._answers is not None:
-            await self._answers  # it ends at the worker's end of file
-
-    async def _running(self) -> asyncio.subprocess.Process:
+        self._closed = True
         async with self._starting:
-            process = self._process
-            if process is not None and process.returncode is None:
-                return process
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                __name__,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=_child_env(),
-            )
+            running, self._running = self._running, None
+        if running is not None:
+            await _stop(running.process)
+            if running.answers is not None:
+                await running.answers  # it ends at the worker's end of file
+
+    async def _current(self) -> _Running:
+        async with self._starting:
+            running = self._running
+            if running is not None and _alive(running):
+                return running
+            if self._closed:
+                raise DatabaseUnreachable("the service is stopping")
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    __name__,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    env=_child_env(),
+                )
+            except OSError as exc:
+                log.error("the ingest worker could not be started: %s", exc)
+                raise DatabaseUnreachable("the ingest worker could not be started") from exc
             assert process.stdin is not None and process.stdout is not None
             try:
                 async with asyncio.timeout(START_TIMEOUT_S):
@@ -205,33 +226,41 @@ class IngestWorker:
             if ready != ("ready", None):
                 await _stop(process)
                 raise DatabaseUnreachable("the ingest worker did not start")
-            self._process = process
-            self._answers = asyncio.ensure_future(self._read_answers(process))
-            return process
+            running = self._running = _Running(process)
+            running.answers = asyncio.ensure_future(self._read_answers(running))
+            return running
 
-    async def _read_answers(self, process: asyncio.subprocess.Process) -> None:
+    async def _read_answers(self, running: _Running) -> None:
         """Hand each answer to its batch, in order; at the worker's end, fail the rest."""
+        process = running.process
         assert process.stdout is not None
         try:
             while True:
                 answer = await _read_reply(process.stdout)
-                waiting = self._waiting.popleft()
+                waiting = running.waiting.popleft()
                 if not waiting.done():  # its caller may have been cancelled
                     waiting.set_result(answer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            if self._process is process:
-                self._process = None
+            if self._running is running:
+                self._running = None
                 log.error(
-                    "the ingest worker (pid %s) stopped; the next batch starts another", process.pid
+                    "the ingest worker (pid %s) stopped; the next batch starts another",
+                    process.pid,
                 )
             if process.stdin is not None and not process.stdin.is_closing():
                 process.stdin.close()
-            while self._waiting:
-                waiting = self._waiting.popleft()
+            while running.waiting:
+                waiting = running.waiting.popleft()
                 if not waiting.done():
                     waiting.set_exception(DatabaseUnreachable("the ingest worker stopped"))
+
+
+def _alive(running: _Running) -> bool:
+    return running.process.returncode is None and (
+        running.answers is None or not running.answers.done()
+    )
 
 
 async def _read_reply(stream: asyncio.StreamReader) -> Any:
@@ -292,7 +321,9 @@ def main() -> None:
         replies.flush()
         try:
             while (request := _read(requests)) is not None:
-                items, now = request
+                items, now, handed_over = request
+                # Dated when applied, as in the service's process: plus the time it waited.
+                now += timedelta(seconds=max(0.0, time.monotonic() - handed_over))
                 # Inline: nothing else runs on this loop, so a thread hand-over would only cost.
                 outcomes = runner.run(apply_in_order(db, apply, items, now, inline=True))
                 replies.write(_frame([_encoded(outcome) for outcome in outcomes]))

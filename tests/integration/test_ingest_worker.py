@@ -153,3 +153,17 @@ def test_only_a_database_a_second_process_can_open_gets_a_worker() -> None:
     assert worker_can_open("postgresql+asyncpg://recgate@db/recgate")
     assert not worker_can_open("sqlite+aiosqlite://")
     assert not worker_can_open("sqlite+aiosqlite:///:memory:")
+
+
+async def test_answers_reach_their_own_webhooks_with_batches_in_flight(
+    worker_harness: Harness,
+) -> None:
+    """More webhooks at once than one batch holds, half of them repeats: each answer says
+    what happened to its own event (an answer handed to another batch would swap them)."""
+    h = worker_harness
+    sent = [(event("call.started", f"wk-many-{n}"), f"msg-many-{n}") for n in range(60)]
+    first = await asyncio.gather(*(h.send_event(body, msg_id=msg) for body, msg in sent[::2]))
+    assert {r.json()["status"] for r in first} == {"applied"}
+    mixed = await asyncio.gather(*(h.send_event(body, msg_id=msg) for body, msg in sent))
+    assert [r.json()["status"] for r in mixed] == ["duplicate", "applied"] * 30
+    assert await h.count("calls") == 60
