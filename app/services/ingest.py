@@ -112,14 +112,20 @@ class IngestService:
 
     def _dispatch(self) -> None:
         """Hand the pending events over, as batches, while fewer than ``_depth`` are out."""
-        while self._pending and self._in_flight < self._depth:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        reserved = 0
+        while self._in_flight < self._depth and len(self._pending) > reserved * MAX_BATCH:
             self._in_flight += 1
-            self.tasks.spawn(self._commit(batch), name="ingest-commit")
+            reserved += 1
+            self.tasks.spawn(self._commit(), name="ingest-commit")
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self) -> None:
         # A batch holds many webhooks: its lines carry their own ids, not the first request's.
         clear_context()
+        # Taken when the task runs: the webhooks that arrived meanwhile join the batch.
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        if not batch:
+            self._in_flight -= 1
+            return
         try:
             outcomes = await self._applied([(p.event, p.payload) for p in batch])
         except asyncio.CancelledError:
