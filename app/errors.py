@@ -163,6 +163,9 @@ def _database_down(request: Request) -> JSONResponse:
 _UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
 
 
+UNSTORABLE_TEXT = "The request holds a character that cannot be stored."
+
+
 def unstorable_text(exc: BaseException) -> bool:
     """Whether ``exc`` is the database refusing text it cannot hold (the request's fault)."""
     seen: set[int] = set()
@@ -310,7 +313,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if database_unavailable(exc):
             return _database_down(request)
         if unstorable_text(exc):
-            unstorable = MalformedInput("The request holds a character that cannot be stored.")
+            unstorable = MalformedInput(UNSTORABLE_TEXT)
             return _problem(422, unstorable.to_problem(request.url.path))
         log.exception("database error on %s %s", request.method, _path(request))
         return _problem(500, AppError().to_problem(request.url.path))

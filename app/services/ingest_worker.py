@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
 from app.domain.states import IllegalTransition
-from app.errors import MalformedInput, unstorable_text
+from app.errors import UNSTORABLE_TEXT, MalformedInput, unstorable_text
 from app.services.ingest_apply import (
     BatchApply,
     IngestResult,
@@ -87,7 +87,6 @@ def _frame(message: object) -> bytes:
 
 # What an outcome other than a result crosses the pipe as, and back.
 _FAILED = "the ingest worker could not apply the event"
-_UNSTORABLE = "The request holds a character that cannot be stored."
 
 
 def _encoded(outcome: Outcome) -> object:
@@ -102,7 +101,7 @@ def _encoded(outcome: Outcome) -> object:
     if isinstance(outcome, MalformedInput):
         return ("malformed", str(outcome))
     if isinstance(outcome, SQLAlchemyError) and unstorable_text(outcome):
-        return ("malformed", _UNSTORABLE)
+        return ("malformed", UNSTORABLE_TEXT)
     log.error("ingest event failed", exc_info=outcome)
     return ("failed", _FAILED)
 
@@ -330,6 +329,10 @@ def main() -> None:
                 replies.flush()
         except BrokenPipeError:
             pass  # the service is gone: nobody to answer
+        except Exception:
+            # Logged scrubbed, not as the interpreter's own report (raw, on stderr).
+            log.exception("the ingest worker failed; the service starts another")
+            raise SystemExit(1) from None
         finally:
             runner.run(db.close())
             runner.run(engine.dispose())
