@@ -37,7 +37,7 @@ from app.services.ingest_apply import (
     Outcome,
     apply_in_order,
 )
-from app.services.ingest_worker import IngestWorker, worker_can_open
+from app.services.ingest_worker import IngestWorker, worker_suits
 from app.services.metrics import Metrics
 from app.storage.db import Database
 from app.storage.live import insert_dead_letter
@@ -75,7 +75,7 @@ class IngestService:
         self.tasks = tasks
         rules = IngestRules.of(settings, call_level_covers_all)
         self.worker: IngestWorker | None = None
-        if settings.ingest_worker and worker_can_open(settings.database_url):
+        if settings.ingest_worker and worker_suits(settings.database_url):
             self.worker = IngestWorker(settings, rules)
         self._apply = BatchApply(rules)
         # Batches handed over before the first is answered: the worker takes the next as

@@ -65,11 +65,15 @@ class IngestFailed(Exception):
     events themselves (its log says which)."""
 
 
-def worker_can_open(database_url: str) -> bool:
-    """Whether a second process can open the database the service uses: not an in-memory
-    SQLite database."""
-    url = make_url(database_url)
-    return not url.drivername.startswith("sqlite") or url.database not in (None, "", ":memory:")
+def worker_suits(database_url: str) -> bool:
+    """Whether batches go to a worker for this database: PostgreSQL only.
+
+    SQLite takes one writer at a time for the whole file. With the worker, the gate's
+    transactions (in the service's process) and the worker's batches would take turns at
+    that lock across two processes, by polling: measured with webhooks pouring in, payment
+    start's p99 went from 60–71 ms to 740–890 ms. On PostgreSQL the worker ingested 1.5×
+    as many events with the gate's latency unchanged (bench/README.md)."""
+    return not make_url(database_url).drivername.startswith("sqlite")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from app.domain.states import IllegalTransition
 from app.errors import MalformedInput
 from app.services.ingest_apply import IngestResult
-from app.services.ingest_worker import IngestFailed, _decoded, _encoded, worker_can_open
+from app.services.ingest_worker import IngestFailed, _decoded, _encoded, worker_suits
 from app.storage.db import DatabaseUnreachable
 from tests.conftest import Harness, event
 
@@ -37,7 +37,15 @@ LIFECYCLE = (
 
 
 @pytest.fixture
-async def worker_harness(make_harness: Callable[..., Any]) -> AsyncIterator[Harness]:
+def postgres(database_url: str) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("the worker is PostgreSQL's (app.services.ingest_worker.worker_suits)")
+
+
+@pytest.fixture
+async def worker_harness(
+    postgres: None, make_harness: Callable[..., Any]
+) -> AsyncIterator[Harness]:
     async with make_harness(ingest_worker=True) as h:
         yield h
 
@@ -117,7 +125,18 @@ async def test_a_worker_that_dies_costs_its_batch_a_503_and_the_next_starts_anot
     assert await h.count("calls") == 1
 
 
-async def test_the_worker_stops_with_the_service(make_harness: Callable[..., Any]) -> None:
+async def test_no_worker_on_sqlite(database_url: str, make_harness: Callable[..., Any]) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's case")
+    async with make_harness(ingest_worker=True) as h:
+        assert h.services.ingest.worker is None
+        response = await h.send_event(event("call.started", "wk-sqlite"))
+        assert (response.status_code, response.json()) == (200, {"status": "applied"})
+
+
+async def test_the_worker_stops_with_the_service(
+    postgres: None, make_harness: Callable[..., Any]
+) -> None:
     async with make_harness(ingest_worker=True) as h:
         worker = h.services.ingest.worker
         assert worker is not None
@@ -148,11 +167,10 @@ def test_every_outcome_crosses_the_pipe_as_it_was() -> None:
     assert isinstance(failed, IngestFailed) and "4111" not in str(failed)
 
 
-def test_only_a_database_a_second_process_can_open_gets_a_worker() -> None:
-    assert worker_can_open("sqlite+aiosqlite:////var/lib/recgate/recgate.db")
-    assert worker_can_open("postgresql+asyncpg://recgate@db/recgate")
-    assert not worker_can_open("sqlite+aiosqlite://")
-    assert not worker_can_open("sqlite+aiosqlite:///:memory:")
+def test_only_postgresql_gets_a_worker() -> None:
+    assert worker_suits("postgresql+asyncpg://recgate@db/recgate")
+    assert not worker_suits("sqlite+aiosqlite:////var/lib/recgate/recgate.db")
+    assert not worker_suits("sqlite+aiosqlite:///:memory:")
 
 
 async def test_answers_reach_their_own_webhooks_with_batches_in_flight(
