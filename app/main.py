@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
-    observe_requests(app)
+    observe_requests(app, front=webhooks.WebhookFront)
     # Webhooks first: they are most of the traffic, and routes are matched in order.
     app.include_router(webhooks.router)
     app.include_router(ops.router)

@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from fastapi import FastAPI
 from starlette.routing import BaseRoute, Match, Mount
@@ -159,12 +159,15 @@ def _log_request(method: str, route: str, status: int, seconds: float) -> None:
     )
 
 
-def observe_requests(app: FastAPI) -> None:
+def observe_requests(
+    app: FastAPI, front: Callable[[ASGIApp, FastAPI], ASGIApp] | None = None
+) -> None:
     """Put :class:`RequestObserver` outside every other middleware of ``app``, Starlette's
-    error middleware included."""
+    error middleware included; ``front`` (the webhooks' own dispatch) just inside it."""
     build = app.build_middleware_stack
 
     def build_observed() -> ASGIApp:
-        return RequestObserver(build())
+        stack = build()
+        return RequestObserver(stack if front is None else front(stack, app))
 
     app.build_middleware_stack = build_observed  # type: ignore[method-assign]

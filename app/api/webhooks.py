@@ -12,9 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.schemas import WebhookAck
 from app.domain.events import PbxEvent
@@ -160,3 +161,49 @@ for _provider in PROVIDERS:
             description=_route.summary,
             route_class_override=_RawRoute,
         )
+
+
+class WebhookFront:
+    """Webhooks straight to their endpoint, ahead of the framework's middleware and routing.
+
+    Webhooks are nearly all of recgate's requests, and their routes are fixed paths that read
+    the raw request themselves: matching them among every route and passing them through the
+    error, exception and body-limit layers cost a webhook more than verifying and parsing it.
+    What those layers give a webhook is given here the same way: ``scope["app"]`` and
+    ``scope["route"]`` (the request log and metrics name the route), and an exception is
+    answered by the app's own exception handler for its class (a problem document; the
+    connection is kept). Anything else goes to ``inner``, the app's usual stack.
+    """
+
+    def __init__(self, inner: ASGIApp, app: FastAPI) -> None:
+        self.inner = inner
+        self.app = app
+        self.routes: dict[str, tuple[APIRoute, Callable[[Request], Awaitable[Response]]]] = {
+            route.path: (route, route.endpoint)
+            for route in router.routes
+            if isinstance(route, _RawRoute)
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if found is None or scope["method"] != "POST":
+            await self.inner(scope, receive, send)
+            return
+        route, endpoint = found
+        scope["app"] = self.app
+        scope["route"] = route
+        request = Request(scope, receive)
+        try:
+            response = await endpoint(request)
+        except Exception as exc:
+            response = await self._answer(request, exc)
+        await response(scope, receive, send)
+
+    async def _answer(self, request: Request, exc: Exception) -> Response:
+        handlers = self.app.exception_handlers
+        for kind in type(exc).__mro__:
+            handler = handlers.get(kind)
+            if handler is not None:
+                answered = handler(request, exc)
+                return answered if isinstance(answered, Response) else await answered
+        raise exc  # the app has a handler for Exception: not reached

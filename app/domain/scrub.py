@@ -391,7 +391,10 @@ def _redact_spans(text: str, spans: list[tuple[int, int]]) -> str:
 
 def scrub(value: Any, key: str | None = None) -> Any:
     """Scrub a JSON-like value recursively: strings, numbers that look like card data, and the
-    values of keys that name a security code."""
+    values of keys that name a security code. A document that plainly holds none of these
+    (:func:`_plainly_clean`) is returned as it is, not copied."""
+    if key is None and isinstance(value, dict | list) and _plainly_clean(value):
+        return value
     if isinstance(value, dict):
         # Keys are data too: a card number can arrive as a key.
         return {scrub_text(str(k)): scrub(v, str(k)) for k, v in value.items()}
@@ -409,6 +412,64 @@ def scrub(value: Any, key: str | None = None) -> Any:
     if isinstance(value, str):
         return scrub_text(value)
     return value
+
+
+# Joins a document's texts for one search: no pattern here matches it or across it, so a
+# pattern matches the joined texts exactly where it matches one of them.
+_APART = "\x00"
+
+
+# Wherever ``_DIGIT_RUN`` matches, this does (13 digits and what separates them); it is
+# searched several times faster, and only where it matches is ``_DIGIT_RUN`` searched.
+_MAYBE_DIGIT_RUN = re.compile(rf"[0-9][0-9{_SEPARATORS}]{{12,}}")
+# Every card word of ``_CARD_WORD`` holds one of these: without them no security code is
+# labelled.
+_CARD_WORD_PARTS = ("cv", "cid", "csc", "cav2", "security", "verification")
+
+
+def _plainly_clean(document: dict[Any, Any] | list[Any]) -> bool:
+    """True when scrubbing ``document`` would change nothing, decided by one search of all its
+    texts (keys too) at once: no digit run long enough for a card number, no card word (so no
+    security-code phrase and no key naming a security code), nothing that needs normalising.
+    Webhook payloads are nearly all so; anything else gets the field-by-field walk, which is
+    the authority."""
+    texts: list[str] = []
+    keys: list[str] = []
+    if not _texts_of(document, texts, keys):
+        return False
+    joined = _APART.join(texts)
+    if not joined.isascii():
+        return False
+    if _MAYBE_DIGIT_RUN.search(joined) is not None and _DIGIT_RUN.search(joined) is not None:
+        return False
+    lowered = joined.lower()
+    if any(part in lowered for part in _CARD_WORD_PARTS):
+        return not any(map(_names_security_code, keys)) and _SECURITY_CODE.search(joined) is None
+    return True
+
+
+def _texts_of(value: Any, texts: list[str], keys: list[str]) -> bool:
+    """Collect the texts :func:`scrub` would read in ``value``; False for a value it reads
+    otherwise (a key that is not a string, a type JSON does not have)."""
+    if isinstance(value, str):
+        texts.append(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return False
+            texts.append(k)
+            keys.append(k)
+            if not _texts_of(v, texts, keys):
+                return False
+    elif isinstance(value, list | tuple):
+        return all(_texts_of(v, texts, keys) for v in value)
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        texts.append(str(value))
+    elif not isinstance(value, float) or value.is_integer():
+        return False  # a whole float comes back as an int: the walk decides
+    return True
 
 
 _E164 = re.compile(r"\+[1-9][0-9]{5,14}")

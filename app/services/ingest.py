@@ -97,7 +97,10 @@ class IngestService:
     async def _applied(self, items: Items) -> list[Outcome]:
         if self.worker is not None:
             return await self.worker.apply(items, self.clock())
-        return await apply_in_order(self.db, self._apply, items, self.clock())
+        # In the event loop itself when the write lock is free (SQLite): handed to the writer
+        # thread, a batch cost two hand-overs and turns at the interpreter lock with every
+        # webhook in the meantime (docs/gate.md).
+        return await apply_in_order(self.db, self._apply, items, self.clock(), inline=True)
 
     async def ingest(self, event: PbxEvent, payload: dict[str, Any]) -> IngestResult:
         """Store ``event`` in the inbox and apply it; return once that is committed.

@@ -79,6 +79,31 @@ async def test_stale_and_future_signatures_are_401(harness: Harness) -> None:
     await _nothing_stored(harness)
 
 
+async def test_a_webhook_that_fails_unexpectedly_gets_a_problem_and_is_observed(
+    harness: Harness, monkeypatch: Any
+) -> None:
+    """Webhooks skip the framework's routing and error layers (``WebhookFront``): what those
+    give a request is given to them all the same."""
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(harness.services.intake, "accept", broken)
+    response = await harness.send_event(event("call.started"))
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["instance"] == "/v1/webhooks/generic"
+    assert response.headers["x-request-id"]
+    # The request's duration is counted under its route template, as any other route's.
+    metrics = await harness.client.get("/metrics", headers=harness.auth("ops"))
+    assert (
+        'recgate_http_request_duration_seconds_count{method="POST",'
+        'route="/v1/webhooks/generic",status="500"} 1.0'
+    ) in metrics.text
+    # Other methods on a webhook path are the framework's: 405, as before.
+    assert (await harness.client.get("/v1/webhooks/generic")).status_code == 405
+
+
 async def test_duplicate_event_id_is_200_and_changes_nothing(harness: Harness) -> None:
     first = await harness.send_event(event("call.started"), msg_id="msg_same")
     # Same id, different content: the first one stands.

@@ -251,3 +251,79 @@ def test_an_id_holding_a_card_number_is_always_refused(
     value = before + written + after
     assume(not HEX_ID_LIKE.search(reader_view(value)))
     assert id_problem(value, "the call id") is not None, f"{pan} written as {written!r} kept"
+
+
+# ---- a whole document at once: the same answer as field by field ------------------------------
+
+_PIECES = st.sampled_from(
+    [
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1112",
+        "+441632960001",
+        "2026-12-05T07:31:22.123Z",
+        "cvv",
+        "CVV2: ",
+        "card verification code ",
+        "security code",
+        "cid",
+        "123",
+        "9876",
+        " ",
+        "-",
+        ".",
+        "/",
+        "_",
+        "\x00",
+        "\uff14",
+        "rec-",
+        "call",
+        "0123456789abcdef0123",
+        "ab",
+    ]
+)
+_TEXTS = st.lists(_PIECES, max_size=6).map("".join)
+_LEAVES = (
+    _TEXTS
+    | st.integers(min_value=-(10**20), max_value=10**20)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.booleans()
+    | st.none()
+)
+_DOCUMENTS = st.recursive(
+    _LEAVES,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_TEXTS, children, max_size=4),
+    max_leaves=12,
+)
+
+
+def _field_by_field(document: object) -> object:
+    """What :func:`scrub` makes of a document walking it field by field (inner values are
+    scrubbed under their key, which the shortcut for a whole document never takes)."""
+    if isinstance(document, dict):
+        return {scrub_text(str(k)): scrub(v, str(k)) for k, v in document.items()}
+    assert isinstance(document, list)
+    return [
+        scrub(v, None) if not isinstance(v, dict | list) else _field_by_field(v) for v in document
+    ]
+
+
+@BOUNDED
+@given(document=st.dictionaries(_TEXTS, _DOCUMENTS, max_size=5) | st.lists(_DOCUMENTS, max_size=5))
+def test_a_whole_document_scrubs_as_its_fields_do(
+    document: dict[str, object] | list[object],
+) -> None:
+    # NaN is not equal to itself: compare what is stored, the JSON.
+    assert json.dumps(scrub(document)) == json.dumps(_field_by_field(document))
+
+
+def test_a_plain_webhook_payload_is_checked_whole_and_kept_as_it_is() -> None:
+    payload = {
+        "type": "recording.started",
+        "occurred_at": "2026-12-05T07:31:22.123Z",
+        "call": {"id": "c-1a2b3c4d-1234", "from": "+441632960001", "agent_id": "agent-7"},
+        "recording": {"id": "rec-1234", "format": "wav", "duration_s": 61.5},
+    }
+    assert scrub(payload) is payload
+    payload["call"]["note"] = "caller read 4111 1111 1111 1111"
+    assert scrub(payload)["call"]["note"] == "caller read [REDACTED]"
