@@ -29,6 +29,7 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -304,6 +305,15 @@ def _read(stream: IO[bytes]) -> Any:
     return pickle.loads(stream.read(size))  # noqa: S301
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop, as the service's own server uses, where it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - installed with uvicorn[standard] on Linux
+        return None
+    return uvloop.new_event_loop
+
+
 def main() -> None:
     from app.logging import configure_logging
 
@@ -314,32 +324,40 @@ def main() -> None:
     os.dup2(2, 1)  # anything printed goes to the log stream, never among the replies
     setup: _Setup = _read(requests)
     configure_logging(setup.log_format, setup.log_level)
-    with asyncio.Runner() as runner:
-        # One batch at a time: one connection (SQLite's come from the database's own engines).
-        sqlite = setup.database_url.startswith("sqlite")
-        engine = create_engine(setup.database_url, **({} if sqlite else {"pool_size": 1}))
-        db = Database(engine, setup.database_url)
-        apply = BatchApply(setup.rules)
-        replies.write(_frame(("ready", None)))
-        replies.flush()
-        try:
-            while (request := _read(requests)) is not None:
-                items, now, handed_over = request
-                # Dated when applied, as in the service's process: plus the time it waited.
-                now += timedelta(seconds=max(0.0, time.monotonic() - handed_over))
-                # Inline: nothing else runs on this loop, so a thread hand-over would only cost.
-                outcomes = runner.run(apply_in_order(db, apply, items, now, inline=True))
-                replies.write(_frame([_encoded(outcome) for outcome in outcomes]))
-                replies.flush()
-        except BrokenPipeError:
-            pass  # the service is gone: nobody to answer
-        except Exception:
-            # Logged scrubbed, not as the interpreter's own report (raw, on stderr).
-            log.exception("the ingest worker failed; the service starts another")
-            raise SystemExit(1) from None
-        finally:
-            runner.run(db.close())
-            runner.run(engine.dispose())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve(setup, requests, replies))
+
+
+async def _serve(setup: _Setup, requests: IO[bytes], replies: IO[bytes]) -> None:
+    """Apply each batch read from ``requests`` and answer its outcomes on ``replies``, until
+    the service closes the pipe. One coroutine for the worker's life: the loop has nothing
+    else to run, so reading the pipe may block it, and a loop started per batch cost more
+    than the batch's own statements."""
+    # One batch at a time: one connection (SQLite's come from the database's own engines).
+    sqlite = setup.database_url.startswith("sqlite")
+    engine = create_engine(setup.database_url, **({} if sqlite else {"pool_size": 1}))
+    db = Database(engine, setup.database_url)
+    apply = BatchApply(setup.rules)
+    replies.write(_frame(("ready", None)))
+    replies.flush()
+    try:
+        while (request := _read(requests)) is not None:
+            items, now, handed_over = request
+            # Dated when applied, as in the service's process: plus the time it waited.
+            now += timedelta(seconds=max(0.0, time.monotonic() - handed_over))
+            # Inline: nothing else runs on this loop, so a thread hand-over would only cost.
+            outcomes = await apply_in_order(db, apply, items, now, inline=True)
+            replies.write(_frame([_encoded(outcome) for outcome in outcomes]))
+            replies.flush()
+    except BrokenPipeError:
+        pass  # the service is gone: nobody to answer
+    except Exception:
+        # Logged scrubbed, not as the interpreter's own report (raw, on stderr).
+        log.exception("the ingest worker failed; the service starts another")
+        raise SystemExit(1) from None
+    finally:
+        await db.close()
+        await engine.dispose()
 
 
 if __name__ == "__main__":

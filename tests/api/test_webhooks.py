@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.domain.roles import Role
 from app.telephony.signing import sign, signed_headers
 from tests.conftest import Harness, event
 
@@ -95,7 +96,7 @@ async def test_a_webhook_that_fails_unexpectedly_gets_a_problem_and_is_observed(
     assert response.json()["instance"] == "/v1/webhooks/generic"
     assert response.headers["x-request-id"]
     # The request's duration is counted under its route template, as any other route's.
-    metrics = await harness.client.get("/metrics", headers=harness.auth("ops"))
+    metrics = await harness.client.get("/metrics", headers=harness.auth(Role.OPS))
     assert (
         'recgate_http_request_duration_seconds_count{method="POST",'
         'route="/v1/webhooks/generic",status="500"} 1.0'
