@@ -423,14 +423,14 @@ _APART = "\x00"
 # searched several times faster, and only where it matches is ``_DIGIT_RUN`` searched.
 _MAYBE_DIGIT_RUN = re.compile(rf"[0-9][0-9{_SEPARATORS}]{{12,}}")
 # Every card word of ``_CARD_WORD`` holds one of these: without them no security code is
-# labelled.
+# labelled in text. (A key is asked itself: "C-I-D" names one, and holds none of these.)
 _CARD_WORD_PARTS = ("cv", "cid", "csc", "cav2", "security", "verification")
 
 
 def _plainly_clean(document: dict[Any, Any] | list[Any]) -> bool:
     """True when scrubbing ``document`` would change nothing, decided by one search of all its
-    texts (keys too) at once: no digit run long enough for a card number, no card word (so no
-    security-code phrase and no key naming a security code), nothing that needs normalising.
+    texts (keys too) at once: no digit run long enough for a card number, no key naming a
+    security code, no card word (so no security-code phrase), nothing that needs normalising.
     Webhook payloads are nearly all so; anything else gets the field-by-field walk, which is
     the authority."""
     texts: list[str] = []
@@ -442,10 +442,12 @@ def _plainly_clean(document: dict[Any, Any] | list[Any]) -> bool:
         return False
     if _MAYBE_DIGIT_RUN.search(joined) is not None and _DIGIT_RUN.search(joined) is not None:
         return False
+    if any(map(_names_security_code, keys)):
+        return False
     lowered = joined.lower()
-    if any(part in lowered for part in _CARD_WORD_PARTS):
-        return not any(map(_names_security_code, keys)) and _SECURITY_CODE.search(joined) is None
-    return True
+    return not any(part in lowered for part in _CARD_WORD_PARTS) or (
+        _SECURITY_CODE.search(joined) is None
+    )
 
 
 def _texts_of(value: Any, texts: list[str], keys: list[str]) -> bool:

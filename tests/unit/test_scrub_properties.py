@@ -267,6 +267,8 @@ _PIECES = st.sampled_from(
         "card verification code ",
         "security code",
         "cid",
+        "C-I-D",
+        "s_e_c_u_r_i_t_y_c_o_d_e",
         "123",
         "9876",
         " ",
