@@ -255,6 +255,8 @@ class PaymentGate:
         # Segments a background attempt is working on right now.
         self._driving: set[uuid.UUID] = set()
         self._upkeep_slots: asyncio.Semaphore | None = None
+        # The IVR's starts and ends being answered right now.
+        self.requests_in_flight = 0
 
     @property
     def _timeout_s(self) -> float:
@@ -270,6 +272,29 @@ class PaymentGate:
         reference: str | None = None,
         behavior: PauseBehavior | None = None,
         idempotency_key: str | None = None,
+    ) -> SegmentOutcome:
+        """Open a payment segment and pause every recording; return once all are confirmed
+        (:meth:`_start`)."""
+        self.requests_in_flight += 1
+        try:
+            return await self._start(
+                provider,
+                provider_call_id,
+                reference=reference,
+                behavior=behavior,
+                idempotency_key=idempotency_key,
+            )
+        finally:
+            self.requests_in_flight -= 1
+
+    async def _start(
+        self,
+        provider: str,
+        provider_call_id: str,
+        *,
+        reference: str | None,
+        behavior: PauseBehavior | None,
+        idempotency_key: str | None,
     ) -> SegmentOutcome:
         """Open a payment segment and pause every recording; return once all are confirmed.
 
@@ -343,6 +368,16 @@ class PaymentGate:
 
     async def end(
         self, provider: str, provider_call_id: str, *, outcome: str | None = None
+    ) -> SegmentOutcome:
+        """Close the payment segment and resume the recordings it paused (:meth:`_end`)."""
+        self.requests_in_flight += 1
+        try:
+            return await self._end(provider, provider_call_id, outcome=outcome)
+        finally:
+            self.requests_in_flight -= 1
+
+    async def _end(
+        self, provider: str, provider_call_id: str, *, outcome: str | None
     ) -> SegmentOutcome:
         """Close the payment segment and resume the recordings it paused.
 

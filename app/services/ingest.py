@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +68,11 @@ class IngestService:
         metrics: Metrics,
         tasks: BackgroundTasks,
         call_level_covers_all: frozenset[str] = frozenset(),
+        ivr_waiting: Callable[[], bool] = lambda: False,
     ) -> None:
         self.db = db
+        # True while the IVR waits for a payment start or end: batches then leave the loop.
+        self.ivr_waiting = ivr_waiting
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
@@ -99,8 +103,11 @@ class IngestService:
             return await self.worker.apply(items, self.clock())
         # In the event loop itself when the write lock is free (SQLite): handed to the writer
         # thread, a batch cost two hand-overs and turns at the interpreter lock with every
-        # webhook in the meantime (docs/gate.md).
-        return await apply_in_order(self.db, self._apply, items, self.clock(), inline=True)
+        # webhook in the meantime. Not while the IVR waits for a payment, though: a batch
+        # holds the loop for milliseconds, and the payment's every step would queue behind
+        # the next one (docs/gate.md).
+        inline = not self.ivr_waiting()
+        return await apply_in_order(self.db, self._apply, items, self.clock(), inline=inline)
 
     async def ingest(self, event: PbxEvent, payload: dict[str, Any]) -> IngestResult:
         """Store ``event`` in the inbox and apply it; return once that is committed.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -103,6 +105,38 @@ async def test_a_webhook_that_fails_unexpectedly_gets_a_problem_and_is_observed(
     ) in metrics.text
     # Other methods on a webhook path are the framework's: 405, as before.
     assert (await harness.client.get("/v1/webhooks/generic")).status_code == 405
+
+
+async def test_webhook_batches_leave_the_event_loop_while_the_ivr_waits(
+    harness: Harness,
+) -> None:
+    """On SQLite a batch runs in the event loop, unless a payment start or end is being
+    answered: the payment's steps would then queue behind it (docs/gate.md)."""
+    if not harness.services.db.is_sqlite:
+        pytest.skip("PostgreSQL batches never run in the event loop")
+    where: list[str] = []
+
+    def inbox_insert(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().startswith("INSERT INTO inbound_events"):
+            where.append(threading.current_thread().name)
+
+    engines = harness.services.db.sync_engines
+    for engine in engines:
+        sa.event.listen(engine, "before_cursor_execute", inbox_insert)
+    gate = harness.services.gate
+    try:
+        assert (await harness.send_event(event("call.started", call_id="c-1"))).status_code == 200
+        gate.requests_in_flight += 1  # as PaymentGate.start does while it answers
+        try:
+            response = await harness.send_event(event("call.started", call_id="c-2"))
+            assert response.status_code == 200
+        finally:
+            gate.requests_in_flight -= 1
+    finally:
+        for engine in engines:
+            sa.event.remove(engine, "before_cursor_execute", inbox_insert)
+    assert where == [threading.current_thread().name, "recgate-db-writer_0"]
+    assert await harness.count("calls") == 2
 
 
 async def test_duplicate_event_id_is_200_and_changes_nothing(harness: Harness) -> None:
