@@ -270,7 +270,22 @@ def where_found(planted: list[tuple[str, str]], text: str, width: int = 60) -> s
         for match in re.finditer(pattern, normal):
             start, end = max(0, match.start() - width), match.end() + width
             lines.append(f"{layout}: …{normal[start:end]!r}…")
+        if not any(line.startswith(f"{layout}: ") for line in lines):
+            lines += _scattered(layout, card, normal, width)
     return "\n".join(lines)
+
+
+def _scattered(layout: str, card: str, normal: str, width: int) -> list[str]:
+    """Where a card's digits stand in order with more than a few characters between them (a
+    row split across pages, or digits that only line up by chance): the text they span."""
+    at = [i for i, ch in enumerate(normal) if ch.isascii() and ch.isdigit()]
+    digits = "".join(normal[i] for i in at)
+    found = digits.find(card)
+    if found < 0:
+        return []
+    first, last = at[found], at[found + len(card) - 1]
+    span = normal[max(0, first - width) : last + width + 1]
+    return [f"{layout} (scattered over {last - first + 1} characters): …{span[:2000]!r}…"]
 
 
 def media_text(media: Path) -> str:
