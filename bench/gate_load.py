@@ -18,6 +18,9 @@ run:
   alternate with recgate's (forwarder, recgate, forwarder …), so that a hiccup of the machine
   falls on both alike. Target: recgate's start p99 within 2x the forwarder's p99 (each pooled
   over its rounds), and no failed start or end.
+- **Mixed**: the same payment schedule while webhooks pour in on half the ingest
+  connections (closed loop), against the same replica: payment start p50 / p99 and the
+  webhooks/s alongside. No target; it shows what ingest costs the IVR and the other way round.
 - **Memory**: recgate's resident set before and after 2,000 more calls become active
   (started, answered, recording), per 1,000 calls.
 - **Scale-out** (PostgreSQL): two replicas on one database. Ingest with the connections split
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import json
 import os
 import pickle
@@ -427,6 +431,31 @@ def measure_payments(
     return payment_summary([run])
 
 
+def measure_mixed(
+    events: Events, replica: Recgate, cfg: Config, pbx_port: int, workdir: Path, tag: str
+) -> dict[str, Any]:
+    """Payments (a schedule of their own calls) while webhooks arrive on half the ingest
+    connections for as long as the payments last."""
+    calls = live_call_names(f"mix-{tag}", cfg.calls)
+    closed(events.live_calls(calls), [replica.port], cfg, workdir, timed=False)
+    schedule = payment_schedule(cfg, calls, ["recgate"], replica.ivr, False)
+    mixed = replace(
+        cfg,
+        connections=cfg.connections // 2,
+        warmup=0.5,
+        duration=cfg.payments / cfg.rate + cfg.hold,
+    )
+    groups = ingest_groups(events, mixed, 4000, f"mixed-{tag}")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        ingest = pool.submit(closed, groups, [replica.port], mixed, workdir)
+        payments = pool.submit(
+            measure_payments, schedule, {"recgate": replica.port}, pbx_port, workdir
+        )
+        ingested, paid = ingest.result(), payments.result()
+    ok = sum(n for code, n in ingested["statuses"].items() if code.startswith("2"))
+    return {"ingest_rate": ok / mixed.duration, "connections": mixed.connections, **paid}
+
+
 def payment_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Figures over the results of one or more rounds, pooled."""
     merged: dict[str, list[dict[str, Any]]] = {}
@@ -544,6 +573,13 @@ def run_backend(
             f"failed {out['payments']['start']['failed']}+{out['payments']['end']['failed']}",
             flush=True,
         )
+        print(f"[{backend}] payments with webhooks …", flush=True)
+        out["mixed"] = measure_mixed(events, replica, cfg, pbx_port, workdir, backend)
+        print(
+            f"[{backend}] with webhooks: start p99 {out['mixed']['start'].get('p99')} ms, "
+            f"{out['mixed']['ingest_rate']:.0f} events/s",
+            flush=True,
+        )
     return out
 
 
@@ -615,6 +651,23 @@ def report(results: dict[str, Any], cfg: Config, label: str, command: str) -> tu
         [f"{r['payments']['start']['failed']} + {r['payments']['end']['failed']}" for r in per],
         "0",
     )
+    mixed = [r.get("mixed") for r in per]
+    if all(mixed):
+        connections = next(m["connections"] for m in mixed if m is not None)
+        row(
+            f"with webhooks on {connections} connections: start p50 / p99 ms, events/s",
+            [
+                f"{_ms(m['start'], 'p50')} / {_ms(m['start'], 'p99')}, {m['ingest_rate']:.0f}"
+                for m in mixed
+                if m is not None
+            ],
+            "",
+        )
+        row(
+            "failed starts + ends with webhooks",
+            [f"{m['start']['failed']} + {m['end']['failed']}" for m in mixed if m is not None],
+            "0",
+        )
     row(
         "memory per 1,000 active calls, MiB",
         [f"{r['memory']['per_1000_mib']:.1f}" for r in per],
