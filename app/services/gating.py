@@ -27,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import partial
-from typing import TypeVar
+from functools import partial, wraps
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import Connection
 
@@ -78,6 +78,7 @@ from app.telephony.registry import enabled_providers
 log = logging.getLogger("recgate.gating")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 _S = SegmentState
 # Kept back from the provider round trip so the answer can be recorded within the deadline.
 _RECORD_RESERVE_S = 0.1
@@ -230,6 +231,23 @@ def _plan_and_write(
     return _Fly(command, call.id, call.provider, call.provider_call_id, seen)
 
 
+def _answering(
+    method: Callable[Concatenate[PaymentGate, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[PaymentGate, P], Coroutine[Any, Any, T]]:
+    """Counts an IVR request in :attr:`PaymentGate.requests_in_flight` while ``method``
+    answers it (webhook batches leave the event loop meanwhile, ``app.services.ingest``)."""
+
+    @wraps(method)
+    async def answering(payments: PaymentGate, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        payments.requests_in_flight += 1
+        try:
+            return await method(payments, *args, **kwargs)
+        finally:
+            payments.requests_in_flight -= 1
+
+    return answering
+
+
 class PaymentGate:
     """Opens and closes payment segments and keeps every recording paused inside them."""
 
@@ -264,6 +282,7 @@ class PaymentGate:
 
     # ---- the IVR's requests -----------------------------------------------------------
 
+    @_answering
     async def start(
         self,
         provider: str,
@@ -272,29 +291,6 @@ class PaymentGate:
         reference: str | None = None,
         behavior: PauseBehavior | None = None,
         idempotency_key: str | None = None,
-    ) -> SegmentOutcome:
-        """Open a payment segment and pause every recording; return once all are confirmed
-        (:meth:`_start`)."""
-        self.requests_in_flight += 1
-        try:
-            return await self._start(
-                provider,
-                provider_call_id,
-                reference=reference,
-                behavior=behavior,
-                idempotency_key=idempotency_key,
-            )
-        finally:
-            self.requests_in_flight -= 1
-
-    async def _start(
-        self,
-        provider: str,
-        provider_call_id: str,
-        *,
-        reference: str | None,
-        behavior: PauseBehavior | None,
-        idempotency_key: str | None,
     ) -> SegmentOutcome:
         """Open a payment segment and pause every recording; return once all are confirmed.
 
@@ -366,18 +362,9 @@ class PaymentGate:
                 safe_to_collect=False,
             ) from exc
 
+    @_answering
     async def end(
         self, provider: str, provider_call_id: str, *, outcome: str | None = None
-    ) -> SegmentOutcome:
-        """Close the payment segment and resume the recordings it paused (:meth:`_end`)."""
-        self.requests_in_flight += 1
-        try:
-            return await self._end(provider, provider_call_id, outcome=outcome)
-        finally:
-            self.requests_in_flight -= 1
-
-    async def _end(
-        self, provider: str, provider_call_id: str, *, outcome: str | None
     ) -> SegmentOutcome:
         """Close the payment segment and resume the recordings it paused.
 

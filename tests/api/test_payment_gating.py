@@ -484,3 +484,31 @@ async def test_recording_learned_after_a_call_level_failure_is_quarantined(
     call = await get_call(harness)
     assert [e["recording_id"] for e in call["exposures"]] == [None]
     assert call["recordings"][0]["quarantined"] is True, "it may hold the card details"
+
+
+async def test_a_start_and_an_end_count_as_the_ivr_waiting_while_they_are_answered(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
+    """While the IVR waits, webhook batches leave the event loop (app/services/ingest.py):
+    the gate says it is waiting for as long as the PBX is being asked, and no longer."""
+    gate = harness.services.gate
+    seen: list[int] = []
+
+    def answer(state: str) -> Any:
+        def respond(request: httpx.Request) -> httpx.Response:
+            seen.append(gate.requests_in_flight)
+            return httpx.Response(200, json={"state": state})
+
+        return respond
+
+    pbx.post(PAUSE).mock(side_effect=answer("paused"))
+    pbx.post(RESUME).mock(side_effect=answer("recording"))
+    await live_call(harness)
+    ivr = harness.auth(Role.IVR)
+    start = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=ivr)
+    assert start.status_code == 200, start.text
+    end = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=ivr)
+    assert end.status_code == 200, end.text
+    assert seen == [1, 1]
+    assert gate.requests_in_flight == 0
+    assert harness.services.ingest.ivr_waiting() is False
