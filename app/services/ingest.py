@@ -38,7 +38,7 @@ from app.services.ingest_apply import (
     Outcome,
     apply_in_order,
 )
-from app.services.ingest_worker import IngestWorker, worker_suits
+from app.services.ingest_worker import PIPELINE, IngestWorker, worker_suits
 from app.services.metrics import Metrics
 from app.storage.db import Database
 from app.storage.live import insert_dead_letter
@@ -82,9 +82,9 @@ class IngestService:
         if settings.ingest_worker and worker_suits(settings.database_url):
             self.worker = IngestWorker(settings, rules)
         self._apply = BatchApply(rules)
-        # Batches handed over before the first is answered: the worker takes the next as
-        # soon as it has committed one. In-process batches go one at a time (in order).
-        self._depth = 2 if self.worker is not None else 1
+        # Batches handed over before the first is answered: the worker applies that many at
+        # once. In-process batches go one at a time (in order).
+        self._depth = PIPELINE if self.worker is not None else 1
         self._pending: list[_Pending] = []
         self._in_flight = 0
 

@@ -13,8 +13,10 @@ it runs in the service's own process or in the ingest worker
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -94,8 +96,16 @@ class BatchApply:
         self.rules = rules
         self.skew = rules.skew
 
-    def __call__(self, conn: Connection, items: Items, now: datetime) -> list[IngestResult]:
-        """One transaction's work (``conn`` is in it): a result for each of ``items``."""
+    def __call__(
+        self,
+        conn: Connection,
+        items: Items,
+        now: datetime,
+        locked: Callable[[], None] | None = None,
+    ) -> list[IngestResult]:
+        """One transaction's work (``conn`` is in it): a result for each of ``items``.
+        ``locked`` is called once the batch holds every call it applies events to (see
+        :class:`Turn`)."""
         repo = LiveCallRepository(conn)
         fresh = repo.insert_inbox_many(
             [
@@ -121,13 +131,15 @@ class BatchApply:
                 fresh.discard(key)  # the same id twice in one batch: the second is a duplicate
                 todo.append(index)
         if not todo:
-            return results
+            return results  # the caller's turn ends with the transaction
         events = [items[index][0] for index in todo]
         plan = call_facts.plan_calls(events, self._known_names(repo, events))
         keys = dict(zip(todo, plan.keys, strict=True))
         # Calls folded into others are locked with the rest (keys in order), then folded
         # before any event is applied: every event lands on the call it ends up on.
         calls = repo.upsert_calls(sorted(set(plan.keys) | {m.source for m in plan.merges}), now)
+        if locked is not None:
+            locked()
         batch = _Batch(repo, Changes(now))
         for merge in plan.merges:
             source, target = calls.pop(merge.source), calls[merge.target]
@@ -338,13 +350,126 @@ class BatchApply:
             call_facts.fill_deadlines(call, recordings, months, batch.changes)
 
 
+class Redo(Exception):
+    """The batch before this one did not commit whole: undo this one and apply it again."""
+
+
+@dataclass(eq=False)
+class Turn:
+    """A batch's place among batches applied at the same time on connections of their own,
+    in the order they were handed over (the ingest worker, PostgreSQL).
+
+    While one batch waits for the database, the next one's Python runs. The order stays the
+    one they were handed over in:
+
+    - a batch starts once the batch before it holds its calls' rows (``upsert_calls`` locks
+      them in key order); an event for one of those calls then waits in the database for
+      that batch's commit, and reads what it left;
+    - a batch that names calls through aliases starts only once the batch before it is
+      done: resolving a name reads aliases that batch may add, and no row lock covers them;
+    - a batch commits only once the batch before it has committed. When that one's first
+      transaction did not commit whole (an event it could not apply, the database), this
+      one is undone (:class:`Redo`): it may have read calls that batch then applies events
+      to one at a time. The failed batch waits for this one to let go of its rows, applies
+      its events again, and this one is applied after it.
+    """
+
+    ordered: bool
+    before: Turn | None = None
+    after: Turn | None = None
+    started: bool = False
+    # Set once the batch holds its calls (and once it is done, whatever became of it).
+    locked: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once its first transaction is over, committed or rolled back: it holds no rows.
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    # Whether its first transaction committed it whole.
+    whole: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    # Set once it is done, however.
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def following(cls, before: Turn | None, items: Items) -> Turn:
+        aliased = any(event.call.via_alias or event.aliases for event, _ in items)
+        turn = cls(ordered=aliased, before=before)
+        if before is not None:
+            before.after = turn
+        return turn
+
+    async def begin(self) -> None:
+        before = self.before
+        if before is not None:
+            await (before.done if self.ordered else before.locked).wait()
+            if before.whole.done() and not before.whole.result():
+                await before.done.wait()  # it is applying its events again, one at a time
+        self.started = True
+
+    async def before_commit(self) -> None:
+        before = self.before
+        if before is not None and not await asyncio.shield(before.whole):
+            raise Redo()
+
+    def first_over(self, whole: bool) -> None:
+        """Its first transaction committed (``whole``) or was rolled back."""
+        self.released.set()
+        if not self.whole.done():
+            self.whole.set_result(whole)
+
+    async def clear_to_redo(self) -> None:
+        """Until the batches beside this one let go of their rows (they are undone in
+        turn), and the one before it is done: its events then go one at a time."""
+        after = self.after
+        if after is not None and after.started:
+            await after.released.wait()
+        if self.before is not None:
+            await self.before.done.wait()
+
+    def end(self) -> None:
+        self.first_over(False)
+        self.locked.set()
+        self.done.set()
+        self.before = None  # the chain of turns does not grow
+
+
 async def apply_in_order(
-    db: Database, apply: BatchApply, items: Items, now: datetime, *, inline: bool = False
+    db: Database,
+    apply: BatchApply,
+    items: Items,
+    now: datetime,
+    *,
+    inline: bool = False,
+    turn: Turn | None = None,
 ) -> list[Outcome]:
     """Apply ``items`` in one transaction, each event's outcome in order. An event that
     cannot be applied does not take its batch down with it: the batch is then applied one
     event at a time, before anything after it. When the database cannot be reached, every
-    event's outcome is :class:`DatabaseUnreachable`."""
+    event's outcome is :class:`DatabaseUnreachable`.
+
+    With ``turn``, the batch runs beside the batches before and after it (:class:`Turn`)."""
+    if turn is None:
+        return await _in_order(db, apply, items, now, inline=inline)
+    try:
+        await turn.begin()
+        work = partial(apply, items=items, now=now, locked=turn.locked.set)
+        try:
+            outcomes: list[Outcome] = list(await db.write(work, before_commit=turn.before_commit))
+        except DatabaseUnreachable as exc:
+            turn.first_over(False)
+            return [exc] * len(items)
+        except Exception:  # Redo, or an event that cannot be applied: nothing was written
+            turn.first_over(False)
+            await turn.clear_to_redo()
+            return await _in_order(db, apply, items, now)
+        turn.first_over(True)
+        return outcomes
+    finally:
+        turn.end()
+
+
+async def _in_order(
+    db: Database, apply: BatchApply, items: Items, now: datetime, *, inline: bool = False
+) -> list[Outcome]:
     try:
         return list(await db.write(partial(apply, items=items, now=now), inline=inline))
     except DatabaseUnreachable as exc:
@@ -354,5 +479,5 @@ async def apply_in_order(
             return [exc]
     outcomes: list[Outcome] = []
     for item in items:
-        outcomes += await apply_in_order(db, apply, [item], now, inline=inline)
+        outcomes += await _in_order(db, apply, [item], now, inline=inline)
     return outcomes

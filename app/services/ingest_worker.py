@@ -8,8 +8,9 @@ connection, in its own interpreter: the service's process hands it a batch of pa
 scrubbed events and the time, and gets back each event's result.
 
 The worker is the service's child: it reads batches on its standard input and answers on
-its standard output, one at a time, in order. It owns nothing: when its input closes (the
-service stopped, or died) it finishes the batch in hand and exits; when it dies, the batch
+its standard output in the order it read them (on PostgreSQL it applies two at once, see
+:class:`~app.services.ingest_apply.Turn`). It owns nothing: when its input closes (the
+service stopped, or died) it finishes the batches in hand and exits; when it dies, the batch
 in hand is answered 503 (nothing acknowledged, so the PBX sends it again) and the next batch
 starts a new worker. A batch it committed but could not answer is a duplicate when the PBX
 retries it. Only plain values cross the pipe (events, results, the time), framed and
@@ -48,6 +49,7 @@ from app.services.ingest_apply import (
     IngestRules,
     Items,
     Outcome,
+    Turn,
     apply_in_order,
 )
 from app.storage.db import Database, DatabaseUnreachable, create_engine
@@ -57,8 +59,10 @@ log = logging.getLogger("recgate.ingest")
 _HEADER = struct.Struct("!I")
 # The worker imports recgate and answers "ready" within this, or the service gives up on it.
 START_TIMEOUT_S = 60.0
-# At shutdown the worker finishes the batch in hand within this, or it is killed.
+# At shutdown the worker finishes the batches in hand within this, or it is killed.
 STOP_TIMEOUT_S = 10.0
+# Batches the worker applies at once on PostgreSQL, each on a connection of its own.
+PIPELINE = 2
 
 
 class IngestFailed(Exception):
@@ -296,13 +300,14 @@ def _child_env() -> dict[str, str]:
 # ---- the worker process ------------------------------------------------------------------
 
 
-def _read(stream: IO[bytes]) -> Any:
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
+async def _read(stream: asyncio.StreamReader) -> Any:
+    try:
+        (size,) = _HEADER.unpack(await stream.readexactly(_HEADER.size))
+        data = await stream.readexactly(size)
+    except asyncio.IncompleteReadError:
         return None  # the service closed the pipe: stop
-    (size,) = _HEADER.unpack(header)
     # Standard input is the pipe of the service that started this worker; nothing else.
-    return pickle.loads(stream.read(size))  # noqa: S301
+    return pickle.loads(data)  # noqa: S301
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -315,43 +320,73 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main() -> None:
-    from app.logging import configure_logging
-
     # Ctrl-C in a terminal reaches the whole process group: the service stops its worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    requests = sys.stdin.buffer
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to the log stream, never among the replies
-    setup: _Setup = _read(requests)
-    configure_logging(setup.log_format, setup.log_level)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(setup, requests, replies))
+        runner.run(_serve(sys.stdin.buffer, replies))
 
 
-async def _serve(setup: _Setup, requests: IO[bytes], replies: IO[bytes]) -> None:
-    """Apply each batch read from ``requests`` and answer its outcomes on ``replies``, until
-    the service closes the pipe. One coroutine for the worker's life: the loop has nothing
-    else to run, so reading the pipe may block it, and a loop started per batch cost more
-    than the batch's own statements."""
-    # One batch at a time: one connection (SQLite's come from the database's own engines).
+async def _serve(stdin: IO[bytes], replies: IO[bytes]) -> None:
+    """Apply each batch read from ``stdin`` and answer its outcomes on ``replies``, in the
+    order read, until the service closes the pipe. On PostgreSQL up to :data:`PIPELINE`
+    batches are applied at once, each on a connection of its own, in their order
+    (:class:`~app.services.ingest_apply.Turn`): one batch's Python runs while another waits
+    for the database, which in turn took up to half of each batch's time."""
+    from app.logging import configure_logging
+
+    requests = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(requests), stdin)
+    setup: _Setup = await _read(requests)
+    configure_logging(setup.log_format, setup.log_level)
+    # SQLite's connections come from the database's own engines, one writer at a time.
     sqlite = setup.database_url.startswith("sqlite")
-    engine = create_engine(setup.database_url, **({} if sqlite else {"pool_size": 1}))
+    depth = 1 if sqlite else PIPELINE
+    engine = create_engine(setup.database_url, **({} if sqlite else {"pool_size": depth}))
     db = Database(engine, setup.database_url)
     apply = BatchApply(setup.rules)
+    slots = asyncio.Semaphore(depth)
     replies.write(_frame(("ready", None)))
     replies.flush()
-    try:
-        while (request := _read(requests)) is not None:
+
+    async def one(
+        request: Any,
+        turn: Turn | None,
+        answered: asyncio.Future[None] | None,
+        done: asyncio.Future[None],
+    ) -> None:
+        try:
             items, now, handed_over = request
             # Dated when applied, as in the service's process: plus the time it waited.
             now += timedelta(seconds=max(0.0, time.monotonic() - handed_over))
-            # Inline: nothing else runs on this loop, so a thread hand-over would only cost.
-            outcomes = await apply_in_order(db, apply, items, now, inline=True)
+            # Inline (SQLite): nothing else runs on this loop, so a thread hand-over would
+            # only cost.
+            outcomes = await apply_in_order(db, apply, items, now, inline=True, turn=turn)
+            if answered is not None:
+                await answered  # answers go in the order the batches came
             replies.write(_frame([_encoded(outcome) for outcome in outcomes]))
             replies.flush()
-    except BrokenPipeError:
+            done.set_result(None)
+        finally:
+            slots.release()
+
+    try:
+        async with asyncio.TaskGroup() as running:
+            turn: Turn | None = None
+            answered: asyncio.Future[None] | None = None
+            while True:
+                await slots.acquire()
+                if (request := await _read(requests)) is None:
+                    break
+                turn = None if sqlite else Turn.following(turn, request[0])
+                done = loop.create_future()
+                running.create_task(one(request, turn, answered, done))
+                answered = done
+    except* BrokenPipeError:
         pass  # the service is gone: nobody to answer
-    except Exception:
+    except* Exception:
         # Logged scrubbed, not as the interpreter's own report (raw, on stderr).
         log.exception("the ingest worker failed; the service starts another")
         raise SystemExit(1) from None

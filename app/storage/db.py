@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -199,6 +199,7 @@ class Database:
         inline: bool = False,
         durable: bool = True,
         optimistic: bool = False,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         """Run ``work`` in one write transaction; commit when it returns.
 
@@ -217,6 +218,8 @@ class Database:
 
         Raises :class:`DatabaseUnreachable` when the database cannot be used, and
         ``TimeoutError`` at ``deadline``."""
+        if before_commit is not None and (self._sync is not None or optimistic):
+            raise ValueError("before_commit is for PostgreSQL's transactions")
         with _unreachable_as_such():
             if inline and self._sync is not None:
                 if deadline is not None and asyncio.get_running_loop().time() >= deadline:
@@ -233,7 +236,7 @@ class Database:
                             return await conn.run_sync(partial(_optimistically, work))
                 except direct.NeedsTransaction:
                     pass  # changed since it was read, or needs a transaction: nothing written
-            return await self._write(work, deadline)
+            return await self._write(work, deadline, before_commit)
 
     def _write_inline(self, work: Callable[[Connection], T]) -> T | object:
         """``work`` in a transaction on the loop's own connection, or :data:`_LOCKED` when
@@ -299,11 +302,19 @@ class Database:
         with _unreachable_as_such():
             return await self._read(work)
 
-    async def _write(self, work: Callable[[Connection], T], deadline: float | None) -> T:
+    async def _write(
+        self,
+        work: Callable[[Connection], T],
+        deadline: float | None,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> T:
         if self._sync is None:
             async with asyncio.timeout_at(deadline):
                 async with self.engine.begin() as conn:
-                    return await conn.run_sync(work)
+                    result = await conn.run_sync(work)
+                    if before_commit is not None:
+                        await before_commit()
+                    return result
         sync = self._sync
 
         def run() -> T:

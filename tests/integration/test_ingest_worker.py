@@ -9,10 +9,12 @@ batch in hand is answered 503 (so the PBX retries) and the next batch starts ano
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -20,9 +22,17 @@ import sqlalchemy as sa
 
 from app.domain.states import IllegalTransition
 from app.errors import MalformedInput
-from app.services.ingest_apply import IngestResult
+from app.services.ingest_apply import (
+    BatchApply,
+    IngestResult,
+    IngestRules,
+    Items,
+    Turn,
+    apply_in_order,
+)
 from app.services.ingest_worker import IngestFailed, _decoded, _encoded, worker_suits
-from app.storage.db import DatabaseUnreachable
+from app.storage.db import Database, DatabaseUnreachable, create_engine
+from app.telephony.generic import parse_event
 from tests.conftest import Harness, event
 
 LIFECYCLE = (
@@ -185,3 +195,67 @@ async def test_answers_reach_their_own_webhooks_with_batches_in_flight(
     mixed = await asyncio.gather(*(h.send_event(body, msg_id=msg) for body, msg in sent))
     assert [r.json()["status"] for r in mixed] == ["duplicate", "applied"] * 30
     assert await h.count("calls") == 60
+
+
+async def _waiting_on_a_lock(h: Harness) -> int:
+    async with h.services.engine.connect() as conn:
+        found = await conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+        return int(found.scalar_one())
+
+
+@pytest.mark.parametrize("before_whole", [True, False], ids=["whole", "undone"])
+async def test_batches_applied_at_once_keep_each_calls_events_in_order(
+    postgres: None, make_harness: Callable[..., Any], before_whole: bool
+) -> None:
+    """The worker applies a batch while the one before it waits for the database
+    (``Turn``). Two batches with events of one call: the second reads the call only once
+    the first has committed, and commits after it; when the batch before them both is not
+    committed whole, both are undone and applied again after it, and nothing is lost or
+    counted twice."""
+    async with make_harness(ingest_worker=False) as h:
+        url = h.services.settings.database_url
+        engine = create_engine(url, pool_size=3)
+        db = Database(engine, url)
+        apply = BatchApply(IngestRules.of(h.services.settings, frozenset()))
+        call = f"wk-turns-{before_whole}"
+
+        def items(*bodies: dict[str, Any]) -> Items:
+            return [
+                parse_event("generic", f"msg-{uuid.uuid4()}", json.dumps(b).encode())
+                for b in bodies
+            ]
+
+        first = items(event("call.started", call), event("recording.started", call, "rec-1"))
+        second = items(event("recording.stopped", call, "rec-1"), event("call.ended", call))
+        # A batch before them both that holds its rows and has not committed yet.
+        held = Turn(ordered=False)
+        held.locked.set()
+        a = Turn.following(held, first)
+        b = Turn.following(a, second)
+        now = datetime.now(UTC)
+        try:
+            applied = asyncio.gather(
+                apply_in_order(db, apply, first, now, turn=a),
+                apply_in_order(db, apply, second, now, turn=b),
+            )
+            await a.locked.wait()
+            for _ in range(500):  # bounded: until the second batch waits on the call's row
+                if await _waiting_on_a_lock(h):
+                    break
+                await asyncio.sleep(0.01)
+            assert await _waiting_on_a_lock(h) == 1, "the second batch began beside the first"
+            assert await h.count("calls") == 0, "nothing committed ahead of the batch before"
+            held.first_over(before_whole)
+            held.end()
+            outcomes = [o for batch in await applied for o in batch]
+        finally:
+            await db.close()
+            await engine.dispose()
+        assert all(isinstance(o, IngestResult) and not o.duplicate for o in outcomes), outcomes
+        assert (a.whole.result(), b.whole.result()) == (before_whole, before_whole)
+        assert await _rows(h, call) == [(call, True, "rec-1", "stopped", None, True, True, 4)]
