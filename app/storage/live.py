@@ -66,6 +66,12 @@ dead_letters = cast(sa.Table, DeadLetter.__table__)
 
 _OPEN = [s.value for s in OPEN_SEGMENT_STATES]
 
+
+def _is_open(state: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """``state`` is an open segment state: as comparisons with fixed values, not an expanding
+    ``IN`` (which the hot paths' statement runner would finish anew for every execution)."""
+    return sa.or_(*(state == value for value in _OPEN))
+
 # Snapshot field -> column, for the fields that a decision may change.
 _CALL_COLUMNS = {
     f.name: f.name
@@ -108,8 +114,9 @@ _GUARD_CALL = (
 
 
 def _read_together() -> sa.Select[Any]:
-    """A call, its latest payment segment, and every recording of the call with its link
-    to that segment: one row per recording (one with no recording when it has none)."""
+    """A call, its latest payment segment, the id of its latest open one, and every
+    recording of the call with its link to the latest: one row per recording (one with no
+    recording when it has none)."""
     latest = segments.alias("latest")
     latest_id = (
         sa.select(latest.c.id)
@@ -119,11 +126,21 @@ def _read_together() -> sa.Select[Any]:
         .correlate(calls)
         .scalar_subquery()
     )
+    opened = segments.alias("opened")
+    open_id = (
+        sa.select(opened.c.id)
+        .where(opened.c.call_id == calls.c.id, _is_open(opened.c.state))
+        .order_by(opened.c.opened_at.desc())
+        .limit(1)
+        .correlate(calls)
+        .scalar_subquery()
+    )
     link = sa.and_(links.c.recording_id == recordings.c.id, links.c.segment_id == segments.c.id)
     return (
         sa.select(
             *(c.label(f"c_{c.name}") for c in calls.c),
             *(c.label(f"s_{c.name}") for c in segments.c),
+            open_id.label("open_id"),
             *(c.label(f"r_{c.name}") for c in _RECORDING_SELECT),
             *_LINK_SELECT,
         )
@@ -311,7 +328,7 @@ _SEGMENT_CLAIM = sa.select(segments.c.command_id, segments.c.command_until).wher
 _SEGMENT_BY_ID = sa.select(*segments.c).where(segments.c.id == sa.bindparam("id"))
 _OPEN_SEGMENT = (
     sa.select(*segments.c)
-    .where(segments.c.call_id == sa.bindparam("call_id"), segments.c.state.in_(_OPEN))
+    .where(segments.c.call_id == sa.bindparam("call_id"), _is_open(segments.c.state))
     .order_by(segments.c.opened_at.desc())
     .limit(1)
 )
@@ -344,7 +361,7 @@ _RECORDING = (
 )
 _OPEN_SEGMENTS = sa.select(*segments.c).where(
     segments.c.call_id.in_(sa.bindparam("call_ids", expanding=True)),
-    segments.c.state.in_(_OPEN),
+    _is_open(segments.c.state),
 )
 _RECORDINGS_OF = (
     sa.select(*_RECORDING_SELECT)
@@ -418,7 +435,7 @@ _DUE = (
 _OVERLONG = (
     segments.update()
     .where(
-        segments.c.state.in_(_OPEN),
+        _is_open(segments.c.state),
         segments.c.opened_at < sa.bindparam("opened_before"),
         segments.c.overlong_alerted_at.is_(None),
     )
@@ -492,7 +509,11 @@ class LiveCallRepository:
         self._guard: tuple[uuid.UUID, int] | None = None
         self._written = False
         # Optimistic: the call read, its latest segment and its recordings (as rows).
-        self._prefetch: tuple[uuid.UUID, dict[str, Any] | None, list[Any]] | None = None
+        # Read with the call: its id, its latest segment, its latest open segment's id, and
+        # its recordings (:meth:`_read_call`).
+        self._prefetch: (
+            tuple[uuid.UUID, dict[str, Any] | None, uuid.UUID | None, list[Any]] | None
+        ) = None
         if self.optimistic:
             self._run = self._run_optimistic
 
@@ -648,7 +669,7 @@ class LiveCallRepository:
             if m["r_id"] is not None:
                 links_of = {k: v for k, v in m.items() if k.startswith("link_")}
                 found.append({**_prefixed(m, "r_"), **links_of})
-        self._prefetch = (call.id, segment, found)
+        self._prefetch = (call.id, segment, first["open_id"], found)
         return call
 
     def _guard_call(self, call: CallSnap, read: dict[str, Any]) -> None:
@@ -664,7 +685,7 @@ class LiveCallRepository:
         """The latest segment and the recordings read with the call, if that call."""
         if self._prefetch is None or self._prefetch[0] != call_id:
             return None
-        return self._prefetch[1], self._prefetch[2]
+        return self._prefetch[1], self._prefetch[3]
 
     def upsert_call(self, provider: str, provider_call_id: str, now: datetime) -> CallSnap:
         """The call, created (``created``) if new; locked for the transaction."""
@@ -769,12 +790,13 @@ class LiveCallRepository:
 
     def open_segment(self, call_id: uuid.UUID) -> SegmentSnap | None:
         prefetched = self._prefetched(call_id)
-        if prefetched is not None:
-            latest = prefetched[0]
-            if latest is None:
-                return None  # no segment at all
-            if latest["state"] in _OPEN:
+        if prefetched is not None and self._prefetch is not None:
+            latest, open_id = prefetched[0], self._prefetch[2]
+            if open_id is None:
+                return None  # none open (the latest closed, or no segment at all)
+            if latest is not None and latest["id"] == open_id:
                 return self._segment_read(latest)
+            # An older segment is still open (the one read is not it): read it now.
         return self._one_segment(_OPEN_SEGMENT, {"call_id": call_id})
 
     def latest_segment(self, call_id: uuid.UUID) -> SegmentSnap | None:

@@ -120,6 +120,14 @@ async def test_payment_start_and_end_statements(harness: Harness, pbx: respx.Moc
     assert end.count <= PAYMENT_END[backend], over(end, PAYMENT_END[backend])
     assert end.writes <= PAYMENT_WRITE_TRANSACTIONS[backend]
 
+    # The call's next payment, its last segment closed: the same budget (on PostgreSQL, no
+    # read of its own for an open segment beside the one-statement read).
+    with counting(harness) as again:
+        response = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=ivr)
+        assert response.status_code == 200, response.text
+    assert again.count <= PAYMENT_START[backend], over(again, PAYMENT_START[backend])
+    assert again.writes <= PAYMENT_WRITE_TRANSACTIONS[backend]
+
 
 async def test_webhooks_arriving_together_share_statements(harness: Harness) -> None:
     """Group commit: 30 webhooks at once cost a few statements per batch, not per event."""
