@@ -157,8 +157,7 @@ class BatchApply:
             if not calls[keys[i]].created
             and (items[i][0].recording is not None or items[i][0].type == EventType.CALL_ENDED)
         } | {calls[keys[i]].id for i in batch.joined}
-        batch.segments = repo.open_segments(wanted)
-        batch.recordings = repo.recordings_of(wanted, batch.segments)
+        batch.segments, batch.recordings = repo.live_rows(wanted)
         for call in calls.values():
             if call.created:
                 batch.recordings.setdefault(call.id, [])  # nothing to read for a new call
@@ -242,8 +241,10 @@ class BatchApply:
     def _recordings(batch: _Batch, call: CallSnap) -> list[RecordingSnap]:
         found = batch.recordings.get(call.id)
         if found is None:
-            found = batch.repo.recordings_of([call.id], batch.segments)[call.id]
-            batch.recordings[call.id] = found
+            segments, recordings = batch.repo.live_rows([call.id])
+            found = batch.recordings[call.id] = recordings[call.id]
+            if call.id in segments:
+                batch.segments.setdefault(call.id, segments[call.id])
         return found
 
     def _recording(self, batch: _Batch, call: CallSnap, event: PbxEvent) -> RecordingSnap:

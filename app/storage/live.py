@@ -72,6 +72,7 @@ def _is_open(state: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
     ``IN`` (which the hot paths' statement runner would finish anew for every execution)."""
     return sa.or_(*(state == value for value in _OPEN))
 
+
 # Snapshot field -> column, for the fields that a decision may change.
 _CALL_COLUMNS = {
     f.name: f.name
@@ -359,18 +360,41 @@ _RECORDING = (
         recordings.c.provider_recording_id == sa.bindparam("provider_recording_id"),
     )
 )
-_OPEN_SEGMENTS = sa.select(*segments.c).where(
-    segments.c.call_id.in_(sa.bindparam("call_ids", expanding=True)),
-    _is_open(segments.c.state),
-)
-_RECORDINGS_OF = (
-    sa.select(*_RECORDING_SELECT)
-    .where(recordings.c.call_id.in_(sa.bindparam("call_ids", expanding=True)))
-    .order_by(recordings.c.created_at, recordings.c.id)
-)
-_LINKS_OF = sa.select(*links.c).where(
-    links.c.segment_id.in_(sa.bindparam("segment_ids", expanding=True))
-)
+
+
+def _live_rows() -> sa.Select[Any]:
+    """For each of some calls: its latest open segment, and every recording of the call
+    with its link to that segment; one row per recording (one with no recording when it has
+    none, and no segment columns when none is open)."""
+    opened = segments.alias("opened")
+    open_id = (
+        sa.select(opened.c.id)
+        .where(opened.c.call_id == calls.c.id, _is_open(opened.c.state))
+        .order_by(opened.c.opened_at.desc())
+        .limit(1)
+        .correlate(calls)
+        .scalar_subquery()
+    )
+    link = sa.and_(links.c.recording_id == recordings.c.id, links.c.segment_id == segments.c.id)
+    return (
+        sa.select(
+            calls.c.id.label("of_call"),
+            *(c.label(f"s_{c.name}") for c in segments.c),
+            *(c.label(f"r_{c.name}") for c in _RECORDING_SELECT),
+            *_LINK_SELECT,
+        )
+        .select_from(
+            calls.outerjoin(segments, segments.c.id == open_id)
+            .outerjoin(recordings, recordings.c.call_id == calls.c.id)
+            .outerjoin(links, link)
+        )
+        .where(calls.c.id.in_(sa.bindparam("call_ids", expanding=True)))
+        .order_by(recordings.c.created_at, recordings.c.id)
+    )
+
+
+_LIVE_ROWS = _live_rows()
+
 _POLICY_ALL = (policies.c.service_area, policies.c.media_months, policies.c.record_months)
 _POLICIES = sa.select(*_POLICY_ALL)
 _POLICY = sa.select(policies.c.media_months, policies.c.record_months).where(
@@ -568,46 +592,25 @@ class LiveCallRepository:
             found[key] = call
         return found
 
-    def open_segments(self, call_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, SegmentSnap]:
-        """Each call's open payment segment (the latest), for calls that have one."""
-        ids = sorted(set(call_ids))
-        if not ids:
-            return {}
-        found: dict[uuid.UUID, SegmentSnap] = {}
-        for row in self._run(_OPEN_SEGMENTS, {"call_ids": ids}):
-            segment, read = _segment(row)
-            current = found.get(segment.call_id)
-            if current is None or segment.opened_at > current.opened_at:
-                found[segment.call_id] = segment
-                self._remember("segment", segment.id, read)
-        return found
-
-    def recordings_of(
-        self, call_ids: Iterable[uuid.UUID], segments: dict[uuid.UUID, SegmentSnap]
-    ) -> dict[uuid.UUID, list[RecordingSnap]]:
-        """Every recording of each call, with its link to the call's segment in
-        ``segments``."""
+    def live_rows(
+        self, call_ids: Iterable[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, SegmentSnap], dict[uuid.UUID, list[RecordingSnap]]]:
+        """In one statement, for each call: its open payment segment (the latest), when it
+        has one; and every recording of the call, with its link to that segment."""
         ids = sorted(set(call_ids))
         found: dict[uuid.UUID, list[RecordingSnap]] = {call_id: [] for call_id in ids}
+        open_ones: dict[uuid.UUID, SegmentSnap] = {}
         if not ids:
-            return found
-        by_id: dict[uuid.UUID, RecordingSnap] = {}
-        for row in self._run(_RECORDINGS_OF, {"call_ids": ids}):
-            recording, read = _recording(row, linked=False)
-            self._remember("recording", recording.id, read)
-            found[recording.call_id].append(recording)
-            by_id[recording.id] = recording
-        segment_ids = sorted(s.id for c, s in segments.items() if c in found)
-        if segment_ids and by_id:
-            for row in self._run(_LINKS_OF, {"segment_ids": segment_ids}):
-                linked = by_id.get(row.recording_id)
-                if linked is None:
-                    continue
-                linked.link = LinkSnap(
-                    row.segment_id, row.pause_sent_at, row.paused_at, row.resumed_at
-                )
-                self._links[(row.segment_id, row.recording_id)] = _values(linked.link, _LINK_MAP)
-        return found
+            return open_ones, found
+        for row in self._run(_LIVE_ROWS, {"call_ids": ids}):
+            m = row._mapping
+            call_id = m["of_call"]
+            if m["s_id"] is not None and call_id not in open_ones:
+                open_ones[call_id] = self._segment_read(_prefixed(m, "s_"))
+            if m["r_id"] is not None:
+                links_of = {k: v for k, v in m.items() if k.startswith("link_")}
+                found[call_id].append(self._loaded_recording({**_prefixed(m, "r_"), **links_of}))
+        return open_ones, found
 
     def policies(self) -> dict[str, Months]:
         """Every service area's retention override."""

@@ -28,7 +28,7 @@ from tests.conftest import Harness, event
 # statement guarded by the call's version (``direct.run_guarded``), with the planning's
 # ``synchronous_commit`` setting.
 INGEST_NEW_CALL = 4
-INGEST_RECORDING_EVENT = 7
+INGEST_RECORDING_EVENT = 6
 PAYMENT_START = {"sqlite": 12, "postgresql": 3}
 PAYMENT_END = {"sqlite": 11, "postgresql": 3}
 # PostgreSQL: the gate writes optimistically, outside a transaction, when nobody else is
