@@ -114,6 +114,19 @@ _GUARD_CALL = (
 )
 
 
+def _open_segment_id() -> sa.ScalarSelect[Any]:
+    """The id of the call's latest open segment (correlated with ``calls``)."""
+    opened = segments.alias("opened")
+    return (
+        sa.select(opened.c.id)
+        .where(opened.c.call_id == calls.c.id, _is_open(opened.c.state))
+        .order_by(opened.c.opened_at.desc())
+        .limit(1)
+        .correlate(calls)
+        .scalar_subquery()
+    )
+
+
 def _read_together() -> sa.Select[Any]:
     """A call, its latest payment segment, the id of its latest open one, and every
     recording of the call with its link to the latest: one row per recording (one with no
@@ -127,15 +140,7 @@ def _read_together() -> sa.Select[Any]:
         .correlate(calls)
         .scalar_subquery()
     )
-    opened = segments.alias("opened")
-    open_id = (
-        sa.select(opened.c.id)
-        .where(opened.c.call_id == calls.c.id, _is_open(opened.c.state))
-        .order_by(opened.c.opened_at.desc())
-        .limit(1)
-        .correlate(calls)
-        .scalar_subquery()
-    )
+    open_id = _open_segment_id()
     link = sa.and_(links.c.recording_id == recordings.c.id, links.c.segment_id == segments.c.id)
     return (
         sa.select(
@@ -366,15 +371,7 @@ def _live_rows() -> sa.Select[Any]:
     """For each of some calls: its latest open segment, and every recording of the call
     with its link to that segment; one row per recording (one with no recording when it has
     none, and no segment columns when none is open)."""
-    opened = segments.alias("opened")
-    open_id = (
-        sa.select(opened.c.id)
-        .where(opened.c.call_id == calls.c.id, _is_open(opened.c.state))
-        .order_by(opened.c.opened_at.desc())
-        .limit(1)
-        .correlate(calls)
-        .scalar_subquery()
-    )
+    open_id = _open_segment_id()
     link = sa.and_(links.c.recording_id == recordings.c.id, links.c.segment_id == segments.c.id)
     return (
         sa.select(
