@@ -170,6 +170,12 @@ def _prefixed(m: Any, prefix: str) -> dict[str, Any]:
     return {k[len(prefix) :]: v for k, v in m.items() if k.startswith(prefix)}
 
 
+def _recording_row(m: Any) -> dict[str, Any]:
+    """A recording and its link, from a row that reads them beside other tables (``r_``,
+    ``link_``)."""
+    return {**_prefixed(m, "r_"), **{k: v for k, v in m.items() if k.startswith("link_")}}
+
+
 def _guarded_select(table: sa.Table, columns: list[str]) -> sa.Select[Any]:
     """``SELECT :a, :b … WHERE EXISTS (SELECT * FROM recgate_guard)``: one row to insert,
     or none when the guard did not hold."""
@@ -529,8 +535,7 @@ class LiveCallRepository:
         self.optimistic = direct.optimistic(conn)
         self._guard: tuple[uuid.UUID, int] | None = None
         self._written = False
-        # Optimistic: the call read, its latest segment and its recordings (as rows).
-        # Read with the call: its id, its latest segment, its latest open segment's id, and
+        # Optimistic, read with the call: its id, its latest segment, its latest open segment's id, and
         # its recordings (:meth:`_read_call`).
         self._prefetch: (
             tuple[uuid.UUID, dict[str, Any] | None, uuid.UUID | None, list[Any]] | None
@@ -605,8 +610,7 @@ class LiveCallRepository:
             if m["s_id"] is not None and call_id not in open_ones:
                 open_ones[call_id] = self._segment_read(_prefixed(m, "s_"))
             if m["r_id"] is not None:
-                links_of = {k: v for k, v in m.items() if k.startswith("link_")}
-                found[call_id].append(self._loaded_recording({**_prefixed(m, "r_"), **links_of}))
+                found[call_id].append(self._loaded_recording(_recording_row(m)))
         return open_ones, found
 
     def policies(self) -> dict[str, Months]:
@@ -667,8 +671,7 @@ class LiveCallRepository:
         for row in rows:
             m = row._mapping
             if m["r_id"] is not None:
-                links_of = {k: v for k, v in m.items() if k.startswith("link_")}
-                found.append({**_prefixed(m, "r_"), **links_of})
+                found.append(_recording_row(m))
         self._prefetch = (call.id, segment, first["open_id"], found)
         return call
 
