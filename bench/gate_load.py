@@ -228,7 +228,9 @@ class Events:
 
     def __init__(self, secret: str) -> None:
         self.key = base64.b64decode(secret.removeprefix("whsec_"))
-        self.prefix = uuid.uuid4().hex[:8]
+        # Letters either side: eight random hex digits that happen to be all digits, next to
+        # a call's number, can read as a card number, and recgate rightly refuses that id.
+        self.prefix = f"b{uuid.uuid4().hex[:8]}x"
 
     def one(self, type_: str, call_id: str, at: datetime, recording: str | None) -> bytes:
         event: dict[str, Any] = {

@@ -12,8 +12,11 @@ its standard output in the order it read them (on PostgreSQL it applies two at o
 :class:`~app.services.ingest_apply.Turn`). It owns nothing: when its input closes (the
 service stopped, or died) it finishes the batches in hand and exits; when it dies, the batch
 in hand is answered 503 (nothing acknowledged, so the PBX sends it again) and the next batch
-starts a new worker. A batch it committed but could not answer is a duplicate when the PBX
-retries it. Only plain values cross the pipe (events, results, the time), framed and
+starts a new worker. A worker that keeps dying (it stops again before answering a batch, or
+cannot start) is started again after a growing pause (:data:`RESTART_BACKOFF_S`), batches
+being answered 503 meanwhile: a crash loop costs one interpreter start per pause, not one
+per webhook. A batch it committed but could not answer is a duplicate when the PBX retries
+it. Only plain values cross the pipe (events, results, the time), framed and
 pickled; the pipe is the child's own, never a socket.
 
 Run it only from :class:`IngestWorker`: ``python -m app.services.ingest_worker``.
@@ -63,6 +66,10 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 # Batches the worker applies at once on PostgreSQL, each on a connection of its own.
 PIPELINE = 2
+# After the second stop in a row with no batch answered in between, the next worker starts
+# this long after the last stop, doubling with each stop after that up to the cap.
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
 
 
 class IngestFailed(Exception):
@@ -152,6 +159,10 @@ class IngestWorker:
         self._running: _Running | None = None
         self._starting = asyncio.Lock()
         self._closed = False
+        # Stops in a row (a death, a failed start) with no batch answered in between, and
+        # the loop time before which no new worker is started.
+        self._stops = 0
+        self._restart_at = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -207,6 +218,8 @@ class IngestWorker:
                 return running
             if self._closed:
                 raise DatabaseUnreachable("the service is stopping")
+            if asyncio.get_running_loop().time() < self._restart_at:
+                raise DatabaseUnreachable("the ingest worker keeps stopping; it restarts shortly")
             try:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable,
@@ -218,6 +231,7 @@ class IngestWorker:
                 )
             except OSError as exc:
                 log.error("the ingest worker could not be started: %s", exc)
+                self._stopped()
                 raise DatabaseUnreachable("the ingest worker could not be started") from exc
             assert process.stdin is not None and process.stdout is not None
             try:
@@ -227,12 +241,14 @@ class IngestWorker:
                     ready = await _read_reply(process.stdout)
             except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
                 await _stop(process)
+                self._stopped()
                 raise DatabaseUnreachable("the ingest worker did not start") from exc
             except BaseException:
                 await asyncio.shield(_stop(process))
                 raise
             if ready != ("ready", None):
                 await _stop(process)
+                self._stopped()
                 raise DatabaseUnreachable("the ingest worker did not start")
             running = self._running = _Running(process)
             running.answers = asyncio.ensure_future(self._read_answers(running))
@@ -245,6 +261,7 @@ class IngestWorker:
         try:
             while True:
                 answer = await _read_reply(process.stdout)
+                self._stops = 0  # it works: a later stop is restarted at once again
                 waiting = running.waiting.popleft()
                 if not waiting.done():  # its caller may have been cancelled
                     waiting.set_result(answer)
@@ -253,16 +270,28 @@ class IngestWorker:
         finally:
             if self._running is running:
                 self._running = None
-                log.error(
-                    "the ingest worker (pid %s) stopped; the next batch starts another",
-                    process.pid,
-                )
+                if not self._closed:
+                    self._stopped(process.pid)
             if process.stdin is not None and not process.stdin.is_closing():
                 process.stdin.close()
             while running.waiting:
                 waiting = running.waiting.popleft()
                 if not waiting.done():
                     waiting.set_exception(DatabaseUnreachable("the ingest worker stopped"))
+
+    def _stopped(self, pid: int | None = None) -> None:
+        """Note a worker's stop (or failed start), and when the next may start."""
+        self._stops += 1
+        pause = 0.0
+        if self._stops > 1:
+            pause = min(RESTART_BACKOFF_S * 2 ** (self._stops - 2), RESTART_BACKOFF_MAX_S)
+        self._restart_at = asyncio.get_running_loop().time() + pause
+        log.error(
+            "the ingest worker%s stopped (%d in a row); the next batch after %.1f s starts another",
+            "" if pid is None else f" (pid {pid})",
+            self._stops,
+            pause,
+        )
 
 
 def _alive(running: _Running) -> bool:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from app.domain.states import IllegalTransition
 from app.errors import MalformedInput
+from app.services import ingest_worker
 from app.services.ingest_apply import (
     BatchApply,
     IngestResult,
@@ -30,7 +31,13 @@ from app.services.ingest_apply import (
     Turn,
     apply_in_order,
 )
-from app.services.ingest_worker import IngestFailed, _decoded, _encoded, worker_suits
+from app.services.ingest_worker import (
+    IngestFailed,
+    IngestWorker,
+    _decoded,
+    _encoded,
+    worker_suits,
+)
 from app.storage.db import Database, DatabaseUnreachable, create_engine
 from app.telephony.generic import parse_event
 from tests.conftest import Harness, event
@@ -133,6 +140,46 @@ async def test_a_worker_that_dies_costs_its_batch_a_503_and_the_next_starts_anot
     assert (retried.status_code, retried.json()) == (200, {"status": "applied"})
     assert worker.pid not in (None, pid)
     assert await h.count("calls") == 1
+
+
+async def _killed(worker: IngestWorker) -> None:
+    """Kill the running worker and wait (bounded) until the service has seen it stop."""
+    pid = worker.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(500):
+        if worker.pid is None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the service did not see its worker stop")
+
+
+async def test_a_worker_that_keeps_dying_is_restarted_after_a_pause_not_per_batch(
+    worker_harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = worker_harness
+    worker = h.services.ingest.worker
+    assert worker is not None
+    monkeypatch.setattr(ingest_worker, "RESTART_BACKOFF_S", 1.5)
+    await _killed(worker)  # one stop: the next batch starts another at once
+    await worker.start()
+    await _killed(worker)  # stopped again before answering a batch: a crash loop
+
+    loop = asyncio.get_running_loop()
+    refused_at = loop.time()
+    refused = await h.send_event(event("call.started", "wk-loop"))
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["type"].endswith("/database-unavailable")
+    assert worker.pid is None, "no interpreter is started for a batch during the pause"
+    assert await h.count("calls") == 0
+
+    await asyncio.sleep(max(0.0, refused_at + 1.6 - loop.time()))
+    retried = await h.send_event(event("call.started", "wk-loop"))
+    assert (retried.status_code, retried.json()) == (200, {"status": "applied"})
+    # It answered: the next stop is restarted at once again.
+    await _killed(worker)
+    again = await h.send_event(event("call.answered", "wk-loop"))
+    assert (again.status_code, again.json()) == (200, {"status": "applied"})
 
 
 async def test_no_worker_on_sqlite(database_url: str, make_harness: Callable[..., Any]) -> None:
