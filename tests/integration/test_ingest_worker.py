@@ -306,3 +306,67 @@ async def test_batches_applied_at_once_keep_each_calls_events_in_order(
         assert all(isinstance(o, IngestResult) and not o.duplicate for o in outcomes), outcomes
         assert (a.whole.result(), b.whole.result()) == (before_whole, before_whole)
         assert await _rows(h, call) == [(call, True, "rec-1", "stopped", None, True, True, 4)]
+
+
+async def test_a_retry_in_the_next_batch_of_an_event_whose_batch_is_undone_is_applied_once(
+    postgres: None, make_harness: Callable[..., Any]
+) -> None:
+    """A PBX retry can reach the worker in the batch after its first copy's, and wait there
+    on the first copy's inbox row. When the first copy's batch is then undone (the batch
+    before it was not committed whole), neither may deadlock and the event must not be
+    applied twice: the retry's batch is undone too, and finds the retry a duplicate once the
+    first copy's batch has applied it again."""
+    async with make_harness(ingest_worker=False) as h:
+        url = h.services.settings.database_url
+        engine = create_engine(url, pool_size=3)
+        db = Database(engine, url)
+        apply = BatchApply(IngestRules.of(h.services.settings, frozenset()))
+
+        def parsed(body: dict[str, Any], msg_id: str) -> tuple[Any, dict[str, Any]]:
+            return parse_event("generic", msg_id, json.dumps(body).encode())
+
+        first = [
+            parsed(event("call.started", "wk-retry-1"), "msg-retry"),
+            parsed(event("call.started", "wk-retry-2"), "msg-2"),
+        ]
+        second = [
+            parsed(event("call.started", "wk-retry-1"), "msg-retry"),
+            parsed(event("call.started", "wk-retry-3"), "msg-3"),
+        ]
+        # A batch before them both that holds its rows and has not committed yet.
+        held = Turn(ordered=False)
+        held.locked.set()
+        a = Turn.following(held, first)
+        b = Turn.following(a, second)
+        now = datetime.now(UTC)
+        try:
+            async with asyncio.timeout(30):  # bounded: a deadlock fails here, not hangs CI
+                applied = asyncio.gather(
+                    apply_in_order(db, apply, first, now, turn=a),
+                    apply_in_order(db, apply, second, now, turn=b),
+                )
+                for _ in range(500):  # until the retry waits on its first copy's inbox row
+                    if await _waiting_on_a_lock(h):
+                        break
+                    await asyncio.sleep(0.01)
+                assert await _waiting_on_a_lock(h) == 1, "the retry's batch runs beside"
+                held.first_over(False)
+                held.end()
+                done = await applied
+        finally:
+            await db.close()
+            await engine.dispose()
+        assert (a.whole.result(), b.whole.result()) == (False, False)
+        retried, applied_other = done[1]
+        assert all(isinstance(o, IngestResult) and not o.duplicate for o in done[0]), done
+        assert retried == IngestResult(duplicate=True)
+        assert isinstance(applied_other, IngestResult) and not applied_other.duplicate
+        async with h.services.engine.connect() as conn:
+            found = await conn.execute(
+                sa.text(
+                    "SELECT provider_call_id FROM calls WHERE provider_call_id LIKE 'wk-retry-%' "
+                    "ORDER BY 1"
+                )
+            )
+            assert [r[0] for r in found] == ["wk-retry-1", "wk-retry-2", "wk-retry-3"]
+        assert await h.count("inbound_events") == 3
