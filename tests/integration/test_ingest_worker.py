@@ -14,12 +14,14 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from app.domain.events import PbxEvent
 from app.domain.states import IllegalTransition
 from app.errors import MalformedInput
 from app.services import ingest_worker
@@ -28,6 +30,7 @@ from app.services.ingest_apply import (
     IngestResult,
     IngestRules,
     Items,
+    Outcome,
     Turn,
     apply_in_order,
 )
@@ -255,6 +258,48 @@ async def _waiting_on_a_lock(h: Harness) -> int:
         return int(found.scalar_one())
 
 
+def _parsed(body: dict[str, Any], msg_id: str | None = None) -> tuple[PbxEvent, dict[str, Any]]:
+    return parse_event("generic", msg_id or f"msg-{uuid.uuid4()}", json.dumps(body).encode())
+
+
+@asynccontextmanager
+async def _beside_each_other(
+    h: Harness, first: Items, second: Items
+) -> AsyncIterator[tuple[Turn, Turn, Turn, asyncio.Future[tuple[list[Outcome], list[Outcome]]]]]:
+    """``first`` and ``second`` applied beside each other (``Turn``), behind a batch that
+    holds its rows and has not committed yet (``held``, resolved by the test), once the
+    second waits on a row the first holds. Yields the three turns and both batches'
+    outcomes to await."""
+    url = h.services.settings.database_url
+    engine = create_engine(url, pool_size=3)
+    db = Database(engine, url)
+    apply = BatchApply(IngestRules.of(h.services.settings, frozenset()))
+    held = Turn(ordered=False)
+    held.locked.set()
+    a = Turn.following(held, first)
+    b = Turn.following(a, second)
+    now = datetime.now(UTC)
+    applied = asyncio.gather(
+        apply_in_order(db, apply, first, now, turn=a),
+        apply_in_order(db, apply, second, now, turn=b),
+    )
+    try:
+        await a.locked.wait()
+        for _ in range(500):  # bounded: until the second batch waits on the first's row
+            if await _waiting_on_a_lock(h):
+                break
+            await asyncio.sleep(0.01)
+        assert await _waiting_on_a_lock(h) == 1, "the second batch runs beside the first"
+        yield held, a, b, applied
+    finally:
+        if not applied.done():
+            applied.cancel()
+            with suppress(BaseException):
+                await applied
+        await db.close()
+        await engine.dispose()
+
+
 @pytest.mark.parametrize("before_whole", [True, False], ids=["whole", "undone"])
 async def test_batches_applied_at_once_keep_each_calls_events_in_order(
     postgres: None, make_harness: Callable[..., Any], before_whole: bool
@@ -265,44 +310,20 @@ async def test_batches_applied_at_once_keep_each_calls_events_in_order(
     committed whole, both are undone and applied again after it, and nothing is lost or
     counted twice."""
     async with make_harness(ingest_worker=False) as h:
-        url = h.services.settings.database_url
-        engine = create_engine(url, pool_size=3)
-        db = Database(engine, url)
-        apply = BatchApply(IngestRules.of(h.services.settings, frozenset()))
         call = f"wk-turns-{before_whole}"
-
-        def items(*bodies: dict[str, Any]) -> Items:
-            return [
-                parse_event("generic", f"msg-{uuid.uuid4()}", json.dumps(b).encode())
-                for b in bodies
-            ]
-
-        first = items(event("call.started", call), event("recording.started", call, "rec-1"))
-        second = items(event("recording.stopped", call, "rec-1"), event("call.ended", call))
-        # A batch before them both that holds its rows and has not committed yet.
-        held = Turn(ordered=False)
-        held.locked.set()
-        a = Turn.following(held, first)
-        b = Turn.following(a, second)
-        now = datetime.now(UTC)
-        try:
-            applied = asyncio.gather(
-                apply_in_order(db, apply, first, now, turn=a),
-                apply_in_order(db, apply, second, now, turn=b),
-            )
-            await a.locked.wait()
-            for _ in range(500):  # bounded: until the second batch waits on the call's row
-                if await _waiting_on_a_lock(h):
-                    break
-                await asyncio.sleep(0.01)
-            assert await _waiting_on_a_lock(h) == 1, "the second batch began beside the first"
+        first = [
+            _parsed(event("call.started", call)),
+            _parsed(event("recording.started", call, "rec-1")),
+        ]
+        second = [
+            _parsed(event("recording.stopped", call, "rec-1")),
+            _parsed(event("call.ended", call)),
+        ]
+        async with _beside_each_other(h, first, second) as (held, a, b, applied):
             assert await h.count("calls") == 0, "nothing committed ahead of the batch before"
             held.first_over(before_whole)
             held.end()
             outcomes = [o for batch in await applied for o in batch]
-        finally:
-            await db.close()
-            await engine.dispose()
         assert all(isinstance(o, IngestResult) and not o.duplicate for o in outcomes), outcomes
         assert (a.whole.result(), b.whole.result()) == (before_whole, before_whole)
         assert await _rows(h, call) == [(call, True, "rec-1", "stopped", None, True, True, 4)]
@@ -317,48 +338,22 @@ async def test_a_retry_in_the_next_batch_of_an_event_whose_batch_is_undone_is_ap
     applied twice: the retry's batch is undone too, and finds the retry a duplicate once the
     first copy's batch has applied it again."""
     async with make_harness(ingest_worker=False) as h:
-        url = h.services.settings.database_url
-        engine = create_engine(url, pool_size=3)
-        db = Database(engine, url)
-        apply = BatchApply(IngestRules.of(h.services.settings, frozenset()))
-
-        def parsed(body: dict[str, Any], msg_id: str) -> tuple[Any, dict[str, Any]]:
-            return parse_event("generic", msg_id, json.dumps(body).encode())
-
         first = [
-            parsed(event("call.started", "wk-retry-1"), "msg-retry"),
-            parsed(event("call.started", "wk-retry-2"), "msg-2"),
+            _parsed(event("call.started", "wk-retry-1"), "msg-retry"),
+            _parsed(event("call.started", "wk-retry-2"), "msg-2"),
         ]
         second = [
-            parsed(event("call.started", "wk-retry-1"), "msg-retry"),
-            parsed(event("call.started", "wk-retry-3"), "msg-3"),
+            _parsed(event("call.started", "wk-retry-1"), "msg-retry"),
+            _parsed(event("call.started", "wk-retry-3"), "msg-3"),
         ]
-        # A batch before them both that holds its rows and has not committed yet.
-        held = Turn(ordered=False)
-        held.locked.set()
-        a = Turn.following(held, first)
-        b = Turn.following(a, second)
-        now = datetime.now(UTC)
-        try:
+        async with _beside_each_other(h, first, second) as (held, a, b, applied):
+            held.first_over(False)
+            held.end()
             async with asyncio.timeout(30):  # bounded: a deadlock fails here, not hangs CI
-                applied = asyncio.gather(
-                    apply_in_order(db, apply, first, now, turn=a),
-                    apply_in_order(db, apply, second, now, turn=b),
-                )
-                for _ in range(500):  # until the retry waits on its first copy's inbox row
-                    if await _waiting_on_a_lock(h):
-                        break
-                    await asyncio.sleep(0.01)
-                assert await _waiting_on_a_lock(h) == 1, "the retry's batch runs beside"
-                held.first_over(False)
-                held.end()
                 done = await applied
-        finally:
-            await db.close()
-            await engine.dispose()
         assert (a.whole.result(), b.whole.result()) == (False, False)
-        retried, applied_other = done[1]
         assert all(isinstance(o, IngestResult) and not o.duplicate for o in done[0]), done
+        retried, applied_other = done[1]
         assert retried == IngestResult(duplicate=True)
         assert isinstance(applied_other, IngestResult) and not applied_other.duplicate
         async with h.services.engine.connect() as conn:
