@@ -104,6 +104,9 @@ async def _handle(
     settings = services.settings
     if not provider.configured(settings):
         raise ProviderNotEnabled(f"Webhooks for {provider.name!r} are not enabled.")
+    # The IVR's payment requests first: a burst of webhooks read, verified and parsed now
+    # would sit ahead of each of the payment's steps in the event loop (Answering).
+    await services.gate.answering.done()
     body = await _read_body(request)
     scope = request.scope
     incoming = IncomingWebhook(

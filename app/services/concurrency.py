@@ -1,11 +1,55 @@
-"""Tracked background work."""
+"""Tracked background work, and the IVR's turn first."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
+
+# Work that can wait (webhooks, their batches) waits this long at most for the IVR's
+# payment requests being answered to be done (:class:`Answering`): long enough for a start
+# or an end to finish, short enough that no webhook waits for long behind a stream of them.
+IVR_FIRST_S = 0.05
+
+
+class Answering:
+    """The IVR's payment starts and ends being answered right now, and a bounded wait until
+    there are none.
+
+    One event loop runs every request of the process: while webhooks pour in, each step of
+    a payment (its transactions, the PBX's answer, the response) queued behind a burst of
+    them, and on SQLite behind a batch holding the write lock. Webhooks and batches that
+    arrive while the IVR waits let it go first, for at most :data:`IVR_FIRST_S`."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    @property
+    def busy(self) -> bool:
+        return self.count > 0
+
+    @contextmanager
+    def one(self) -> Iterator[None]:
+        """Count one request while the block runs."""
+        self.count += 1
+        self._none.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._none.set()
+
+    async def done(self) -> None:
+        """Until no request is being answered, or :data:`IVR_FIRST_S` has passed."""
+        if self.count:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._none.wait(), IVR_FIRST_S)
+
 
 log = logging.getLogger("recgate.background")
 

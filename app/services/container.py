@@ -84,7 +84,7 @@ class Services:
             metrics,
             tasks,
             frozenset(name for name, c in controllers.items() if c.call_level_covers_all),
-            ivr_waiting=lambda: gate.requests_in_flight > 0,
+            ivr=gate.answering,
         )
         media = MediaService(
             sessions, settings, clock, build_media_store(settings), controllers, tasks

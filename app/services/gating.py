@@ -61,7 +61,7 @@ from app.errors import (
     ResumeNotConfirmed,
 )
 from app.logging import bind, log_provider_command
-from app.services.concurrency import BackgroundTasks
+from app.services.concurrency import Answering, BackgroundTasks
 from app.services.metrics import Metrics
 from app.storage.db import Database, DatabaseUnreachable
 from app.storage.live import LiveCallRepository
@@ -234,16 +234,13 @@ def _plan_and_write(
 def _answering(
     method: Callable[Concatenate[PaymentGate, P], Coroutine[Any, Any, T]],
 ) -> Callable[Concatenate[PaymentGate, P], Coroutine[Any, Any, T]]:
-    """Counts an IVR request in :attr:`PaymentGate.requests_in_flight` while ``method``
-    answers it (webhook batches leave the event loop meanwhile, ``app.services.ingest``)."""
+    """Counts an IVR request in :attr:`PaymentGate.answering` while ``method`` answers it:
+    webhooks and their batches let it go first meanwhile (:class:`Answering`)."""
 
     @wraps(method)
     async def answering(payments: PaymentGate, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        payments.requests_in_flight += 1
-        try:
+        with payments.answering.one():
             return await method(payments, *args, **kwargs)
-        finally:
-            payments.requests_in_flight -= 1
 
     return answering
 
@@ -274,7 +271,7 @@ class PaymentGate:
         self._driving: set[uuid.UUID] = set()
         self._upkeep_slots: asyncio.Semaphore | None = None
         # The IVR's starts and ends being answered right now.
-        self.requests_in_flight = 0
+        self.answering = Answering()
 
     @property
     def _timeout_s(self) -> float:

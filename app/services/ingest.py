@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ from app.domain.scrub import scrub, scrub_text
 from app.domain.states import IllegalTransition
 from app.errors import IllegalStateTransition
 from app.logging import clear_context
-from app.services.concurrency import BackgroundTasks
+from app.services.concurrency import Answering, BackgroundTasks
 from app.services.ingest_apply import (
     BatchApply,
     IngestResult,
@@ -68,11 +67,11 @@ class IngestService:
         metrics: Metrics,
         tasks: BackgroundTasks,
         call_level_covers_all: frozenset[str] = frozenset(),
-        ivr_waiting: Callable[[], bool] = lambda: False,
+        ivr: Answering | None = None,
     ) -> None:
         self.db = db
-        # True while the IVR waits for a payment start or end: batches then leave the loop.
-        self.ivr_waiting = ivr_waiting
+        # The IVR's payment starts and ends being answered: batches let them go first.
+        self.ivr = ivr or Answering()
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
@@ -103,10 +102,10 @@ class IngestService:
             return await self.worker.apply(items, self.clock())
         # In the event loop itself when the write lock is free (SQLite): handed to the writer
         # thread, a batch cost two hand-overs and turns at the interpreter lock with every
-        # webhook in the meantime. Not while the IVR waits for a payment, though: a batch
-        # holds the loop for milliseconds, and the payment's every step would queue behind
-        # the next one (docs/gate.md).
-        inline = not self.ivr_waiting()
+        # webhook in the meantime. Not while the IVR still waits for a payment after the
+        # batch gave it its turn (``_commit``), though: a batch holds the loop for
+        # milliseconds, and the payment's every step would queue behind it (docs/gate.md).
+        inline = not self.ivr.busy
         return await apply_in_order(self.db, self._apply, items, self.clock(), inline=inline)
 
     async def ingest(self, event: PbxEvent, payload: dict[str, Any]) -> IngestResult:
@@ -131,12 +130,18 @@ class IngestService:
     async def _commit(self) -> None:
         # A batch holds many webhooks: its lines carry their own ids, not the first request's.
         clear_context()
-        # Taken when the task runs: the webhooks that arrived meanwhile join the batch.
-        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-        if not batch:
-            self._in_flight -= 1
-            return
+        batch: list[_Pending] = []
         try:
+            if self.worker is None:
+                # In this process, a batch started while the IVR waits would hold the loop,
+                # or (SQLite) the write lock the payment's own transactions need next; in
+                # the writer thread it would take turns with them at the interpreter lock.
+                await self.ivr.done()
+            # Taken now: the webhooks that arrived meanwhile join the batch.
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            if not batch:
+                self._in_flight -= 1
+                return
             outcomes = await self._applied([(p.event, p.payload) for p in batch])
         except asyncio.CancelledError:
             # Shutting down: nothing more is applied, and nobody is left waiting.

@@ -12,6 +12,8 @@ import pytest
 import respx
 
 from app.domain.roles import Role
+from app.services import concurrency
+from app.telephony.generic import parse_event
 from app.telephony.signing import verify
 from tests.conftest import CONTROL_URL, Harness, event
 
@@ -486,17 +488,107 @@ async def test_recording_learned_after_a_call_level_failure_is_quarantined(
     assert call["recordings"][0]["quarantined"] is True, "it may hold the card details"
 
 
+@pytest.fixture
+def held_pause(pbx: respx.MockRouter) -> tuple[asyncio.Event, asyncio.Event]:
+    """The PBX's pause answer, held: (asked, answer). It answers once ``answer`` is set."""
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def respond(request: httpx.Request) -> httpx.Response:
+        asked.set()
+        await answer.wait()
+        return httpx.Response(200, json={"state": "paused"})
+
+    pbx.post(PAUSE).mock(side_effect=respond)
+    return asked, answer
+
+
+async def _start_held(harness: Harness, asked: asyncio.Event) -> asyncio.Task[httpx.Response]:
+    start = asyncio.create_task(
+        harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
+    )
+    async with asyncio.timeout(10):
+        await asked.wait()
+    return start
+
+
+async def test_webhooks_arriving_while_the_ivr_waits_let_its_payment_go_first(
+    harness: Harness,
+    held_pause: tuple[asyncio.Event, asyncio.Event],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A webhook that arrives while a payment start is being answered is read and applied
+    once the start is answered: a burst of webhooks would otherwise sit ahead of each of the
+    payment's steps in the event loop (and, on SQLite, hold the write lock it needs)."""
+    asked, answer = held_pause
+    monkeypatch.setattr(concurrency, "IVR_FIRST_S", 30.0)  # the test releases it sooner
+    await live_call(harness)
+    start = await _start_held(harness, asked)
+    webhook = asyncio.create_task(harness.send_event(event("call.started", call_id="c-2")))
+    await asyncio.sleep(0.2)  # unheld, the webhook is answered within milliseconds
+    assert not webhook.done(), "the webhook went ahead of the payment"
+    assert await harness.count("calls") == 1
+    answer.set()
+    assert (await start).status_code == 200
+    async with asyncio.timeout(10):
+        response = await webhook
+    assert (response.status_code, response.json()) == (200, {"status": "applied"})
+    assert await harness.count("calls") == 2
+
+
+async def test_a_webhook_waits_for_the_ivr_a_bounded_time(
+    harness: Harness,
+    held_pause: tuple[asyncio.Event, asyncio.Event],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A payment that takes long (a PBX slow to answer) never holds webhooks up for longer
+    than ``IVR_FIRST_S`` each: they are applied while it is still being answered."""
+    asked, answer = held_pause
+    monkeypatch.setattr(concurrency, "IVR_FIRST_S", 0.05)
+    await live_call(harness)
+    start = await _start_held(harness, asked)
+    try:
+        async with asyncio.timeout(10):
+            response = await harness.send_event(event("call.started", call_id="c-2"))
+        assert (response.status_code, response.json()) == (200, {"status": "applied"})
+        assert not start.done(), "the payment is still being answered"
+    finally:
+        answer.set()
+        assert (await start).status_code == 200
+
+
+async def test_a_batch_from_an_event_stream_lets_the_ivr_go_first(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events that do not come as webhooks (the ARI and FreeSWITCH event streams) reach the
+    batches directly: a batch in the service's process waits for the IVR too."""
+    if harness.services.ingest.worker is not None:
+        pytest.skip("the worker's batches run in a process of their own")
+    monkeypatch.setattr(concurrency, "IVR_FIRST_S", 30.0)
+    body = json.dumps(event("call.started", call_id="c-stream")).encode()
+    parsed, payload = parse_event("generic", "msg-stream", body)
+    with harness.services.gate.answering.one():
+        applied = asyncio.create_task(harness.services.intake.accept(parsed, payload, body))
+        await asyncio.sleep(0.2)  # unheld, the batch commits within milliseconds
+        assert not applied.done(), "the batch went ahead of the payment"
+        assert await harness.count("calls") == 0
+    async with asyncio.timeout(10):
+        result = await applied
+    assert not result.duplicate
+    assert await harness.count("calls") == 1
+
+
 async def test_a_start_and_an_end_count_as_the_ivr_waiting_while_they_are_answered(
     harness: Harness, pbx: respx.MockRouter
 ) -> None:
-    """While the IVR waits, webhook batches leave the event loop (app/services/ingest.py):
-    the gate says it is waiting for as long as the PBX is being asked, and no longer."""
+    """While the IVR waits, webhooks and their batches let it go first
+    (app/services/concurrency.py): the gate says it is answering for as long as the PBX is
+    being asked, and no longer."""
     gate = harness.services.gate
     seen: list[int] = []
 
     def answer(state: str) -> Any:
         def respond(request: httpx.Request) -> httpx.Response:
-            seen.append(gate.requests_in_flight)
+            seen.append(gate.answering.count)
             return httpx.Response(200, json={"state": state})
 
         return respond
@@ -510,5 +602,5 @@ async def test_a_start_and_an_end_count_as_the_ivr_waiting_while_they_are_answer
     end = await harness.client.post("/v1/calls/generic/c-123/payment/end", headers=ivr)
     assert end.status_code == 200, end.text
     assert seen == [1, 1]
-    assert gate.requests_in_flight == 0
-    assert harness.services.ingest.ivr_waiting() is False
+    assert gate.answering.count == 0
+    assert harness.services.ingest.ivr.busy is False
