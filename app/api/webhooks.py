@@ -92,7 +92,7 @@ def _services(request: Request) -> Services:
 async def _apply(
     services: Services, event: PbxEvent, payload: dict[str, Any], raw: bytes
 ) -> Status:
-    result = await services.intake.accept(event, payload, raw)
+    result = await services.intake.accept(event, payload, raw, webhook=True)
     # recgate's own ids on the request's log line (never the provider's call id).
     bind(call_id=result.call_id, segment_id=result.segment_to_drive)
     return "duplicate" if result.duplicate else "applied"

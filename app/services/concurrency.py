@@ -21,7 +21,8 @@ class Answering:
     One event loop runs every request of the process: while webhooks pour in, each step of
     a payment (its transactions, the PBX's answer, the response) queued behind a burst of
     them, and on SQLite behind a batch holding the write lock. Webhooks and batches that
-    arrive while the IVR waits let it go first, for at most :data:`IVR_FIRST_S`."""
+    arrive while the IVR waits let it go first, for at most :data:`IVR_FIRST_S` each time
+    (a webhook before it is read, its batch again before it starts)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -47,8 +48,10 @@ class Answering:
     async def done(self) -> None:
         """Until no request is being answered, or :data:`IVR_FIRST_S` has passed."""
         if self.count:
+            # Not wait_for: on 3.11 it can swallow a cancellation that meets the event.
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._none.wait(), IVR_FIRST_S)
+                async with asyncio.timeout(IVR_FIRST_S):
+                    await self._none.wait()
 
 
 log = logging.getLogger("recgate.background")

@@ -56,6 +56,8 @@ class _Pending:
     event: PbxEvent
     payload: dict[str, Any]
     future: asyncio.Future[IngestResult]
+    # Whether its batch may wait for the IVR's payments being answered (``_commit``).
+    can_wait: bool = False
 
 
 class IngestService:
@@ -108,12 +110,17 @@ class IngestService:
         inline = not self.ivr.busy
         return await apply_in_order(self.db, self._apply, items, self.clock(), inline=inline)
 
-    async def ingest(self, event: PbxEvent, payload: dict[str, Any]) -> IngestResult:
+    async def ingest(
+        self, event: PbxEvent, payload: dict[str, Any], *, can_wait: bool = False
+    ) -> IngestResult:
         """Store ``event`` in the inbox and apply it; return once that is committed.
 
         ``payload`` is the provider's raw payload; it is scrubbed before it is stored.
+        ``can_wait``: its batch may wait for the IVR's payments being answered (a webhook's;
+        not an event stream's, whose consumer waits for each event before the next).
         """
-        pending = _Pending(event, payload, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        pending = _Pending(event, payload, loop.create_future(), can_wait)
         self._pending.append(pending)
         self._dispatch()
         # Shielded: a webhook whose sender hung up is still applied with its batch.
@@ -132,7 +139,7 @@ class IngestService:
         clear_context()
         batch: list[_Pending] = []
         try:
-            if self.worker is None:
+            if self.worker is None and all(p.can_wait for p in self._pending[:MAX_BATCH]):
                 # In this process, a batch started while the IVR waits would hold the loop,
                 # or (SQLite) the write lock the payment's own transactions need next; in
                 # the writer thread it would take turns with them at the interpreter lock.

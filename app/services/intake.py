@@ -22,8 +22,12 @@ class EventIntake:
         self.gate = gate
         self.media = media
 
-    async def accept(self, event: PbxEvent, payload: dict[str, Any], raw: bytes) -> IngestResult:
+    async def accept(
+        self, event: PbxEvent, payload: dict[str, Any], raw: bytes, *, webhook: bool = False
+    ) -> IngestResult:
         """Apply ``event``; :class:`MalformedInput` (dead-lettered) when it cannot be trusted.
+        A ``webhook``'s batch lets a payment being answered go first (an event stream's does
+        not: its consumer waits for each event before it reads the next).
 
         Refused: an event whose ids hold a card number or cannot be shown faithfully (nothing
         of it is stored but the scrubbed dead letter), and one dated more than a few minutes
@@ -39,7 +43,7 @@ class EventIntake:
             await self.reject(event.provider, event.event_id, reason, raw)
             raise MalformedInput(reason)
         event = without_card_like_checksum(event)
-        result = await self.ingest.ingest(event, payload)
+        result = await self.ingest.ingest(event, payload, can_wait=webhook)
         if result.segment_to_drive is not None:
             # Keyed by recgate's own segment id: the event may have named the call by an alias.
             self.gate.kick(result.segment_to_drive)

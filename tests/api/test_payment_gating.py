@@ -523,12 +523,14 @@ async def test_webhooks_arriving_while_the_ivr_waits_let_its_payment_go_first(
     monkeypatch.setattr(concurrency, "IVR_FIRST_S", 30.0)  # the test releases it sooner
     await live_call(harness)
     start = await _start_held(harness, asked)
-    webhook = asyncio.create_task(harness.send_event(event("call.started", call_id="c-2")))
-    await asyncio.sleep(0.2)  # unheld, the webhook is answered within milliseconds
-    assert not webhook.done(), "the webhook went ahead of the payment"
-    assert await harness.count("calls") == 1
-    answer.set()
-    assert (await start).status_code == 200
+    try:
+        webhook = asyncio.create_task(harness.send_event(event("call.started", call_id="c-2")))
+        await asyncio.sleep(0.2)  # unheld, the webhook is answered within milliseconds
+        assert not webhook.done(), "the webhook went ahead of the payment"
+        assert await harness.count("calls") == 1
+    finally:
+        answer.set()
+        assert (await start).status_code == 200
     async with asyncio.timeout(10):
         response = await webhook
     assert (response.status_code, response.json()) == (200, {"status": "applied"})
@@ -556,21 +558,25 @@ async def test_a_webhook_waits_for_the_ivr_a_bounded_time(
         assert (await start).status_code == 200
 
 
-async def test_a_batch_from_an_event_stream_lets_the_ivr_go_first(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("webhook", [True, False], ids=["webhook", "event-stream"])
+async def test_a_batch_lets_the_ivr_go_first_unless_it_holds_a_streamed_event(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, webhook: bool
 ) -> None:
-    """Events that do not come as webhooks (the ARI and FreeSWITCH event streams) reach the
-    batches directly: a batch in the service's process waits for the IVR too."""
+    """A webhook's batch about to start in the service's process lets a payment being
+    answered go first (the webhook may have arrived before the payment did). Events from the
+    ARI and FreeSWITCH streams come one at a time, each awaited before the next: their
+    batches never wait, or a stream would crawl while payments are answered."""
     if harness.services.ingest.worker is not None:
         pytest.skip("the worker's batches run in a process of their own")
-    monkeypatch.setattr(concurrency, "IVR_FIRST_S", 30.0)
-    body = json.dumps(event("call.started", call_id="c-stream")).encode()
-    parsed, payload = parse_event("generic", "msg-stream", body)
+    monkeypatch.setattr(concurrency, "IVR_FIRST_S", 30.0)  # the test ends the wait sooner
+    body = json.dumps(event("call.started", call_id="c-batch")).encode()
+    parsed, payload = parse_event("generic", "msg-batch", body)
+    intake = harness.services.intake
     with harness.services.gate.answering.one():
-        applied = asyncio.create_task(harness.services.intake.accept(parsed, payload, body))
+        applied = asyncio.create_task(intake.accept(parsed, payload, body, webhook=webhook))
         await asyncio.sleep(0.2)  # unheld, the batch commits within milliseconds
-        assert not applied.done(), "the batch went ahead of the payment"
-        assert await harness.count("calls") == 0
+        assert applied.done() is not webhook
+        assert await harness.count("calls") == (0 if webhook else 1)
     async with asyncio.timeout(10):
         result = await applied
     assert not result.duplicate
