@@ -26,6 +26,8 @@ class Answering:
 
     def __init__(self) -> None:
         self.count = 0
+        # Webhooks and batches waiting in :meth:`done` right now.
+        self.waiting = 0
         self._none = asyncio.Event()
         self._none.set()
 
@@ -47,11 +49,16 @@ class Answering:
 
     async def done(self) -> None:
         """Until no request is being answered, or :data:`IVR_FIRST_S` has passed."""
-        if self.count:
+        if not self.count:
+            return
+        self.waiting += 1
+        try:
             # Not wait_for: on 3.11 it can swallow a cancellation that meets the event.
             with suppress(TimeoutError):
                 async with asyncio.timeout(IVR_FIRST_S):
                     await self._none.wait()
+        finally:
+            self.waiting -= 1
 
 
 log = logging.getLogger("recgate.background")

@@ -502,6 +502,18 @@ def held_pause(pbx: respx.MockRouter) -> tuple[asyncio.Event, asyncio.Event]:
     return asked, answer
 
 
+async def _until_one_waits(harness: Harness, task: asyncio.Task[Any]) -> None:
+    """Until ``task`` waits for the payment being answered (bounded; it fails if it goes
+    ahead instead)."""
+    answering = harness.services.gate.answering
+    for _ in range(1000):
+        if answering.waiting == 1:
+            return
+        assert not task.done(), "it went ahead of the payment"
+        await asyncio.sleep(0.01)
+    raise AssertionError("it never waited for the payment")
+
+
 async def _start_held(harness: Harness, asked: asyncio.Event) -> asyncio.Task[httpx.Response]:
     start = asyncio.create_task(
         harness.client.post("/v1/calls/generic/c-123/payment/start", headers=harness.auth(Role.IVR))
@@ -525,8 +537,7 @@ async def test_webhooks_arriving_while_the_ivr_waits_let_its_payment_go_first(
     start = await _start_held(harness, asked)
     try:
         webhook = asyncio.create_task(harness.send_event(event("call.started", call_id="c-2")))
-        await asyncio.sleep(0.2)  # unheld, the webhook is answered within milliseconds
-        assert not webhook.done(), "the webhook went ahead of the payment"
+        await _until_one_waits(harness, webhook)
         assert await harness.count("calls") == 1
     finally:
         answer.set()
@@ -574,9 +585,13 @@ async def test_a_batch_lets_the_ivr_go_first_unless_it_holds_a_streamed_event(
     intake = harness.services.intake
     with harness.services.gate.answering.one():
         applied = asyncio.create_task(intake.accept(parsed, payload, body, webhook=webhook))
-        await asyncio.sleep(0.2)  # unheld, the batch commits within milliseconds
-        assert applied.done() is not webhook
-        assert await harness.count("calls") == (0 if webhook else 1)
+        if webhook:
+            await _until_one_waits(harness, applied)
+            assert await harness.count("calls") == 0
+        else:  # applied while the payment is still being answered
+            async with asyncio.timeout(10):
+                await asyncio.shield(applied)
+            assert await harness.count("calls") == 1
     async with asyncio.timeout(10):
         result = await applied
     assert not result.duplicate
