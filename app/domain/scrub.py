@@ -11,9 +11,9 @@ What counts as card data:
   shorter or longer last group, Amex 4-6-5, Diners 4-6-4) and with a card issuer's prefix
   (2221–2720, 3, 4, 5, 6): dates, amounts, IP addresses, version strings and timestamps are
   written with those separators and must not add up to a card number. Digits inside a hex
-  identifier (a UUID with RFC 4122's variant, or a UUID-shaped run or 16 or more lower-case or
-  32 or more upper-case hex characters with two letters or more among them, such as a Twilio
-  SID) belong to the identifier: nobody writes a card number into one by accident.
+  identifier (a UUID with RFC 4122's variant, dashed or as ``uuid4().hex`` with a letter, or a
+  UUID-shaped run or 16 or more lower-case or 32 or more upper-case hex characters with two
+  letters or more among them, such as a Twilio SID) belong to the identifier: nobody writes a card number into one by accident.
 * A security code: 3–4 digits next to a card word ("CVV 123", "security code: 999"), or the
   value of a field named like one.
 
@@ -237,7 +237,16 @@ def _mask_hex_ids(text: str) -> str:
         # however few letters it drew: about one random UUID in 50,000 has fewer than two, and
         # its digits may add up like a card's.
         rfc_uuid = "-" in hex_id and hex_id[19] in "89abAB"
-        if rfc_uuid or len(_HEX_LETTER.findall(hex_id)) >= 2:
+        # The same written as uuid4().hex (a common webhook or message id): 32 lower-case
+        # characters with uuid4's version (4) and variant where it puts them, and a letter at
+        # least. About one in 100,000 of those has one letter only, and its digits may too.
+        uuid_hex = (
+            len(hex_id) == 32
+            and hex_id[12] == "4"
+            and hex_id[16] in "89ab"
+            and _HEX_LETTER.search(hex_id) is not None
+        )
+        if rfc_uuid or uuid_hex or len(_HEX_LETTER.findall(hex_id)) >= 2:
             return "x" * len(hex_id)
         return hex_id
 

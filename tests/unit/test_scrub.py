@@ -652,6 +652,8 @@ def test_ordinary_identifier_is_not_card_data(identifier: str) -> None:
         "msg_0572d077725f632cb1a5409831722549",  # uuid4().hex
         # A uuid4 with one letter whose digits, read across the dashes, pass Luhn as a Visa.
         "11401181-3157-4118-9571-282c60680008",
+        # uuid4().hex with one letter (about one in 100,000): 25 digits in a row, a Luhn run.
+        "msg_468721b8608240558390260208540119",
     ],
 )
 def test_digits_inside_a_hex_identifier_are_not_a_card_number(identifier: str) -> None:
@@ -667,3 +669,5 @@ def test_card_number_next_to_a_hex_identifier_is_still_redacted() -> None:
 
 def test_a_uuid_shape_made_only_of_digits_is_no_identifier() -> None:
     assert has_card_data("00004111-1111-1111-1111-000000000000")
+    # uuid4().hex's version and variant where it puts them, but no letter: a card and zeros.
+    assert has_card_data("msg_41111111111141158000000000000000")
