@@ -10,8 +10,10 @@ own bind and result processors convert them), so the ORM reads what this writes.
 
 An expanding ``IN`` is finished for each execution by SQLAlchemy's own
 ``construct_expanded_state``. A parameter with no value and no default raises, as in
-SQLAlchemy. What goes through ``Connection.execute`` as before: many rows with ``RETURNING``
-(SQLAlchemy sends those as one multi-row statement) or with an expanding ``IN``, a
+SQLAlchemy. An INSERT given many rows with ``RETURNING`` goes as one statement with its
+``VALUES`` group once per row, as SQLAlchemy would send it, its rows in no particular order.
+What goes through ``Connection.execute`` as before: such an INSERT whose parameters outside
+``VALUES`` differ between rows, many rows with an expanding ``IN``, a
 Python-side column default that is neither a constant nor a function of nothing, and
 statements beyond the first 512 kept (a statement built on every call would otherwise be
 compiled and kept on every call: build hot-path statements once).
@@ -33,6 +35,8 @@ _Convert = Callable[[Any], Any] | None
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 # Prepared statements kept, at most; one built on every call would otherwise fill it.
 _MAX_PREPARED = 512
+# Placeholders in one statement, at most: both engines take 32,766 or more.
+_MAX_PLACEHOLDERS = 30_000
 
 
 class Unprepared(Exception):
@@ -135,6 +139,13 @@ class Prepared:
         self.numbered = numbers == set(range(1, len(self.binds) + 1)) and "'" not in self.sql
         self.combinable = not self.returns and self.expanding is None and self.numbered
         self._dialect = dialect
+        # An INSERT returning rows, given many rows: its VALUES group repeated, one per row.
+        self.rows_group = (
+            _values_group(self.sql, len(self.binds), dialect.paramstyle)
+            if self.returns and self.expanding is None and isinstance(statement, sa.Insert)
+            else None
+        )
+        self._many_sql: dict[int, str] = {}
         self._types = [column[3] for column in columns]
         # Converters need the driver's type codes (PostgreSQL): made on the first result.
         self._readers: list[_Convert] | None = None
@@ -163,6 +174,27 @@ class Prepared:
                 value = made()
             out.append(value if convert is None else convert(value))
         return tuple(out)
+
+    def many(self, rows: Sequence[Params]) -> tuple[str, tuple[Any, ...]] | None:
+        """One statement inserting ``rows`` (its VALUES group once per row) and its
+        parameters; None when the parameters outside that group differ between rows."""
+        group = self.rows_group
+        assert group is not None
+        if len(rows) * group.size > _MAX_PLACEHOLDERS:
+            return None
+        first, last = group.first, group.first + group.size
+        values = [self.parameters(row) for row in rows]
+        outside = values[0][:first] + values[0][last:]
+        if any(v[:first] + v[last:] != outside for v in values[1:]):
+            return None
+        sql = self._many_sql.get(len(rows))
+        if sql is None:
+            sql = self._many_sql[len(rows)] = group.sql(len(rows))
+        flat = list(values[0][:first])
+        for v in values:
+            flat.extend(v[first:last])
+        flat.extend(values[0][last:])
+        return sql, tuple(flat)
 
     def rows(self, fetched: Sequence[Sequence[Any]], description: Sequence[Any]) -> list[Any]:
         readers = self._readers
@@ -204,6 +236,63 @@ def _required(key: str) -> Callable[[], Any]:
     return missing
 
 
+class _ValuesGroup:
+    """Where an INSERT's one ``VALUES (…)`` group sits in its SQL, and which of its
+    placeholders (by position) are in it: ``first`` … ``first + size - 1``."""
+
+    def __init__(self, sql: str, start: int, end: int, first: int, size: int, numbered: bool):
+        self._head, self._group, self._tail = sql[:start], sql[start:end], sql[end:]
+        self.first, self.size, self._numbered = first, size, numbered
+
+    def sql(self, count: int) -> str:
+        if not self._numbered:
+            return self._head + ", ".join([self._group] * count) + self._tail
+        size = self.size
+
+        def renumbered(text: str, shift: int) -> str:
+            return _PLACEHOLDER.sub(lambda m: f"${int(m.group(1)) + shift}", text)
+
+        groups = [renumbered(self._group, i * size) for i in range(count)]
+        # Placeholders after the group move past every row's; those before it stay.
+        tail = renumbered(self._tail, (count - 1) * size)
+        return self._head + ", ".join(groups) + tail
+
+
+def _values_group(sql: str, binds: int, paramstyle: str) -> _ValuesGroup | None:
+    """The VALUES group of a compiled single-row INSERT, or None when it cannot be told
+    apart for sure (a literal string in the SQL, placeholders out of order)."""
+    if "'" in sql or paramstyle not in ("qmark", "numeric_dollar"):
+        return None
+    start = sql.find(" VALUES (")
+    if start < 0 or sql.find(" VALUES (", start + 1) >= 0:
+        return None
+    start += len(" VALUES ")
+    depth, end = 0, -1
+    for i in range(start, len(sql)):
+        if sql[i] == "(":
+            depth += 1
+        elif sql[i] == ")":
+            depth -= 1
+            if not depth:
+                end = i + 1
+                break
+    if end < 0:
+        return None
+    if paramstyle == "qmark":
+        before, inside = sql[:start].count("?"), sql[start:end].count("?")
+        if before + inside + sql[end:].count("?") != binds or not inside:
+            return None
+        return _ValuesGroup(sql, start, end, before, inside, numbered=False)
+    numbers = [int(n) for n in _PLACEHOLDER.findall(sql)]
+    if numbers != list(range(1, binds + 1)):
+        return None  # each placeholder once, in order: positions are numbers
+    before = len(_PLACEHOLDER.findall(sql[:start]))
+    inside = len(_PLACEHOLDER.findall(sql[start:end]))
+    if not inside:
+        return None
+    return _ValuesGroup(sql, start, end, before, inside, numbered=True)
+
+
 _PREPARED: dict[tuple[int, str, tuple[str, ...] | None], tuple[Any, Prepared | None]] = {}
 
 
@@ -232,7 +321,12 @@ def run(conn: Connection, statement: Any, params: Params | Sequence[Params] | No
     given: Params = (rows_given[0] if rows_given else {}) if many else (params or {})  # type: ignore[assignment]
     prepared = _prepared(conn, statement, _keys(statement, given))
     if prepared is None or (many and (prepared.returns or prepared.expanding is not None)):
-        return conn.execute(statement, params)
+        together = None
+        if prepared is not None and prepared.rows_group is not None and rows_given:
+            together = prepared.many(rows_given)
+        if together is None:
+            return conn.execute(statement, params)
+        return _execute(conn, *together, many=False, read=prepared)
     sql = prepared.sql
     values: Any
     if many:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from app.storage import direct
 from app.storage.db import Database, create_engine
@@ -153,6 +154,77 @@ async def test_many_rows_expanding_in_and_updates(db: Database) -> None:
         return {r.label: r.hits for r in direct.run(conn, sa.select(probe.c.label, probe.c.hits))}
 
     assert (await _write(db, counts)) == {"m0": 0, "m1": 2, "m2": 0, "m3": 5, "m4": 0}
+
+
+def _upsert(database_url: str) -> Any:
+    """An upsert returning rows, with a parameter outside its VALUES (as the calls' upsert)."""
+    insert = postgresql.insert if database_url.startswith("postgresql") else sqlite.insert
+    statement = insert(probe)
+    return statement.on_conflict_do_update(
+        index_elements=["id"],
+        set_={"hits": probe.c.hits + sa.bindparam("by"), "at": statement.excluded.at},
+    ).returning(probe.c.id, probe.c.label, probe.c.at, probe.c.amount, probe.c.made, probe.c.hits)
+
+
+async def test_many_rows_returning_go_as_one_statement_and_read_as_sqlalchemys(
+    db: Database, database_url: str
+) -> None:
+    upsert = _upsert(database_url)
+    at = datetime(2026, 7, 1, 12, 30, tzinfo=timezone(timedelta(hours=1)))
+    keys = [uuid.uuid4() for _ in range(4)]
+
+    def rows(by: list[int]) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": k,
+                "label": f"r{i}",
+                "at": at + timedelta(minutes=i),
+                "amount": Decimal(i),
+                "from_ctx": "x",
+                "by": by[i],
+            }
+            for i, k in enumerate(keys)
+        ]
+
+    heard: list[str] = []
+
+    def listen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        heard.append(statement)
+
+    def work(conn: sa.Connection) -> tuple[Any, Any, Any]:
+        # Two rows there already: both inserted and updated rows come back, converted.
+        direct.run(conn, INSERT, [{"id": k, "label": "old", "from_ctx": "x"} for k in keys[:2]])
+        heard.clear()
+        ours = direct.run(conn, upsert, rows([1, 1, 1, 1]))
+        stored = conn.execute(sa.select(probe)).all()
+        # A parameter outside VALUES that differs by row: SQLAlchemy's own execution.
+        differing = direct.run(conn, upsert, rows([1, 2, 3, 4]))
+        return ours, stored, differing
+
+    for engine in db.sync_engines:
+        sa.event.listen(engine, "before_cursor_execute", listen)
+    try:
+        ours, stored, differing = await _write(db, work)
+    finally:
+        for engine in db.sync_engines:
+            sa.event.remove(engine, "before_cursor_execute", listen)
+    assert isinstance(ours, direct.Rows)
+    assert sum(s.startswith("INSERT INTO") for s in heard) >= 2
+    assert heard[0].count("ON CONFLICT") == 1, "four rows in one statement"
+    got = {row.id: row for row in ours}
+    assert set(got) == set(keys)
+    for i, key in enumerate(keys):
+        row = got[key]
+        assert isinstance(row.id, uuid.UUID)
+        assert row.at == (at + timedelta(minutes=i)).astimezone(UTC)
+        # The two that were there keep their label and count the bump; the rest are new.
+        assert row.label == ("old" if i < 2 else f"r{i}")
+        assert row.hits == (1 if i < 2 else 0)
+        assert row.made == "made-by-default"
+        assert row.amount == (None if i < 2 else Decimal(i))
+    assert isinstance(differing, sa.CursorResult)
+    assert {r.id: r.hits for r in differing} == {k: [2, 3, 3, 4][i] for i, k in enumerate(keys)}
+    assert len(stored) == 4
 
 
 async def test_database_errors_are_sqlalchemys_and_listeners_hear_each_statement(
