@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import re
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
@@ -11,7 +13,7 @@ import respx
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.domain.roles import Role
-from app.main import create_app
+from app.main import _settle_garbage_collector, create_app
 from tests.api.test_auth import OPEN, PROTECTED
 from tests.conftest import CONTROL_URL, Harness, event
 
@@ -309,6 +311,21 @@ async def test_docs_load_nothing_from_another_host(harness: Harness, page: str) 
     for url in [*assets, "/openapi.json"]:
         asset = await harness.client.get(url)
         assert asset.status_code == 200 and asset.content, url
+
+
+async def test_a_stopped_app_leaves_nothing_alive(make_harness: Any) -> None:
+    """A stopped app, its services and its provider clients are freed: nothing process-wide
+    (FastAPI's endpoint caches, module routers) keeps a reference. The test process starts an
+    app per test; when each one stayed, a full collection walked millions of objects and
+    paused the end-to-end tests' requests for seconds."""
+    _settle_garbage_collector()  # once per process: it would freeze this app if it came first
+    async with make_harness() as h:
+        for page in ("/docs", "/redoc", "/docs/oauth2-redirect", "/livez", "/openapi.json"):
+            assert (await h.client.get(page)).status_code == 200, page
+        services = weakref.ref(h.services)
+        del h
+    gc.collect()
+    assert services() is None, [type(r).__name__ for r in gc.get_referrers(services())]
 
 
 def test_openapi_declares_bearer_auth_where_a_token_is_needed() -> None:
