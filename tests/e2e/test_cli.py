@@ -407,6 +407,10 @@ def test_demo_prints_a_gated_payment_timeline_and_leaves_nothing(tmp_path: Path)
     assert list(tmp_path.iterdir()) == [scratch], "and nothing is made where it ran"
 
 
+def _ctrl_c_heard() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupted_demo_stops_at_once_and_leaves_nothing(tmp_path: Path) -> None:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -426,6 +430,9 @@ def test_an_interrupted_demo_stops_at_once_and_leaves_nothing(tmp_path: Path) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a suite run as a background job (`pytest … &`) has Ctrl-C
+        # ignored, and a child would inherit that and never hear it.
+        preexec_fn=_ctrl_c_heard,
     )
     try:
         assert process.stdout is not None
