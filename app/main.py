@@ -154,6 +154,10 @@ def _serve_docs(app: FastAPI) -> None:
     app.add_api_route("/redoc", _redoc, methods=["GET"], include_in_schema=False)
 
 
+def _openapi_url(app: FastAPI) -> str:
+    return app.openapi_url or "/openapi.json"
+
+
 def _oauth2_redirect_url(app: FastAPI) -> str:
     return app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
 
@@ -161,7 +165,7 @@ def _oauth2_redirect_url(app: FastAPI) -> str:
 async def _swagger_ui(request: Request) -> HTMLResponse:
     app: FastAPI = request.app
     return get_swagger_ui_html(
-        openapi_url=app.openapi_url or "/openapi.json",
+        openapi_url=_openapi_url(app),
         title=f"{app.title} - Swagger UI",
         oauth2_redirect_url=_oauth2_redirect_url(app),
         swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
@@ -177,7 +181,7 @@ async def _swagger_ui_redirect() -> HTMLResponse:
 async def _redoc(request: Request) -> HTMLResponse:
     app: FastAPI = request.app
     return get_redoc_html(
-        openapi_url=app.openapi_url or "/openapi.json",
+        openapi_url=_openapi_url(app),
         title=f"{app.title} - ReDoc",
         redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
         redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
