@@ -4,6 +4,13 @@
   and answers, nothing else: the ceiling for webhook ingest on this stack.
 - ``forwarder_app``: the smallest possible payment gate: an endpoint that makes the one PBX
   call (a shared ``httpx.AsyncClient``, as recgate uses) and answers.
+- ``floor_app``: the smallest payment gate that keeps the two promises that cost database
+  round trips (SPEC §3.1): a segment is claimed in the database before its command is sent
+  (two replicas never both send it), and the PBX's confirmation is on disk before the IVR
+  hears "safe". One claim statement (not waited to disk), the PBX call, one durable
+  statement; no authentication, body, idempotency or bookkeeping of recordings. On
+  PostgreSQL through ``asyncpg`` directly, on SQLite through ``sqlite3`` in the event loop
+  (``BENCH_FLOOR_DB``: ``postgresql://…`` or ``sqlite:///path``).
 - ``python bench/baselines.py pbx PORT``: a PBX control URL that answers every pause and
   resume at once, and reports its own handling time (``GET /stats``).
 
@@ -16,10 +23,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 import time
-from datetime import datetime
-from typing import Literal
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import httpx
 from fastapi import FastAPI, HTTPException
@@ -105,6 +116,128 @@ async def forward_start(provider: str, call_id: str) -> dict[str, object]:
 @forwarder_app.post("/v1/calls/{provider}/{call_id}/payment/end")
 async def forward_end(provider: str, call_id: str) -> dict[str, object]:
     return await _forward(call_id, "resume", "recording")
+
+
+# ---- the floor: a forwarder with the two writes the promises need -----------------------------
+
+_FLOOR_TABLE = """
+CREATE TABLE IF NOT EXISTS bench_floor (
+    id TEXT PRIMARY KEY, call_id TEXT NOT NULL, state TEXT NOT NULL, claim_until TEXT
+)"""
+# One open segment per call: the claim's guard.
+_FLOOR_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS bench_floor_open ON bench_floor (call_id) "
+    "WHERE state <> 'closed'"
+)
+# Per action: the claim (which segment, from which state), the PBX action and its answer,
+# the confirmed state.
+_FLOOR_STEPS = {
+    "start": ("pause", "paused", "paused"),
+    "end": ("resume", "recording", "closed"),
+}
+
+
+class _FloorStore:
+    """Claim a segment, then record its confirmed state; the same SQL on both databases."""
+
+    def __init__(self, run: Any, close: Any, numbered: bool) -> None:
+        self._run, self.close = run, close
+        a, b, c = ("$1", "$2", "$3") if numbered else ("?", "?", "?")
+        self.sql = {
+            "start": "INSERT INTO bench_floor (id, call_id, state, claim_until) "
+            f"VALUES ({a}, {b}, 'pausing', {c}) ON CONFLICT DO NOTHING RETURNING id",
+            "end": f"UPDATE bench_floor SET state = 'resuming', claim_until = {a} "
+            f"WHERE call_id = {b} AND state = 'paused' RETURNING id",
+            "confirm": f"UPDATE bench_floor SET state = {a}, claim_until = NULL WHERE id = {b}",
+        }
+
+    async def claim(self, step: str, call_id: str) -> str | None:
+        until = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+        args = (uuid.uuid4().hex, call_id, until) if step == "start" else (until, call_id)
+        row = await self._run(self.sql[step], args, False)
+        return None if row is None else str(row[0])
+
+    async def confirm(self, segment: str, state: str) -> None:
+        await self._run(self.sql["confirm"], (state, segment), True)
+
+
+async def _postgres_floor(url: str) -> _FloorStore:
+    import asyncpg  # type: ignore[import-untyped]
+
+    url = url.replace("postgresql+asyncpg://", "postgresql://")
+    # The claim is not waited to disk (as recgate's planning write); the confirmation is.
+    lazy = await asyncpg.create_pool(
+        url, min_size=2, max_size=10, server_settings={"synchronous_commit": "off"}
+    )
+    durable = await asyncpg.create_pool(url, min_size=2, max_size=10)
+    async with durable.acquire() as conn:
+        await conn.execute(_FLOOR_TABLE)
+        await conn.execute(_FLOOR_INDEX)
+
+    async def run(sql: str, args: tuple[str, ...], wait: bool) -> Any:
+        pool = durable if wait else lazy
+        async with pool.acquire() as conn:
+            return await conn.fetchrow(sql, *args)
+
+    async def close() -> None:
+        await lazy.close()
+        await durable.close()
+
+    return _FloorStore(run, close, numbered=True)
+
+
+def _sqlite_floor(path: str) -> _FloorStore:
+    # In the event loop, WAL, synchronous NORMAL: as recgate's own gate writes on SQLite.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(_FLOOR_TABLE)
+    db.execute(_FLOOR_INDEX)
+
+    async def run(sql: str, args: tuple[str, ...], wait: bool) -> Any:
+        return db.execute(sql, args).fetchone()
+
+    async def close() -> None:
+        db.close()
+
+    return _FloorStore(run, close, numbered=False)
+
+
+@asynccontextmanager
+async def _floor_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    url = os.environ["BENCH_FLOOR_DB"]
+    store = (
+        _sqlite_floor(url.removeprefix("sqlite:///"))
+        if url.startswith("sqlite")
+        else await _postgres_floor(url)
+    )
+    app.state.floor = store
+    yield
+    await store.close()
+
+
+floor_app = FastAPI(lifespan=_floor_lifespan)
+
+
+async def _floor(call_id: str, step: str) -> dict[str, object]:
+    store: _FloorStore = floor_app.state.floor
+    action, confirming, stored = _FLOOR_STEPS[step]
+    segment = await store.claim(step, call_id)
+    if segment is None:
+        raise HTTPException(409)
+    answer = await _forward(call_id, action, confirming)
+    await store.confirm(segment, stored)
+    return answer
+
+
+@floor_app.post("/v1/calls/{provider}/{call_id}/payment/start")
+async def floor_start(provider: str, call_id: str) -> dict[str, object]:
+    return await _floor(call_id, "start")
+
+
+@floor_app.post("/v1/calls/{provider}/{call_id}/payment/end")
+async def floor_end(provider: str, call_id: str) -> dict[str, object]:
+    return await _floor(call_id, "end")
 
 
 # ---- the PBX ---------------------------------------------------------------------------------

@@ -4,8 +4,8 @@
 
 Everything runs as separate processes on loopback: ``recgate serve`` (one uvicorn worker,
 background jobs on, access log off, as deployed), the baselines from ``bench/baselines.py``
-(a bare FastAPI endpoint, a minimal forwarder, a PBX that answers at once) and the load
-generator ``bench/loadgen.py``. Every figure is set against a baseline measured in the same
+(a bare FastAPI endpoint, a minimal forwarder, the floor, a PBX that answers at once) and
+the load generator ``bench/loadgen.py``. Every figure is set against a baseline measured in the same
 run:
 
 - **Ingest**: signed generic webhooks (six per call: started, answered, recording started,
@@ -20,7 +20,11 @@ run:
   handling time; the same schedule goes to the minimal forwarder, in three rounds that
   alternate with recgate's (forwarder, recgate, forwarder …), so that a hiccup of the machine
   falls on both alike. Target: recgate's start p99 within 2x the forwarder's p99 (each pooled
-  over its rounds), and no failed start or end.
+  over its rounds), and no failed start or end. A third baseline in the same rounds, the
+  *floor*, is the least a gate keeping SPEC §3.1's promises must do: claim the segment in
+  the database before the command, call the PBX, write the confirmation durably before
+  answering (``floor_app``, on the backend's own database). Its p99 over the forwarder's
+  shows what those two writes alone cost on this machine.
 - **Mixed**: the same payment schedule while webhooks pour in on half the ingest
   connections (closed loop), against the same replica: payment start p50 / p99 and the
   webhooks/s alongside. No target; it shows what ingest costs the IVR and the other way round.
@@ -532,21 +536,27 @@ def paired_payments(
     cfg: Config,
     calls: list[str],
     replica: Recgate,
-    forwarder_port: int,
+    baselines: dict[str, int],
     pbx_port: int,
     workdir: Path,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The payment schedule in ``PAYMENT_ROUNDS`` rounds, each sent to the forwarder and
-    then to recgate: a hiccup of the machine (which moves a p99 of a few hundred samples a
-    lot) falls on both alike. recgate's figures and the forwarder's, each pooled."""
+) -> dict[str, dict[str, Any]]:
+    """The payment schedule in ``PAYMENT_ROUNDS`` rounds, each sent to every baseline (name:
+    port) and then to recgate: a hiccup of the machine (which moves a p99 of a few hundred
+    samples a lot) falls on all alike. The figures of each, pooled over its rounds, by name;
+    recgate's as ``payments``."""
     per_round = replace(cfg, payments=max(1, cfg.payments // PAYMENT_ROUNDS))
-    ours, theirs = [], []
+    # Unmeasured: each one's first payments open its connections to the PBX and the database.
+    warm = replace(cfg, payments=10, hold=0.2)
+    for token, port in [*((None, p) for p in baselines.values()), (replica.ivr, replica.port)]:
+        open_loop(payment_schedule(warm, calls, ["a"], token, both=False), {"a": port}, workdir)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*baselines, "payments"]}
     for _ in range(PAYMENT_ROUNDS):
-        schedule = payment_schedule(per_round, calls, ["a"], None, both=False)
-        theirs.append(payment_round(schedule, {"a": forwarder_port}, pbx_port, workdir))
+        for name, port in baselines.items():
+            schedule = payment_schedule(per_round, calls, ["a"], None, both=False)
+            runs[name].append(payment_round(schedule, {"a": port}, pbx_port, workdir))
         schedule = payment_schedule(per_round, calls, ["a"], replica.ivr, both=False)
-        ours.append(payment_round(schedule, {"a": replica.port}, pbx_port, workdir))
-    return payment_summary(ours), payment_summary(theirs)
+        runs["payments"].append(payment_round(schedule, {"a": replica.port}, pbx_port, workdir))
+    return {name: payment_summary(done) for name, done in runs.items()}
 
 
 def run_backend(
@@ -568,6 +578,17 @@ def run_backend(
             url = stack.enter_context(scratch_database(POSTGRES))
         site = Site(workdir, url, secret, pbx_port)
         replica = stack.enter_context(site.replica(f"recgate-{backend}"))
+        floor_port = free_port()
+        floor_db = f"sqlite:///{workdir}/floor.db" if backend == "sqlite" else url
+        stack.enter_context(
+            uvicorn_app(
+                "baselines:floor_app",
+                floor_port,
+                workdir,
+                f"floor-{backend}",
+                {"BENCH_PBX_URL": f"http://127.0.0.1:{pbx_port}", "BENCH_FLOOR_DB": floor_db},
+            )
+        )
         print(f"[{backend}] ingest …", flush=True)
         out["ingest"], out["bare"] = paired_ingest(
             events, [replica.port], bare_port, cfg, workdir, backend, guess
@@ -608,9 +629,8 @@ def run_backend(
         print(f"[{backend}] payments …", flush=True)
         calls = live_call_names(f"pay-{backend}", cfg.calls)
         closed(events.live_calls(calls), [replica.port], cfg, workdir, timed=False)
-        out["payments"], out["forwarder"] = paired_payments(
-            cfg, calls, replica, forwarder_port, pbx_port, workdir
-        )
+        baselines = {"forwarder": forwarder_port, "floor": floor_port}
+        out.update(paired_payments(cfg, calls, replica, baselines, pbx_port, workdir))
         print(
             f"[{backend}] start p99 {out['payments']['start'].get('p99')} ms, "
             f"failed {out['payments']['start']['failed']}+{out['payments']['end']['failed']}",
@@ -695,6 +715,16 @@ def report(results: dict[str, Any], cfg: Config, label: str, command: str) -> tu
         "≤ 2",
     )
     row(
+        "a gate that only claims, calls the PBX and writes the answer durably: p99 ÷ forwarder's",
+        [f"{r['floor']['start']['p99'] / r['forwarder']['start']['p99']:.2f}" for r in per],
+        "",
+    )
+    row(
+        "payment start p99 ÷ that gate's p99",
+        [f"{r['payments']['start']['p99'] / r['floor']['start']['p99']:.2f}" for r in per],
+        "",
+    )
+    row(
         "payment end, added p50 / p99 ms",
         [f"{_ms(r['payments']['end'], 'p50')} / {_ms(r['payments']['end'], 'p99')}" for r in per],
         "",
@@ -744,9 +774,17 @@ def report(results: dict[str, Any], cfg: Config, label: str, command: str) -> tu
         for b in results["backends"]
     )
     bare = "; ".join(f"{b} rounds {results[b]['bare']['rate']:.0f}" for b in results["backends"])
+    floor = "; ".join(
+        f"{b} {_ms(results[b]['floor']['start'], 'p50')} / "
+        f"{_ms(results[b]['floor']['start'], 'p99')} ms "
+        f"({results[b]['floor']['start']['failed']} failed)"
+        for b in results["backends"]
+    )
     lines = [
         f"Baselines in the same run, in the rounds alternating with recgate's: bare FastAPI "
-        f"endpoint events/s: {bare}; minimal forwarder payment start p50 / p99: {forwarded}.",
+        f"endpoint events/s: {bare}; minimal forwarder payment start p50 / p99: {forwarded}; "
+        f"the gate that only claims, calls and writes durably (`floor_app` in "
+        f"bench/baselines.py), start p50 / p99: {floor}.",
     ]
     scale = results.get("scaleout")
     if scale:
