@@ -715,12 +715,12 @@ def report(results: dict[str, Any], cfg: Config, label: str, command: str) -> tu
         "≤ 2",
     )
     row(
-        "a gate that only claims, calls the PBX and writes the answer durably: p99 ÷ forwarder's",
+        "floor (claim, PBX call, durable answer): start p99 ÷ forwarder p99",
         [f"{r['floor']['start']['p99'] / r['forwarder']['start']['p99']:.2f}" for r in per],
         "",
     )
     row(
-        "payment start p99 ÷ that gate's p99",
+        "payment start p99 ÷ floor p99",
         [f"{r['payments']['start']['p99'] / r['floor']['start']['p99']:.2f}" for r in per],
         "",
     )
@@ -783,8 +783,7 @@ def report(results: dict[str, Any], cfg: Config, label: str, command: str) -> tu
     lines = [
         f"Baselines in the same run, in the rounds alternating with recgate's: bare FastAPI "
         f"endpoint events/s: {bare}; minimal forwarder payment start p50 / p99: {forwarded}; "
-        f"the gate that only claims, calls and writes durably (`floor_app` in "
-        f"bench/baselines.py), start p50 / p99: {floor}.",
+        f"the floor (`floor_app` in bench/baselines.py) start p50 / p99: {floor}.",
     ]
     scale = results.get("scaleout")
     if scale:
