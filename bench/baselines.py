@@ -129,8 +129,7 @@ _FLOOR_INDEX = (
     "CREATE UNIQUE INDEX IF NOT EXISTS bench_floor_open ON bench_floor (call_id) "
     "WHERE state <> 'closed'"
 )
-# Per action: the claim (which segment, from which state), the PBX action and its answer,
-# the confirmed state.
+# Per step: the PBX action, the PBX's answer that confirms it, the state then stored.
 _FLOOR_STEPS = {
     "start": ("pause", "paused", "paused"),
     "end": ("resume", "recording", "closed"),
@@ -195,7 +194,9 @@ def _sqlite_floor(path: str) -> _FloorStore:
     db.execute(_FLOOR_INDEX)
 
     async def run(sql: str, args: tuple[str, ...], wait: bool) -> Any:
-        return db.execute(sql, args).fetchone()
+        # Every row stepped: a statement with RETURNING commits only once it has finished.
+        rows = db.execute(sql, args).fetchall()
+        return rows[0] if rows else None
 
     async def close() -> None:
         db.close()
