@@ -5,9 +5,10 @@
 - ``forwarder_app``: the smallest possible payment gate: an endpoint that makes the one PBX
   call (a shared ``httpx.AsyncClient``, as recgate uses) and answers.
 - ``floor_app``: the smallest payment gate that keeps the two promises that cost database
-  round trips (SPEC §3.1): a segment is claimed in the database before its command is sent
-  (two replicas never both send it), and the PBX's confirmation is on disk before the IVR
-  hears "safe". One claim statement (not waited to disk), the PBX call, one durable
+  round trips: a segment is claimed in the database before its command is sent (two
+  replicas given the same start never both send it: SPEC §3.1, nothing sent twice), and the
+  PBX's confirmation is on disk before the IVR hears "safe" (a crash cannot lose a payment
+  the IVR was told is safe, whose end must resume the recordings). One claim statement (not waited to disk), the PBX call, one durable
   statement; no authentication, body, idempotency or bookkeeping of recordings. On
   PostgreSQL through ``asyncpg`` directly, on SQLite through ``sqlite3`` in the event loop
   (``BENCH_FLOOR_DB``: ``postgresql://…`` or ``sqlite:///path``).

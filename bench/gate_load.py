@@ -21,8 +21,8 @@ run:
   alternate with recgate's (forwarder, recgate, forwarder …), so that a hiccup of the machine
   falls on both alike. Target: recgate's start p99 within 2x the forwarder's p99 (each pooled
   over its rounds), and no failed start or end. A third baseline in the same rounds, the
-  *floor*, is the least a gate keeping SPEC §3.1's promises must do: claim the segment in
-  the database before the command, call the PBX, write the confirmation durably before
+  *floor*, is the least a gate must do to send nothing twice across replicas (SPEC §3.1) and
+  lose no payment it called safe: claim the segment in the database before the command, call the PBX, write the confirmation durably before
   answering (``floor_app``, on the backend's own database). Its p99 over the forwarder's
   shows what those two writes alone cost on this machine.
 - **Mixed**: the same payment schedule while webhooks pour in on half the ingest
