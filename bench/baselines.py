@@ -6,12 +6,15 @@
   call (a shared ``httpx.AsyncClient``, as recgate uses) and answers.
 - ``floor_app``: the smallest payment gate that keeps the two promises that cost database
   round trips: a segment is claimed in the database before its command is sent (two
-  replicas given the same start never both send it: SPEC §3.1, nothing sent twice), and the
-  PBX's confirmation is on disk before the IVR hears "safe" (a crash cannot lose a payment
-  the IVR was told is safe, whose end must resume the recordings). One claim statement (not waited to disk), the PBX call, one durable
-  statement; no authentication, body, idempotency or bookkeeping of recordings. On
-  PostgreSQL through ``asyncpg`` directly, on SQLite through ``sqlite3`` in the event loop
-  (``BENCH_FLOOR_DB``: ``postgresql://…`` or ``sqlite:///path``).
+  replicas given the same start never both send it: SPEC §3.1, nothing sent twice), and
+  the PBX's confirmation is committed before the IVR hears "safe" (a crash cannot lose a
+  payment the IVR was told is safe, whose end must resume the recordings). One claim
+  statement, the PBX call, one confirming statement; no authentication, body, idempotency
+  or bookkeeping of recordings. On PostgreSQL through ``asyncpg`` directly, the claim not
+  waited to disk and the confirmation waited (as recgate's writes); on SQLite through
+  ``sqlite3`` in the event loop, WAL with ``synchronous=NORMAL`` (as recgate's: both commits
+  survive the process, not a power cut) (``BENCH_FLOOR_DB``: ``postgresql://…`` or
+  ``sqlite:///path``).
 - ``python bench/baselines.py pbx PORT``: a PBX control URL that answers every pause and
   resume at once, and reports its own handling time (``GET /stats``).
 
@@ -160,6 +163,12 @@ class _FloorStore:
     async def confirm(self, segment: str, state: str) -> None:
         await self._run(self.sql["confirm"], (state, segment), True)
 
+    async def release(self, segment: str, step: str) -> None:
+        """A command the PBX did not confirm gives its claim back: the segment is left as it
+        was before (a start's closed, an end's paused), so the call's next payment can go."""
+        before = "closed" if step == "start" else "paused"
+        await self._run(self.sql["confirm"], (before, segment), False)
+
 
 async def _postgres_floor(url: str) -> _FloorStore:
     import asyncpg  # type: ignore[import-untyped]
@@ -187,10 +196,13 @@ async def _postgres_floor(url: str) -> _FloorStore:
 
 
 def _sqlite_floor(path: str) -> _FloorStore:
-    # In the event loop, WAL, synchronous NORMAL: as recgate's own gate writes on SQLite.
+    # In the event loop, WAL, synchronous NORMAL, no checkpoint on commit: as recgate's own
+    # gate writes on SQLite (whose writer thread checkpoints now and then; over one run the
+    # floor's WAL grows a few MiB). Both commits survive the process, not the machine.
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
     db.execute(_FLOOR_TABLE)
     db.execute(_FLOOR_INDEX)
 
@@ -227,7 +239,11 @@ async def _floor(call_id: str, step: str) -> dict[str, object]:
     segment = await store.claim(step, call_id)
     if segment is None:
         raise HTTPException(409)
-    answer = await _forward(call_id, action, confirming)
+    try:
+        answer = await _forward(call_id, action, confirming)
+    except BaseException:
+        await store.release(segment, step)
+        raise
     await store.confirm(segment, stored)
     return answer
 

@@ -12,19 +12,20 @@ run:
   stopped, completed, call ended; each call's events in order on one connection), 64
   keep-alive connections, closed loop. events/s of recgate over events/s of the bare
   endpoint validating the same bodies, in three rounds that alternate with the bare
-  endpoint's (bare, recgate, bare …) on each backend, each pooled over its rounds: the
-  machine's speed moves by up to 2x within an hour, and a ratio of two figures taken minutes
-  apart moved with it. Target >= 0.40.
+  endpoint's, in turn first and second (bare, recgate; recgate, bare; bare, recgate) on each
+  backend, each pooled over its rounds: the machine's speed moves by up to 2x within an
+  hour, and a ratio of two figures taken minutes apart moved with it. Target >= 0.40.
 - **Payment start/end**: 200 live calls, payments started at 20/s spread evenly (300 by
   default), each ended 2 s later. Latency is what the IVR sees minus the PBX's own median
-  handling time; the same schedule goes to the minimal forwarder, in three rounds that
-  alternate with recgate's (forwarder, recgate, forwarder …), so that a hiccup of the machine
-  falls on both alike. Target: recgate's start p99 within 2x the forwarder's p99 (each pooled
-  over its rounds), and no failed start or end. A third baseline in the same rounds, the
-  *floor*, is the least a gate must do to send nothing twice across replicas (SPEC §3.1) and
-  lose no payment it called safe: claim the segment in the database before the command, call the PBX, write the confirmation durably before
-  answering (``floor_app``, on the backend's own database). Its p99 over the forwarder's
-  shows what those two writes alone cost on this machine.
+  handling time; the same schedule goes to the minimal forwarder and the floor, in three
+  rounds, the order reversed each round (forwarder, floor, recgate; recgate, floor,
+  forwarder; …), so that a hiccup or a drift of the machine falls on all alike. Target:
+  recgate's start p99 within 2x the forwarder's p99 (each pooled over its rounds), and no
+  failed start or end. The *floor* is the least a gate must do to send nothing twice across
+  replicas (SPEC §3.1) and lose no payment it called safe: claim the segment in the
+  database before the command, call the PBX, commit the confirmation before answering
+  (``floor_app``, on the backend's own database). Its p99 over the forwarder's shows what
+  those two writes alone cost on this machine.
 - **Mixed**: the same payment schedule while webhooks pour in on half the ingest
   connections (closed loop), against the same replica: payment start p50 / p99 and the
   webhooks/s alongside. No target; it shows what ingest costs the IVR and the other way round.
@@ -429,9 +430,9 @@ def paired_ingest(
     tag: str,
     guess: float,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Ingest in ``INGEST_ROUNDS`` rounds, each measured on the bare endpoint and then on
-    recgate (``ports``), the measured time split between the rounds: a slow or fast spell
-    of the machine falls on both alike. recgate's figures and the bare endpoint's, each
+    """Ingest in ``INGEST_ROUNDS`` rounds, each measured on the bare endpoint and on recgate
+    (``ports``), the bare endpoint first in even rounds and second in odd ones, the measured
+    time split between the rounds: a slow or fast spell of the machine falls on both alike. recgate's figures and the bare endpoint's, each
     pooled over its rounds (events/s over all the rounds' time), with the rounds' own."""
     # The first round warms a fresh replica up; the later ones only refill the connections.
     first = replace(cfg, duration=cfg.duration / INGEST_ROUNDS)
@@ -439,9 +440,10 @@ def paired_ingest(
     ours, theirs = [], []
     for n in range(INGEST_ROUNDS):
         rounds = later if n else first
-        theirs.append(measure_ingest(events, [bare_port], rounds, workdir, f"bare-{tag}{n}", guess))
-        guess = max(guess, theirs[-1]["rate"])
-        ours.append(measure_ingest(events, ports, rounds, workdir, f"{tag}{n}", guess))
+        sides = [(theirs, [bare_port], f"bare-{tag}{n}"), (ours, ports, f"{tag}{n}")]
+        for runs, targets, name in sides[:: -1 if n % 2 else 1]:
+            runs.append(measure_ingest(events, targets, rounds, workdir, name, guess))
+            guess = max(guess, runs[-1]["rate"])
 
     def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return {"rate": sum(r["rate"] for r in runs) / len(runs), "rounds": runs}
@@ -541,21 +543,24 @@ def paired_payments(
     workdir: Path,
 ) -> dict[str, dict[str, Any]]:
     """The payment schedule in ``PAYMENT_ROUNDS`` rounds, each sent to every baseline (name:
-    port) and then to recgate: a hiccup of the machine (which moves a p99 of a few hundred
-    samples a lot) falls on all alike. The figures of each, pooled over its rounds, by name;
-    recgate's as ``payments``."""
+    port) and to recgate, in reverse order every other round: a hiccup of the machine (which
+    moves a p99 of a few hundred samples a lot) or a drift falls on all alike. The figures
+    of each, pooled over its rounds, by name; recgate's as ``payments``."""
     per_round = replace(cfg, payments=max(1, cfg.payments // PAYMENT_ROUNDS))
     # Unmeasured: each one's first payments open its connections to the PBX and the database.
     warm = replace(cfg, payments=10, hold=0.2)
-    for token, port in [*((None, p) for p in baselines.values()), (replica.ivr, replica.port)]:
-        open_loop(payment_schedule(warm, calls, ["a"], token, both=False), {"a": port}, workdir)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*baselines, "payments"]}
-    for _ in range(PAYMENT_ROUNDS):
-        for name, port in baselines.items():
-            schedule = payment_schedule(per_round, calls, ["a"], None, both=False)
+    targets = [(name, port, None) for name, port in baselines.items()]
+    targets.append(("payments", replica.port, replica.ivr))
+    for name, port, token in targets:
+        warmed = open_loop(payment_schedule(warm, calls, ["a"], token, False), {"a": port}, workdir)
+        bad = [r for done in warmed["results"].values() for r in done if r["status"] != 200]
+        if bad:
+            print(f"warning: {len(bad)} of {name}'s warm-up payments failed", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in targets}
+    for n in range(PAYMENT_ROUNDS):
+        for name, port, token in targets[:: -1 if n % 2 else 1]:
+            schedule = payment_schedule(per_round, calls, ["a"], token, both=False)
             runs[name].append(payment_round(schedule, {"a": port}, pbx_port, workdir))
-        schedule = payment_schedule(per_round, calls, ["a"], replica.ivr, both=False)
-        runs["payments"].append(payment_round(schedule, {"a": replica.port}, pbx_port, workdir))
     return {name: payment_summary(done) for name, done in runs.items()}
 
 
@@ -805,7 +810,10 @@ def report(results: dict[str, Any], cfg: Config, label: str, command: str) -> tu
         f"nproc {os.cpu_count()}, {platform.platform()}, Python {platform.python_version()}\n"
         f"- Ingest: {cfg.connections} connections, {INGEST_ROUNDS} rounds alternating with the "
         f"bare endpoint's, each {cfg.duration / INGEST_ROUNDS:.3g} s measured after a warm-up "
-        f"({cfg.warmup:g} s in the first round, {min(cfg.warmup, 1.0):g} s after). Payments: {cfg.calls} live calls, {cfg.payments} payments at "
+        f"({cfg.warmup:g} s in the first round, {min(cfg.warmup, 1.0):g} s after); the "
+        f"request-log row and the two replicas' ingest are single {cfg.duration:g} s runs after "
+        f"those rounds, set against their pooled figure. Payments: {cfg.calls} live calls, "
+        f"{cfg.payments} payments at "
         f"{cfg.rate:g}/s, each ended {cfg.hold:g} s after its start.\n\n"
         f"{summary}\n\n## Raw figures\n\n```json\n{json.dumps(results, indent=1)}\n```\n"
     )
