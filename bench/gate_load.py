@@ -718,7 +718,7 @@ def report(results: dict[str, Any], cfg: Config, label: str, command: str) -> tu
     for name, over, under, target in [
         ("payment start p99 ÷ forwarder p99", "payments", "forwarder", "≤ 2"),
         (
-            "floor (claim, PBX call, durable answer): start p99 ÷ forwarder p99",
+            "floor (claim, PBX call, committed answer): start p99 ÷ forwarder p99",
             "floor",
             "forwarder",
             "",
