@@ -5,8 +5,8 @@
 Everything runs as separate processes on loopback: ``recgate serve`` (one uvicorn worker,
 background jobs on, access log off, as deployed), the baselines from ``bench/baselines.py``
 (a bare FastAPI endpoint, a minimal forwarder, the floor, a PBX that answers at once) and
-the load generator ``bench/loadgen.py``. Every figure is set against a baseline measured in the same
-run:
+the load generator ``bench/loadgen.py``. Every figure is set against a baseline measured
+in the same run:
 
 - **Ingest**: signed generic webhooks (six per call: started, answered, recording started,
   stopped, completed, call ended; each call's events in order on one connection), 64
@@ -61,7 +61,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -80,6 +80,7 @@ README = BENCH / "README.md"
 POSTGRES = os.environ.get(
     "RECGATE_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
+T = TypeVar("T")
 MARK_BEGIN, MARK_END = "<!-- gate-load:begin -->", "<!-- gate-load:end -->"
 # Payments run in rounds, the forwarder's alternating with recgate's; ingest likewise, the
 # bare endpoint's alternating with recgate's.
@@ -421,6 +422,12 @@ def measure_ingest(
     }
 
 
+def in_turn(sides: list[T], round_no: int) -> list[T]:
+    """The order to measure ``sides`` in, round ``round_no``: as given, then reversed, and so
+    on, so that a steady drift of the machine favours none of them."""
+    return sides[::-1] if round_no % 2 else sides
+
+
 def paired_ingest(
     events: Events,
     ports: list[int],
@@ -432,8 +439,9 @@ def paired_ingest(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Ingest in ``INGEST_ROUNDS`` rounds, each measured on the bare endpoint and on recgate
     (``ports``), the bare endpoint first in even rounds and second in odd ones, the measured
-    time split between the rounds: a slow or fast spell of the machine falls on both alike. recgate's figures and the bare endpoint's, each
-    pooled over its rounds (events/s over all the rounds' time), with the rounds' own."""
+    time split between the rounds: a slow or fast spell of the machine falls on both alike.
+    recgate's figures and the bare endpoint's, each pooled over its rounds (events/s over all
+    the rounds' time), with the rounds' own."""
     # The first round warms a fresh replica up; the later ones only refill the connections.
     first = replace(cfg, duration=cfg.duration / INGEST_ROUNDS)
     later = replace(first, warmup=min(cfg.warmup, 1.0))
@@ -441,7 +449,7 @@ def paired_ingest(
     for n in range(INGEST_ROUNDS):
         rounds = later if n else first
         sides = [(theirs, [bare_port], f"bare-{tag}{n}"), (ours, ports, f"{tag}{n}")]
-        for runs, targets, name in sides[:: -1 if n % 2 else 1]:
+        for runs, targets, name in in_turn(sides, n):
             runs.append(measure_ingest(events, targets, rounds, workdir, name, guess))
             guess = max(guess, runs[-1]["rate"])
 
@@ -558,7 +566,7 @@ def paired_payments(
             print(f"warning: {len(bad)} of {name}'s warm-up payments failed", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in targets}
     for n in range(PAYMENT_ROUNDS):
-        for name, port, token in targets[:: -1 if n % 2 else 1]:
+        for name, port, token in in_turn(targets, n):
             schedule = payment_schedule(per_round, calls, ["a"], token, both=False)
             runs[name].append(payment_round(schedule, {"a": port}, pbx_port, workdir))
     return {name: payment_summary(done) for name, done in runs.items()}
@@ -773,19 +781,18 @@ def report(results: dict[str, Any], cfg: Config, label: str, command: str) -> tu
             "",
         )
     table = "\n".join(rows)
-    forwarded = "; ".join(
-        f"{b} rounds {_ms(results[b]['forwarder']['start'], 'p50')} / "
-        f"{_ms(results[b]['forwarder']['start'], 'p99')} ms "
-        f"({results[b]['forwarder']['start']['failed']} failed)"
-        for b in results["backends"]
-    )
+
+    def starts(name: str, rounds: str) -> str:
+        """A baseline's start p50 / p99 and failures, per backend."""
+        return "; ".join(
+            f"{b}{rounds} {_ms(results[b][name]['start'], 'p50')} / "
+            f"{_ms(results[b][name]['start'], 'p99')} ms "
+            f"({results[b][name]['start']['failed']} failed)"
+            for b in results["backends"]
+        )
+
+    forwarded, floor = starts("forwarder", " rounds"), starts("floor", "")
     bare = "; ".join(f"{b} rounds {results[b]['bare']['rate']:.0f}" for b in results["backends"])
-    floor = "; ".join(
-        f"{b} {_ms(results[b]['floor']['start'], 'p50')} / "
-        f"{_ms(results[b]['floor']['start'], 'p99')} ms "
-        f"({results[b]['floor']['start']['failed']} failed)"
-        for b in results["backends"]
-    )
     lines = [
         f"Baselines in the same run, in the rounds alternating with recgate's: bare FastAPI "
         f"endpoint events/s: {bare}; minimal forwarder payment start p50 / p99: {forwarded}; "
