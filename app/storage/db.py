@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -43,6 +44,8 @@ POOL_TIMEOUT_S = 5.0
 READ_OPTION = "recgate_read"
 _IDLE_SINCE = "recgate_idle_since"
 _PING_AFTER_IDLE_S = 5.0
+# PostgreSQL: connections the gate's optimistic writes keep between writes, at most.
+KEPT_CONNECTIONS = 4
 # SQLite: after this many commits on the event loop's own connection, the writer thread
 # checkpoints the WAL (that connection never does, so the loop never waits on the disk).
 _CHECKPOINT_EVERY = 200
@@ -153,6 +156,10 @@ class Database:
     writes so: its transactions are a handful of statements, well under a millisecond, and a
     hand-over to a thread and back costs more than that, and more again in waits for the
     interpreter lock while the loop is busy, which is what the IVR's latency is made of.
+
+    On PostgreSQL the gate's optimistic writes likewise keep a few connections out of the
+    pool between writes (:class:`_KeptConnections`): a checkout and a return through the
+    async engine cost about as much as one of those writes' statements.
     """
 
     def __init__(self, engine: AsyncEngine, url: str) -> None:
@@ -168,6 +175,7 @@ class Database:
         self._optimistic = engine.execution_options(
             isolation_level="AUTOCOMMIT", **{direct.OPTIMISTIC: True}
         )
+        self._kept = _KeptConnections(self._optimistic)
         if self.is_sqlite:
             sync_url = make_url(url).set(drivername="sqlite")
             self._sync = sa.create_engine(
@@ -232,8 +240,7 @@ class Database:
             if optimistic and self._sync is None:
                 try:
                     async with asyncio.timeout_at(deadline):
-                        async with self._optimistic.connect() as conn:
-                            return await conn.run_sync(partial(_optimistically, work))
+                        return await self._kept.run(partial(_optimistically, work))
                 except direct.NeedsTransaction:
                     pass  # changed since it was read, or needs a transaction: nothing written
             return await self._write(work, deadline, before_commit)
@@ -338,6 +345,7 @@ class Database:
                 return work(reader)
 
     async def close(self) -> None:
+        await self._kept.close()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.shutdown, wait=True)
         if self._sync is not None:
@@ -349,6 +357,78 @@ class Database:
 
 
 _LOCKED = object()
+
+
+class _KeptConnections:
+    """A few autocommit connections of ``engine`` kept out of its pool between the works
+    run on them, newest first. Each work finds its connection as a fresh checkout would:
+    no execution option a work set, no transaction; one idle for
+    :data:`_PING_AFTER_IDLE_S` is pinged first, as the pool would (a server restart costs no
+    request its answer). One a work failed on (other than by :class:`direct.NeedsTransaction`),
+    or one too many, goes back to the pool. Nothing is held across an ``await`` outside
+    ``run``: a kept connection is idle, like a pooled one."""
+
+    def __init__(self, engine: AsyncEngine, most: int = KEPT_CONNECTIONS) -> None:
+        self._engine = engine
+        self._most = most
+        self._idle: list[tuple[AsyncConnection, float]] = []
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        conn = await self._take()
+        try:
+            result = await conn.run_sync(partial(_as_checked_out, work))
+        except direct.NeedsTransaction:
+            await self._give_back(conn)
+            raise
+        except BaseException:
+            await conn.close()
+            raise
+        await self._give_back(conn)
+        return result
+
+    async def _take(self) -> AsyncConnection:
+        while self._idle:
+            conn, since = self._idle.pop()
+            if time.monotonic() - since < _PING_AFTER_IDLE_S:
+                return conn
+            try:
+                await conn.run_sync(_ping)
+                return conn
+            except Exception:
+                _log.info("a kept database connection failed its ping; using another")
+                await conn.invalidate()
+                await conn.close()
+        return await self._engine.connect()
+
+    async def _give_back(self, conn: AsyncConnection) -> None:
+        if len(self._idle) < self._most and not conn.closed and not conn.invalidated:
+            self._idle.append((conn, time.monotonic()))
+            return
+        await conn.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            await conn.close()
+
+
+def _as_checked_out(work: Callable[[Connection], T], conn: Connection) -> T:
+    """``work`` on a kept connection, which it finds and leaves as a fresh checkout: the
+    options a work sets are its own, and the transaction SQLAlchemy began for a statement
+    it ran (autocommit: nothing to roll back in the database) ends with it."""
+    direct.forget_work_options(conn)
+    try:
+        return work(conn)
+    finally:
+        if conn.in_transaction():
+            conn.rollback()
+
+
+def _ping(conn: Connection) -> None:
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is None:
+        raise sa.exc.DisconnectionError("no driver connection")
+    conn.dialect.do_ping(dbapi_connection)
 
 
 def _optimistically(work: Callable[[Connection], T], conn: Connection) -> T:

@@ -551,6 +551,13 @@ def run_guarded(
     conn.execution_options(**{LAZY_COMMIT: False, _UNCHECKED: False})
 
 
+def forget_work_options(conn: Connection) -> None:
+    """Clear what an earlier work on ``conn`` noted (a connection kept between works)."""
+    options = conn.get_execution_options()
+    if options.get(LAZY_COMMIT) or options.get(_UNCHECKED):
+        conn.execution_options(**{LAZY_COMMIT: False, _UNCHECKED: False})
+
+
 def lazy_commit(conn: Connection) -> None:
     """Mark the transaction: its commit need not wait for the disk (PostgreSQL). The setting
     goes with the next writes sent together, or with :func:`settle_lazy_commit`."""

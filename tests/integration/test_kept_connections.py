@@ -1,0 +1,176 @@
+"""The gate's optimistic writes keep a few PostgreSQL connections between writes.
+
+A checkout from the async engine's pool and its return cost about as much as one of the
+gate's statements, twice per payment start. What keeping them must not cost: a work's
+settings leaking into the next one (a durable commit sent as a lazy one), a connection the
+server dropped failing a request, a failed connection kept, or more connections kept out of
+the pool than the few the gate needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app.domain.snapshots import Changes, Transition
+from app.storage import db as db_module
+from app.storage import direct
+from app.storage.db import KEPT_CONNECTIONS, Database, create_engine
+from app.storage.live import LiveCallRepository
+from tests.conftest import emptied
+
+NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def pg_url(postgres_database: str) -> str:
+    """PostgreSQL only: SQLite keeps its one connection of the event loop anyway."""
+    return emptied(postgres_database)
+
+
+@pytest.fixture
+async def pg(pg_url: str) -> AsyncIterator[Database]:
+    url = pg_url
+    engine = create_engine(url)
+    database = Database(engine, url)
+    try:
+        yield database
+    finally:
+        await database.close()
+        await engine.dispose()
+
+
+async def _call(db: Database) -> uuid.UUID:
+    call = await db.write(lambda c: LiveCallRepository(c).upsert_call("generic", "c-kept", NOW))
+    return call.id
+
+
+def _noting(call_id: uuid.UUID, cause: str) -> Callable[[sa.Connection], int]:
+    """A gate-like work: read the call, write one transition guarded by its version."""
+
+    def work(conn: sa.Connection) -> int:
+        repo = LiveCallRepository(conn)
+        call = repo.call_by_id(call_id)
+        assert call is not None
+        changes = Changes(NOW)
+        changes.transitions.append(
+            Transition("call", call_id, call_id, "in_progress", "in_progress", cause, NOW)
+        )
+        repo.write(changes)
+        return call.live_version
+
+    return work
+
+
+def _backend_pid(conn: sa.Connection) -> int:
+    pid: int = direct.run(conn, sa.select(sa.func.pg_backend_pid())).one()[0]
+    return pid
+
+
+def _checked_out(db: Database) -> int:
+    pool: Any = db.engine.sync_engine.pool
+    count: int = pool.checkedout()
+    return count
+
+
+class Heard:
+    def __init__(self, db: Database) -> None:
+        self.engine = db.engine.sync_engine
+        self.statements: list[str] = []
+        self.checkouts = 0
+
+    def __enter__(self) -> Heard:
+        sa.event.listen(self.engine, "before_cursor_execute", self._statement)
+        sa.event.listen(self.engine.pool, "checkout", self._checkout)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._statement)
+        sa.event.remove(self.engine.pool, "checkout", self._checkout)
+
+    def _statement(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        self.statements.append(statement)
+
+    def _checkout(self, *_: Any) -> None:
+        self.checkouts += 1
+
+
+async def test_writes_in_a_row_take_one_connection_from_the_pool(pg: Database) -> None:
+    call_id = await _call(pg)
+    versions = []
+    with Heard(pg) as heard:
+        for n in range(5):
+            versions.append(await pg.write(_noting(call_id, f"w{n}"), optimistic=True))
+    assert heard.checkouts == 1
+    # Each write its read and its guarded write: no ping, no reset between them.
+    assert [s.split()[0] for s in heard.statements] == ["SELECT", "WITH"] * 5
+    assert versions == sorted(set(versions))
+
+
+async def test_a_lazy_works_setting_does_not_reach_the_next_work(pg: Database) -> None:
+    """A planning work (``durable=False``) that answers without writing leaves its
+    connection marked for a lazy commit; the durable write after it on that connection
+    must still wait for the disk."""
+    call_id = await _call(pg)
+
+    def answers_without_writing(conn: sa.Connection) -> None:
+        assert LiveCallRepository(conn).call_by_id(call_id) is not None
+
+    with Heard(pg) as heard:
+        await pg.write(answers_without_writing, optimistic=True, durable=False)
+        await pg.write(_noting(call_id, "durable"), optimistic=True)
+        await pg.write(_noting(call_id, "lazy"), optimistic=True, durable=False)
+    writes = [s for s in heard.statements if s.startswith("WITH")]
+    assert len(writes) == 2
+    assert "synchronous_commit" not in writes[0]
+    assert "synchronous_commit" in writes[1]
+    assert heard.checkouts == 1
+
+
+async def test_a_connection_the_server_dropped_costs_no_write(
+    pg: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    call_id = await _call(pg)
+    first = await pg.write(_backend_pid, optimistic=True)
+    dropped = await pg.read(
+        lambda c: direct.run(c, sa.select(sa.func.pg_terminate_backend(first))).one()[0]
+    )
+    assert dropped is True
+    # The kept connection has been idle "long enough": it is pinged before use.
+    monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 0.0)
+    assert await pg.write(_noting(call_id, "after the drop"), optimistic=True)
+    assert await pg.write(_backend_pid, optimistic=True) != first
+
+
+async def test_a_failed_work_gives_its_connection_back(pg: Database) -> None:
+    call_id = await _call(pg)
+    await pg.write(_noting(call_id, "kept"), optimistic=True)
+    assert _checked_out(pg) == 1
+
+    def fails(conn: sa.Connection) -> None:
+        LiveCallRepository(conn).call_by_id(call_id)
+        raise ValueError("a bug in the work")
+
+    with pytest.raises(ValueError):
+        await pg.write(fails, optimistic=True)
+    assert _checked_out(pg) == 0
+    # A work that needs a transaction (nothing written optimistically) keeps it: that is
+    # the gate's ordinary way back to a locked write.
+    await pg.write(_noting(call_id, "kept again"), optimistic=True)
+    assert _checked_out(pg) == 1
+
+
+async def test_a_few_connections_are_kept_and_none_after_close(pg: Database) -> None:
+    def slow(conn: sa.Connection) -> None:
+        direct.run(conn, sa.select(sa.func.pg_sleep(0.05)))
+
+    await asyncio.gather(*(pg.write(slow, optimistic=True) for _ in range(3 * KEPT_CONNECTIONS)))
+    assert _checked_out(pg) == KEPT_CONNECTIONS
+    await pg.close()
+    assert _checked_out(pg) == 0
