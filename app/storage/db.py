@@ -398,6 +398,10 @@ class _KeptConnections:
                 _log.info("a kept database connection failed its ping; using another")
                 await conn.invalidate()
                 await conn.close()
+            except BaseException:  # cancelled (a deadline) while pinging: not kept, not lost
+                await conn.invalidate()
+                await conn.close()
+                raise
         return await self._engine.connect()
 
     async def _give_back(self, conn: AsyncConnection) -> None:

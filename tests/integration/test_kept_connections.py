@@ -148,6 +148,24 @@ async def test_a_connection_the_server_dropped_costs_no_write(
     assert await pg.write(_backend_pid, optimistic=True) != first
 
 
+async def test_a_deadline_during_the_ping_loses_no_connection(
+    pg: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    call_id = await _call(pg)
+    await pg.write(_noting(call_id, "kept"), optimistic=True)
+    assert _checked_out(pg) == 1
+
+    def slow_ping(conn: sa.Connection) -> None:
+        direct.run(conn, sa.select(sa.func.pg_sleep(2)))
+
+    monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 0.0)
+    monkeypatch.setattr(db_module, "_ping", slow_ping)
+    deadline = asyncio.get_running_loop().time() + 0.2
+    with pytest.raises(TimeoutError):
+        await pg.write(_noting(call_id, "late"), optimistic=True, deadline=deadline)
+    assert _checked_out(pg) == 0
+
+
 async def test_a_failed_work_gives_its_connection_back(pg: Database) -> None:
     call_id = await _call(pg)
     await pg.write(_noting(call_id, "kept"), optimistic=True)
