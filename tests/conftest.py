@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from app.domain.clock import Clock, utcnow
 from app.domain.roles import Role
 from app.main import create_app
 from app.services.container import Services
+from app.storage.db import Database, create_engine
 from app.storage.migrate import upgrade
 from app.telephony.signing import signed_headers
 
@@ -97,6 +98,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     url: str = request.getfixturevalue("postgres_database")
     emptied(url)
     yield url
+
+
+@asynccontextmanager
+async def own_database(url: str) -> AsyncIterator[Database]:
+    """A :class:`Database` of its own on ``url``, closed with its engine afterwards."""
+    engine = create_engine(url)
+    database = Database(engine, url)
+    try:
+        yield database
+    finally:
+        await database.close()
+        await engine.dispose()
 
 
 def emptied(url: str) -> str:

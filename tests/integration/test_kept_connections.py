@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from app.domain.snapshots import Changes, Transition
 from app.storage import db as db_module
 from app.storage import direct
-from app.storage.db import KEPT_CONNECTIONS, Database, create_engine
+from app.storage.db import KEPT_CONNECTIONS, Database
 from app.storage.live import LiveCallRepository
-from tests.conftest import emptied
+from tests.conftest import emptied, own_database
 
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
@@ -36,14 +36,8 @@ def pg_url(postgres_database: str) -> str:
 
 @pytest.fixture
 async def pg(pg_url: str) -> AsyncIterator[Database]:
-    url = pg_url
-    engine = create_engine(url)
-    database = Database(engine, url)
-    try:
+    async with own_database(pg_url) as database:
         yield database
-    finally:
-        await database.close()
-        await engine.dispose()
 
 
 async def _call(db: Database) -> uuid.UUID:

@@ -34,7 +34,7 @@ from app.storage.live import (
     transitions,
 )
 from tests.api.test_payment_gating import PAUSE, RESUME, live_call
-from tests.conftest import Harness, event
+from tests.conftest import Harness, event, own_database
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 BUMP = (
@@ -46,13 +46,8 @@ BUMP = (
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
-    engine = create_engine(database_url)
-    database = Database(engine, database_url)
-    try:
+    async with own_database(database_url) as database:
         yield database
-    finally:
-        await database.close()
-        await engine.dispose()
 
 
 async def _call(db: Database) -> tuple[uuid.UUID, int]:
