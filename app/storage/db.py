@@ -362,16 +362,19 @@ _LOCKED = object()
 class _KeptConnections:
     """A few autocommit connections of ``engine`` kept out of its pool between the works
     run on them, newest first. Each work finds its connection as a fresh checkout would:
-    no execution option a work set, no transaction; one idle for
-    :data:`_PING_AFTER_IDLE_S` is pinged first, as the pool would (a server restart costs no
-    request its answer). One a work failed on (other than by :class:`direct.NeedsTransaction`),
-    or one too many, goes back to the pool. Nothing is held across an ``await`` outside
-    ``run``: a kept connection is idle, like a pooled one."""
+    none of the options the gate's works set (:func:`direct.forget_work_options`), no
+    transaction; one idle for :data:`_PING_AFTER_IDLE_S` is pinged first, as the pool would
+    (a server restart costs no request its answer). One a work failed on (other than by
+    :class:`direct.NeedsTransaction`) goes back to the pool, and when the server dropped it,
+    every idle one is dropped too (they are likely gone as well). None is kept while the
+    pool lends beyond its size (others need it more), or after :meth:`close`. Nothing is
+    held across an ``await`` outside ``run``: a kept connection is idle, like a pooled one."""
 
     def __init__(self, engine: AsyncEngine, most: int = KEPT_CONNECTIONS) -> None:
         self._engine = engine
         self._most = most
         self._idle: list[tuple[AsyncConnection, float]] = []
+        self._closed = False
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         conn = await self._take()
@@ -381,7 +384,10 @@ class _KeptConnections:
             await self._give_back(conn)
             raise
         except BaseException:
+            dropped = conn.invalidated
             await conn.close()
+            if dropped:
+                await self._drop_idle()
             raise
         await self._give_back(conn)
         return result
@@ -396,24 +402,44 @@ class _KeptConnections:
                 return conn
             except Exception:
                 _log.info("a kept database connection failed its ping; using another")
-                await conn.invalidate()
-                await conn.close()
+                await _drop(conn)
             except BaseException:  # cancelled (a deadline) while pinging: not kept, not lost
-                await conn.invalidate()
-                await conn.close()
+                await _drop(conn)
                 raise
         return await self._engine.connect()
 
     async def _give_back(self, conn: AsyncConnection) -> None:
-        if len(self._idle) < self._most and not conn.closed and not conn.invalidated:
+        pool: Any = self._engine.sync_engine.pool
+        lending_beyond = isinstance(pool, sa.QueuePool) and pool.checkedout() > pool.size()
+        if (
+            not self._closed
+            and not lending_beyond
+            and len(self._idle) < self._most
+            and not conn.closed
+            and not conn.invalidated
+        ):
             self._idle.append((conn, time.monotonic()))
             return
         await conn.close()
 
+    async def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            await _drop(conn)
+
     async def close(self) -> None:
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn, _ in idle:
             await conn.close()
+
+
+async def _drop(conn: AsyncConnection) -> None:
+    """Give ``conn`` back to the pool as gone: the pool opens a fresh one in its place."""
+    try:
+        await conn.invalidate()
+    finally:
+        await conn.close()
 
 
 def _as_checked_out(work: Callable[[Connection], T], conn: Connection) -> T:

@@ -13,6 +13,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from app.domain.snapshots import Changes, Transition
 from app.storage import db as db_module
 from app.storage import direct
-from app.storage.db import KEPT_CONNECTIONS, Database
+from app.storage.db import KEPT_CONNECTIONS, Database, DatabaseUnreachable, create_engine
 from app.storage.live import LiveCallRepository
 from tests.conftest import emptied, own_database
 
@@ -65,6 +66,11 @@ def _noting(call_id: uuid.UUID, cause: str) -> Callable[[sa.Connection], int]:
 def _backend_pid(conn: sa.Connection) -> int:
     pid: int = direct.run(conn, sa.select(sa.func.pg_backend_pid())).one()[0]
     return pid
+
+
+def _terminate(pid: int, conn: sa.Connection) -> None:
+    """End backend ``pid``, waiting (up to 5 s) until it has gone."""
+    assert direct.run(conn, sa.select(sa.func.pg_terminate_backend(pid, 5000))).one()[0]
 
 
 def _checked_out(db: Database) -> int:
@@ -132,14 +138,30 @@ async def test_a_connection_the_server_dropped_costs_no_write(
 ) -> None:
     call_id = await _call(pg)
     first = await pg.write(_backend_pid, optimistic=True)
-    dropped = await pg.read(
-        lambda c: direct.run(c, sa.select(sa.func.pg_terminate_backend(first))).one()[0]
-    )
-    assert dropped is True
+    await pg.read(partial(_terminate, first))
     # The kept connection has been idle "long enough": it is pinged before use.
     monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 0.0)
     assert await pg.write(_noting(call_id, "after the drop"), optimistic=True)
     assert await pg.write(_backend_pid, optimistic=True) != first
+
+
+async def test_a_restart_costs_one_write_not_one_per_kept_connection(pg: Database) -> None:
+    """Within the 5 s no ping is sent: the first write on a connection the server dropped
+    fails (the IVR hears 503), and the other kept ones, likely gone too, are dropped with it."""
+    call_id = await _call(pg)
+
+    def pid_after_a_while(conn: sa.Connection) -> int:
+        direct.run(conn, sa.select(sa.func.pg_sleep(0.05)))
+        return _backend_pid(conn)
+
+    pids = await asyncio.gather(*(pg.write(pid_after_a_while, optimistic=True) for _ in range(3)))
+    assert _checked_out(pg) == 3
+    for pid in pids:
+        await pg.read(partial(_terminate, pid))
+    with pytest.raises(DatabaseUnreachable):
+        await pg.write(_noting(call_id, "on a dropped connection"), optimistic=True)
+    assert _checked_out(pg) == 0
+    assert await pg.write(_noting(call_id, "on a fresh one"), optimistic=True)
 
 
 async def test_a_deadline_during_the_ping_loses_no_connection(
@@ -160,6 +182,54 @@ async def test_a_deadline_during_the_ping_loses_no_connection(
     assert _checked_out(pg) == 0
 
 
+async def test_a_work_that_needs_a_transaction_keeps_its_connection(pg: Database) -> None:
+    """Reading the call twice cannot be done optimistically (:class:`direct.NeedsTransaction`):
+    the work runs again locked, in a transaction of the pool's, and the kept connection
+    stays kept for the next write."""
+    call_id = await _call(pg)
+
+    def reads_twice(conn: sa.Connection) -> int:
+        repo = LiveCallRepository(conn)
+        repo.call_by_id(call_id)
+        call = repo.call_by_id(call_id)
+        assert call is not None
+        return call.live_version
+
+    with Heard(pg) as heard:
+        await pg.write(reads_twice, optimistic=True)
+        assert _checked_out(pg) == 1
+        await pg.write(_noting(call_id, "after"), optimistic=True)
+    # One for the first try (kept since), one for the locked transaction; none after.
+    assert heard.checkouts == 2
+
+
+async def test_nothing_is_kept_after_close(pg: Database) -> None:
+    def slow(conn: sa.Connection) -> None:
+        direct.run(conn, sa.select(sa.func.pg_sleep(0.2)))
+
+    writing = asyncio.create_task(pg.write(slow, optimistic=True))
+    await asyncio.sleep(0.05)
+    await pg.close()
+    await writing
+    assert _checked_out(pg) == 0
+
+
+async def test_none_is_kept_while_the_pool_lends_beyond_its_size(pg_url: str) -> None:
+    engine = create_engine(pg_url, pool_size=2, max_overflow=8)
+    db = Database(engine, pg_url)
+
+    def slow(conn: sa.Connection) -> None:
+        direct.run(conn, sa.select(sa.func.pg_sleep(0.05)))
+
+    try:
+        await asyncio.gather(*(db.write(slow, optimistic=True) for _ in range(6)))
+        # Kept only once the pool was back within its size: the other users' share stays.
+        assert _checked_out(db) <= 2
+    finally:
+        await db.close()
+        await engine.dispose()
+
+
 async def test_a_failed_work_gives_its_connection_back(pg: Database) -> None:
     call_id = await _call(pg)
     await pg.write(_noting(call_id, "kept"), optimistic=True)
@@ -172,8 +242,6 @@ async def test_a_failed_work_gives_its_connection_back(pg: Database) -> None:
     with pytest.raises(ValueError):
         await pg.write(fails, optimistic=True)
     assert _checked_out(pg) == 0
-    # A work that needs a transaction (nothing written optimistically) keeps it: that is
-    # the gate's ordinary way back to a locked write.
     await pg.write(_noting(call_id, "kept again"), optimistic=True)
     assert _checked_out(pg) == 1
 
