@@ -122,8 +122,7 @@ def _ping_when_idle(engine: Engine) -> None:
 
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        idle_since = record.info.get(_IDLE_SINCE)
-        if idle_since is not None and time.monotonic() - idle_since < _PING_AFTER_IDLE_S:
+        if _used_lately(record.info.get(_IDLE_SINCE)):
             return
         try:
             engine.dialect.do_ping(dbapi_connection)
@@ -395,7 +394,7 @@ class _KeptConnections:
     async def _take(self) -> AsyncConnection:
         while self._idle:
             conn, since = self._idle.pop()
-            if time.monotonic() - since < _PING_AFTER_IDLE_S:
+            if _used_lately(since):
                 return conn
             try:
                 await conn.run_sync(_ping)
@@ -422,16 +421,15 @@ class _KeptConnections:
             return
         await conn.close()
 
-    async def _drop_idle(self) -> None:
+    async def _drop_idle(self, *, gone: bool = True) -> None:
+        """Let every idle one go: as gone (the pool replaces it), or back to the pool."""
         idle, self._idle = self._idle, []
         for conn, _ in idle:
-            await _drop(conn)
+            await (_drop(conn) if gone else conn.close())
 
     async def close(self) -> None:
         self._closed = True
-        idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            await conn.close()
+        await self._drop_idle(gone=False)
 
 
 async def _drop(conn: AsyncConnection) -> None:
@@ -452,6 +450,11 @@ def _as_checked_out(work: Callable[[Connection], T], conn: Connection) -> T:
     finally:
         if conn.in_transaction():
             conn.rollback()
+
+
+def _used_lately(idle_since: float | None) -> bool:
+    """A connection idle since then needs no ping before use (a fresh one has no time)."""
+    return idle_since is not None and time.monotonic() - idle_since < _PING_AFTER_IDLE_S
 
 
 def _ping(conn: Connection) -> None:

@@ -204,11 +204,14 @@ async def test_a_work_that_needs_a_transaction_keeps_its_connection(pg: Database
 
 
 async def test_nothing_is_kept_after_close(pg: Database) -> None:
+    started = asyncio.Event()
+
     def slow(conn: sa.Connection) -> None:
+        started.set()  # in the event loop's thread: run_sync's greenlet
         direct.run(conn, sa.select(sa.func.pg_sleep(0.2)))
 
     writing = asyncio.create_task(pg.write(slow, optimistic=True))
-    await asyncio.sleep(0.05)
+    await started.wait()
     await pg.close()
     await writing
     assert _checked_out(pg) == 0
