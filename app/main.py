@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import calls, disclosures, ops, recordings, retention, webhooks
+from app.api.front import Front
 from app.api.limits import BodySizeLimit
 from app.api.observe import observe_requests
 from app.config import Settings, get_settings
@@ -117,7 +118,8 @@ def create_app(settings: Settings | None = None, clock: Clock = utcnow) -> FastA
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
-    observe_requests(app, front=webhooks.WebhookFront)
+    hot = [*webhooks.front_routes(), *calls.front_routes()]
+    observe_requests(app, front=lambda inner, app: Front(inner, app, hot))
     # Webhooks first: they are most of the traffic, and routes are matched in order.
     app.include_router(webhooks.router)
     app.include_router(ops.router)

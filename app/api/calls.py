@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+import re
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Request
-from pydantic import AfterValidator
+from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from app.api.deps import ServicesDep, actor_of, require, services_of
+from app.api.front import FrontRoute, Replay, read_body
+from app.api.limits import API_BODY_LIMIT
 from app.api.schemas import (
     CallRead,
     CallRecordingRead,
@@ -18,14 +24,16 @@ from app.api.schemas import (
     SegmentRead,
     TimelineEntry,
 )
-from app.domain.ids import valid_id
+from app.domain.ids import id_problem, valid_id
 from app.domain.roles import Role
-from app.services.gating import outcome_body
+from app.services.gating import SegmentOutcome, outcome_body
 from app.services.tokens import Principal
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
+_Body = TypeVar("_Body", bound=BaseModel)
 
-IvrDep = Annotated[Principal, Depends(require(Role.IVR, fail_closed=True))]
+_ivr = require(Role.IVR, fail_closed=True)
+IvrDep = Annotated[Principal, Depends(_ivr)]
 ProviderPath = Annotated[str, Path(max_length=32, pattern=r"^[a-z_]+$")]
 # Ids are stored and echoed verbatim: one holding a card number, or characters that cannot be
 # shown faithfully, is refused (422) before anything is stored.
@@ -49,8 +57,7 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
     responses={503: {"description": "Pause not confirmed: do not collect", **_PROBLEM}},
 )
 async def payment_start(
-    # The container is taken from the request, not as a dependency: one fewer to resolve on
-    # the hot path.
+    # The container is taken from the request, not as a dependency: one fewer to resolve.
     request: Request,
     provider: ProviderPath,
     provider_call_id: CallIdPath,
@@ -58,15 +65,9 @@ async def payment_start(
     body: Annotated[PaymentStart | None, Body()] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, object]:
-    body = body or PaymentStart()
-    outcome = await services_of(request).gate.start(
-        provider,
-        provider_call_id,
-        reference=body.reference,
-        behavior=body.pause_behavior,
-        idempotency_key=idempotency_key,
-    )
-    return outcome_body(outcome)
+    """Served by :func:`_start_now` (the hot routes' own dispatch); here when a request
+    needs the framework's validation and errors."""
+    return outcome_body(await _start(request, provider, provider_call_id, body, idempotency_key))
 
 
 @router.post(
@@ -84,9 +85,104 @@ async def payment_end(
     _: IvrDep,
     body: Annotated[PaymentEnd | None, Body()] = None,
 ) -> dict[str, object]:
+    """Served by :func:`_end_now`; here when a request needs the framework's validation."""
+    return outcome_body(await _end(request, provider, provider_call_id, body))
+
+
+async def _start(
+    request: Request,
+    provider: str,
+    provider_call_id: str,
+    body: PaymentStart | None,
+    idempotency_key: str | None,
+) -> SegmentOutcome:
+    body = body or PaymentStart()
+    return await services_of(request).gate.start(
+        provider,
+        provider_call_id,
+        reference=body.reference,
+        behavior=body.pause_behavior,
+        idempotency_key=idempotency_key,
+    )
+
+
+async def _end(
+    request: Request, provider: str, provider_call_id: str, body: PaymentEnd | None
+) -> SegmentOutcome:
     body = body or PaymentEnd()
-    outcome = await services_of(request).gate.end(provider, provider_call_id, outcome=body.outcome)
-    return outcome_body(outcome)
+    return await services_of(request).gate.end(provider, provider_call_id, outcome=body.outcome)
+
+
+# ---- the same two routes without the framework (app/api/front.py) ---------------------------
+#
+# The IVR waits on these. A request they take as it is (the usual one) is answered here: the
+# same checks in the same order as the routes above, the same gate, the same JSON. One with
+# anything to refuse (a parameter, a header, a body that is not a valid JSON object) goes to
+# the routes above, so every refusal is the framework's own.
+
+_PROVIDER = re.compile(r"[a-z_]{1,32}")
+
+
+async def _as_is(request: Request, model: type[_Body]) -> _Body | Replay:
+    """The body as ``model``, when the routes above would take this request as it is; what
+    was read of it, to give back, when they would not."""
+    raw, whole = await read_body(request, API_BODY_LIMIT)
+    params = request.path_params
+    if (
+        not whole
+        or not _PROVIDER.fullmatch(params["provider"])
+        or not _usable_id(params["provider_call_id"])
+    ):
+        return Replay(raw, more=not whole)
+    if not raw:
+        return model()
+    # A body is JSON when it says so (FastAPI's strict content type; others: 415 or 422).
+    kind = request.headers.get("content-type")
+    if kind is not None and kind.partition(";")[0].strip().lower() == "application/json":
+        try:
+            given = json.loads(raw)
+            if isinstance(given, dict):
+                return model.model_validate(given)
+        except (ValueError, RecursionError, ValidationError):  # nested too deeply among them
+            pass
+    return Replay(raw)
+
+
+def _usable_id(value: str) -> bool:
+    return len(value) <= 255 and id_problem(value, "an id") is None
+
+
+async def _start_now(request: Request) -> Response | Replay:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _usable_id(key):
+        return Replay(more=True)
+    body = await _as_is(request, PaymentStart)
+    if isinstance(body, Replay):
+        return body
+    await _ivr(request)
+    params = request.path_params
+    outcome = await _start(request, params["provider"], params["provider_call_id"], body, key)
+    return JSONResponse(outcome_body(outcome))
+
+
+async def _end_now(request: Request) -> Response | Replay:
+    body = await _as_is(request, PaymentEnd)
+    if isinstance(body, Replay):
+        return body
+    await _ivr(request)
+    params = request.path_params
+    outcome = await _end(request, params["provider"], params["provider_call_id"], body)
+    return JSONResponse(outcome_body(outcome))
+
+
+def front_routes() -> list[FrontRoute]:
+    """The payment routes, for the hot routes' own dispatch (:class:`app.api.front.Front`)."""
+    served = {payment_start: _start_now, payment_end: _end_now}
+    return [
+        FrontRoute(route, served[route.endpoint])
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.endpoint in served
+    ]
 
 
 @router.get("/{provider}/{provider_call_id}", response_model=CallRead)

@@ -12,11 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
-from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.front import FrontRoute, read_body
 from app.api.schemas import WebhookAck
 from app.domain.events import PbxEvent
 from app.errors import AppError, BadSignature, MalformedInput, ProviderNotEnabled
@@ -45,20 +44,10 @@ async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_WEBHOOK_BYTES:
         raise PayloadTooLarge()
-    # The ASGI messages themselves: Starlette's body stream costs the busiest route more.
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_WEBHOOK_BYTES:
-            raise PayloadTooLarge()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    body, whole = await read_body(request, MAX_WEBHOOK_BYTES)
+    if not whole:
+        raise PayloadTooLarge()
+    return body
 
 
 def _refuse(services: Services, provider: str, reason: str) -> BadSignature:
@@ -166,47 +155,8 @@ for _provider in PROVIDERS:
         )
 
 
-class WebhookFront:
-    """Webhooks straight to their endpoint, ahead of the framework's middleware and routing.
-
-    Webhooks are nearly all of recgate's requests, and their routes are fixed paths that read
-    the raw request themselves: matching them among every route and passing them through the
-    error, exception and body-limit layers cost a webhook more than verifying and parsing it.
-    What those layers give a webhook is given here the same way: ``scope["app"]`` and
-    ``scope["route"]`` (the request log and metrics name the route), and an exception is
-    answered by the app's own exception handler for its class (a problem document; the
-    connection is kept). Anything else goes to ``inner``, the app's usual stack.
-    """
-
-    def __init__(self, inner: ASGIApp, app: FastAPI) -> None:
-        self.inner = inner
-        self.app = app
-        self.routes: dict[str, tuple[APIRoute, Callable[[Request], Awaitable[Response]]]] = {
-            route.path: (route, route.endpoint)
-            for route in router.routes
-            if isinstance(route, _RawRoute)
-        }
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = self.routes.get(scope["path"]) if scope["type"] == "http" else None
-        if found is None or scope["method"] != "POST":
-            await self.inner(scope, receive, send)
-            return
-        route, endpoint = found
-        scope["app"] = self.app
-        scope["route"] = route
-        request = Request(scope, receive)
-        try:
-            response = await endpoint(request)
-        except Exception as exc:
-            response = await self._answer(request, exc)
-        await response(scope, receive, send)
-
-    async def _answer(self, request: Request, exc: Exception) -> Response:
-        handlers = self.app.exception_handlers
-        for kind in type(exc).__mro__:
-            handler = handlers.get(kind)
-            if handler is not None:
-                answered = handler(request, exc)
-                return answered if isinstance(answered, Response) else await answered
-        raise exc  # the app has a handler for Exception: not reached
+def front_routes() -> list[FrontRoute]:
+    """Every webhook route, for the hot routes' own dispatch (:class:`app.api.front.Front`)."""
+    return [
+        FrontRoute(route, route.endpoint) for route in router.routes if isinstance(route, _RawRoute)
+    ]
