@@ -86,6 +86,8 @@ _RECORD_RESERVE_S = 0.1
 _MIN_ROUND_S = 0.02
 # Reading a segment another replica drives: first wait, then doubling up to the longest.
 _POLL_FIRST_S, _POLL_MAX_S = 0.005, 0.05
+# Calls whose rows this process keeps known (PaymentGate._known): a few KiB each.
+_KNOWN_CALLS = 2_000
 # The upkeep: due segments taken per run, and driven at once.
 UPKEEP_BATCH = 100
 UPKEEP_CONCURRENCY = 16
@@ -156,6 +158,9 @@ class _Seen:
     segment: SegmentSnap
     recordings: list[RecordingSnap]
     call: CallSnap
+    # These were all of the call's live rows at ``version`` (``LiveCallRepository.whole``):
+    # the call's next start or end may take them as read (``PaymentGate._known``).
+    whole: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,10 +229,11 @@ def _plan_and_write(
     transaction."""
     recordings = repo.recordings(call.id, segment.id, new_segment=segment.created)
     command = gate.plan(segment, recordings, changes, lease_until=lease)
+    whole = repo.whole(segment)
     repo.write(changes)
     if command is None:
         return _Answer(_outcome(segment, recordings))
-    seen = _Seen(call.live_version, segment, recordings, call)
+    seen = _Seen(call.live_version, segment, recordings, call, whole)
     return _Fly(command, call.id, call.provider, call.provider_call_id, seen)
 
 
@@ -270,6 +276,10 @@ class PaymentGate:
         # Segments a background attempt is working on right now.
         self._driving: set[uuid.UUID] = set()
         self._upkeep_slots: asyncio.Semaphore | None = None
+        # PostgreSQL: each call's rows as this process's last command on it left them, when
+        # they were all of its live rows; its next start or end takes them as read instead of
+        # reading, its write guarded by their version (``LiveCallRepository.assume``).
+        self._known: dict[tuple[str, str], _Seen] = {}
         # The IVR's starts and ends being answered right now.
         self.answering = Answering()
 
@@ -525,6 +535,7 @@ class PaymentGate:
         lease: datetime,
     ) -> _Answer | _Busy | _Fly:
         repo = LiveCallRepository(conn)
+        self._assume_known(repo, provider, provider_call_id)
         now = self.clock()
         changes = Changes(now)
         call = repo.upsert_call(provider, provider_call_id, now)
@@ -566,6 +577,7 @@ class PaymentGate:
         lease: datetime,
     ) -> _Answer | _Busy | _Fly:
         repo = LiveCallRepository(conn)
+        self._assume_known(repo, provider, provider_call_id)
         now = self.clock()
         changes = Changes(now)
         call = repo.call_by_key(provider, provider_call_id)
@@ -622,11 +634,14 @@ class PaymentGate:
         if call is None:
             # The planning commit (not waited to disk) was lost with a database crash.
             raise DatabaseUnreachable("the segment's planning write is gone")
+        # Still all of the call's live rows once written, if they were when planned.
+        whole = False
         if seen is not None and call.live_version == seen.version + 1:
             # Nobody has touched the call's live rows since this command was planned. Copies:
             # a run of this that writes nothing (optimistic, beaten) leaves them as they were.
             segment, recordings = _copied(seen.segment, seen.recordings)
             repo.adopt(segment, recordings)
+            whole = seen.whole
         else:
             found = repo.segment(command.segment_id)
             if found is None:
@@ -639,7 +654,7 @@ class PaymentGate:
         if result is _AGAIN:
             next_command = gate.plan(segment, recordings, changes, lease_until=lease)
             repo.write(changes)
-            seen = _Seen(call.live_version, segment, recordings, call)
+            seen = _Seen(call.live_version, segment, recordings, call, whole)
             return _Recorded(_outcome(segment, recordings), next_command, 0, seen)
         if isinstance(result, _Failure):
             if command.action == "pause":
@@ -664,7 +679,7 @@ class PaymentGate:
                 next_command = gate.plan(segment, recordings, changes, lease_until=lease)
             exposed_now = len(changes.exposures)
             repo.write(changes)
-            seen = _Seen(call.live_version, segment, recordings, call)
+            seen = _Seen(call.live_version, segment, recordings, call, whole)
             return _Recorded(_outcome(segment, recordings), next_command, exposed_now, seen)
         if command.action == "pause":
             gate.apply_pause(segment, recordings, result, changes)
@@ -694,7 +709,7 @@ class PaymentGate:
             _outcome(segment, recordings),
             next_command,
             exposed_now,
-            _Seen(call.live_version, segment, recordings, call),
+            _Seen(call.live_version, segment, recordings, call, whole),
         )
 
     # ---- the command loop -------------------------------------------------------------
@@ -769,6 +784,7 @@ class PaymentGate:
             if recorded.exposures:
                 self.metrics.exposures.inc(recorded.exposures, kind="pause_failed")
             if recorded.next is None:
+                self._keep_known(fly, recorded.seen)
                 return recorded.outcome
             fly = _Fly(
                 recorded.next, fly.call_id, fly.provider, fly.provider_call_id, recorded.seen
@@ -840,6 +856,29 @@ class PaymentGate:
             delay = min(delay * 2, _POLL_MAX_S)
 
     # ---- shared -----------------------------------------------------------------------
+
+    def _assume_known(self, repo: LiveCallRepository, provider: str, provider_call_id: str) -> None:
+        """Give ``repo`` the call's rows as this process last left them. A work that runs
+        again in a transaction (what it took as read had changed, or its writes need one)
+        reads, and so does every later one until a command leaves the rows known again."""
+        key = (provider, provider_call_id)
+        known = self._known.get(key)
+        if known is None:
+            return
+        if not repo.optimistic:
+            del self._known[key]
+            return
+        segment, recordings = _copied(known.segment, known.recordings)
+        repo.assume(replace(known.call), known.version, segment, recordings)
+
+    def _keep_known(self, fly: _Fly, seen: _Seen | None) -> None:
+        key = (fly.provider, fly.provider_call_id)
+        self._known.pop(key, None)
+        if seen is None or not seen.whole:
+            return
+        self._known[key] = seen
+        if len(self._known) > _KNOWN_CALLS:
+            del self._known[next(iter(self._known))]  # the one kept longest
 
     def _lease(self, deadline: float) -> datetime:
         """Wall-clock end of a claim taken now for a command bounded by ``deadline``."""

@@ -176,6 +176,19 @@ def _recording_row(m: Any) -> dict[str, Any]:
     return {**_prefixed(m, "r_"), **{k: v for k, v in m.items() if k.startswith("link_")}}
 
 
+def _recording_values(recording: RecordingSnap) -> dict[str, Any]:
+    """A recording and its link as :func:`_recording_row` gives them."""
+    link = recording.link
+    return {
+        "id": recording.id,
+        "call_id": recording.call_id,
+        "provider_recording_id": recording.provider_recording_id,
+        **_values(recording, _RECORDING_COLUMNS),
+        "link_segment_id": None if link is None else link.segment_id,
+        **{f"link_{c}": None if link is None else getattr(link, c) for c in _LINK_COLUMNS},
+    }
+
+
 def _guarded_select(table: sa.Table, columns: list[str]) -> sa.Select[Any]:
     """``SELECT :a, :b … WHERE EXISTS (SELECT * FROM recgate_guard)``: one row to insert,
     or none when the guard did not hold."""
@@ -540,6 +553,8 @@ class LiveCallRepository:
         self._prefetch: (
             tuple[uuid.UUID, dict[str, Any] | None, uuid.UUID | None, list[Any]] | None
         ) = None
+        # Optimistic: rows this process wrote last, taken as read instead of reading (:meth:`assume`).
+        self._assumed: tuple[CallSnap, int, SegmentSnap, list[RecordingSnap]] | None = None
         if self.optimistic:
             self._run = self._run_optimistic
 
@@ -655,11 +670,57 @@ class LiveCallRepository:
         if rows:
             self._run(self.sql.alias, rows)
 
+    def assume(
+        self,
+        call: CallSnap,
+        version: int,
+        segment: SegmentSnap,
+        recordings: list[RecordingSnap],
+    ) -> None:
+        """Optimistic: the call's rows as this process wrote them last, at the call's live
+        version ``version``, when they were all of its live rows then (:meth:`whole`). The
+        next read of that call takes them as read instead of reading; the write stays guarded
+        by that version, so it lands only if nobody has changed the call since, and an answer
+        given without writing is not final (the work runs again, reading)."""
+        if self.optimistic:
+            self._assumed = (call, version, segment, recordings)
+
+    def _assumed_call(self) -> CallSnap:
+        assert self._assumed is not None
+        known, version, segment, recordings = self._assumed
+        self._assumed = None
+        call = replace(known, live_version=version, created=False)
+        self._guard_call(call, _values(call, _CALL_COLUMNS))
+        latest = {
+            "id": segment.id,
+            "call_id": segment.call_id,
+            **_values(segment, _SEGMENT_COLUMNS),
+        }
+        open_id = segment.id if segment.state in OPEN_SEGMENT_STATES else None
+        self._prefetch = (call.id, latest, open_id, [_recording_values(r) for r in recordings])
+        direct.note_unchecked_read(self.conn)
+        return call
+
+    def whole(self, segment: SegmentSnap) -> bool:
+        """Optimistic: what this work read of the call is all of its live rows once it has
+        written ``segment`` (not yet written, or the call's latest): no other segment of the
+        call is open, and every recording was read, with its link to ``segment``."""
+        if self._prefetch is None or self._prefetch[0] != segment.call_id:
+            return False
+        _, latest, open_id, _ = self._prefetch
+        latest_id = None if latest is None else latest["id"]
+        return (segment.created or segment.id == latest_id) and open_id in (None, segment.id)
+
     def _read_call(self, statement: sa.Select[Any], params: dict[str, Any]) -> CallSnap | None:
         """Optimistic: the call as read, with the version the guarded write moves it to (as
         a locked read would have bumped it); that write is guarded by the version read. Its
         latest segment and its recordings come in the same statement, for the reads that
-        follow (:meth:`_prefetched`)."""
+        follow (:meth:`_prefetched`). The call's rows given to :meth:`assume` are not read."""
+        if self._assumed is not None:
+            known = self._assumed[0]
+            key = (params.get("of_provider"), params.get("of_provider_call_id"))
+            if params.get("of_id") == known.id or key == (known.provider, known.provider_call_id):
+                return self._assumed_call()
         rows = self._run(statement, params).all()
         if not rows:
             return None

@@ -30,7 +30,10 @@ from tests.conftest import Harness, event
 INGEST_NEW_CALL = 4
 INGEST_RECORDING_EVENT = 6
 PAYMENT_START = {"sqlite": 12, "postgresql": 3}
-PAYMENT_END = {"sqlite": 11, "postgresql": 3}
+# PostgreSQL: the call's rows as its last command left them are taken as read, not read
+# again (PaymentGate._known), by the end and by the call's next start.
+PAYMENT_END = {"sqlite": 11, "postgresql": 2}
+NEXT_PAYMENT_START = {"sqlite": 12, "postgresql": 2}
 # PostgreSQL: the gate writes optimistically, outside a transaction, when nobody else is
 # changing the call (docs/gate.md).
 PAYMENT_WRITE_TRANSACTIONS = {"sqlite": 2, "postgresql": 0}
@@ -120,12 +123,12 @@ async def test_payment_start_and_end_statements(harness: Harness, pbx: respx.Moc
     assert end.count <= PAYMENT_END[backend], over(end, PAYMENT_END[backend])
     assert end.writes <= PAYMENT_WRITE_TRANSACTIONS[backend]
 
-    # The call's next payment, its last segment closed: the same budget (on PostgreSQL, no
-    # read of its own for an open segment beside the one-statement read).
+    # The call's next payment, its last segment closed (on PostgreSQL, no read of its own for
+    # an open segment beside the kept rows).
     with counting(harness) as again:
         response = await harness.client.post("/v1/calls/generic/c-123/payment/start", headers=ivr)
         assert response.status_code == 200, response.text
-    assert again.count <= PAYMENT_START[backend], over(again, PAYMENT_START[backend])
+    assert again.count <= NEXT_PAYMENT_START[backend], over(again, NEXT_PAYMENT_START[backend])
     assert again.writes <= PAYMENT_WRITE_TRANSACTIONS[backend]
 
 

@@ -1,0 +1,233 @@
+"""A call's rows kept known between its payments (``PaymentGate._known``, PostgreSQL).
+
+After a command, the gate keeps the call's rows as it wrote them, with the call's version; the
+call's next start or end takes them as read instead of reading, and its one write is guarded
+by that version. These pin what must hold: a change made since by anyone (a webhook, another
+replica, the call ending) is never overlooked, an answer given without writing is read again,
+and what is kept stays bounded.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import respx
+import sqlalchemy as sa
+
+from app.domain import gate
+from app.domain.roles import Role
+from app.domain.snapshots import Changes, SegmentSnap
+from app.domain.states import PauseBehavior, SegmentState
+from app.services import gating
+from app.storage.db import Database
+from app.storage.live import LiveCallRepository
+from tests.api.test_gating_replicas import replica
+from tests.api.test_payment_gating import get_call, live_call
+from tests.conftest import CONTROL_URL, Harness, event, own_database
+
+START = "/v1/calls/generic/c-123/payment/start"
+END = "/v1/calls/generic/c-123/payment/end"
+
+
+@pytest.fixture(autouse=True)
+def postgres_only(database_url: str) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("rows are kept known for PostgreSQL's optimistic writes only")
+
+
+@pytest.fixture
+async def pbx() -> AsyncIterator[respx.MockRouter]:
+    async with respx.mock(assert_all_called=False) as router:
+        router.post(url__regex=rf"{re.escape(CONTROL_URL)}/calls/.*/recording/pause").respond(
+            200, json={"state": "paused"}
+        )
+        router.post(url__regex=rf"{re.escape(CONTROL_URL)}/calls/.*/recording/resume").respond(
+            200, json={"state": "recording"}
+        )
+        yield router
+
+
+@contextmanager
+def reads_of_calls(h: Harness) -> Iterator[list[str]]:
+    """The statements that read a call's rows (the one-statement read), as they are sent."""
+    seen: list[str] = []
+
+    def statement(conn: object, cursor: object, sql: str, *args: object) -> None:
+        if sql.lstrip().startswith("SELECT calls.id AS c_id"):
+            seen.append(sql)
+
+    engines = {id(e): e for e in (*h.services.db.sync_engines, h.services.engine.sync_engine)}
+    for engine in engines.values():
+        sa.event.listen(engine, "before_cursor_execute", statement)
+    try:
+        yield seen
+    finally:
+        for engine in engines.values():
+            sa.event.remove(engine, "before_cursor_execute", statement)
+
+
+async def _pay(h: Harness, path: str, expected: int = 200) -> dict[str, object]:
+    response = await h.client.post(path, headers=h.auth(Role.IVR))
+    assert response.status_code == expected, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def test_an_end_and_the_next_start_take_the_kept_rows_as_read(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
+    await live_call(harness)
+    with reads_of_calls(harness) as reads:
+        await _pay(harness, START)
+        assert len(reads) == 1, "the first start reads the call"
+        await _pay(harness, END)
+        second = await _pay(harness, START)
+        assert len(reads) == 1, "the end and the next start took the kept rows"
+    assert second["safe_to_collect"] is True
+    call = await get_call(harness)
+    assert [s["state"] for s in call["segments"]] == ["closed", "paused"]
+
+
+async def test_a_recording_reported_since_is_paused_by_the_next_start(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
+    """The webhook moved the call's version on: the kept rows (one recording) are refused by
+    the guard, nothing is written from them, and the start reads and covers both."""
+    await live_call(harness)
+    await _pay(harness, START)
+    await _pay(harness, END)
+    reported = await harness.send_event(event("recording.started", recording_id="r-2"))
+    assert reported.status_code == 200
+    body = await _pay(harness, START)
+    assert body["safe_to_collect"] is True
+    recordings = body["recordings"]
+    assert isinstance(recordings, list)
+    assert sorted(r["provider_recording_id"] for r in recordings) == ["r-1", "r-2"]
+    assert {r["state"] for r in recordings} == {"paused"}
+    # That start ran in a transaction; the end reads, and what it leaves is known again.
+    await _pay(harness, END)
+    with reads_of_calls(harness) as reads:
+        await _pay(harness, START)
+    assert not reads
+
+
+async def test_a_call_that_ended_since_is_refused(harness: Harness, pbx: respx.MockRouter) -> None:
+    await live_call(harness)
+    await _pay(harness, START)
+    await _pay(harness, END)
+    assert (await harness.send_event(event("call.ended"))).status_code == 200
+    await _pay(harness, START, expected=409)
+    pauses = [c for c in pbx.calls if c.request.url.path.endswith("/pause")]
+    assert len(pauses) == 1, "no pause for a call that has ended"
+
+
+async def test_another_replica_s_payment_is_seen(harness: Harness, pbx: respx.MockRouter) -> None:
+    """Replica B starts and ends a payment on the call A last paid on: A's kept rows are a
+    payment behind, and A's next start must open a third segment, not reuse the first."""
+    await live_call(harness)
+    await _pay(harness, START)
+    await _pay(harness, END)
+    async with replica(harness) as b:
+        await _pay(b, START)
+        await _pay(b, END)
+    body = await _pay(harness, START)
+    assert body["safe_to_collect"] is True
+    call = await get_call(harness)
+    assert [s["state"] for s in call["segments"]] == ["closed", "closed", "paused"]
+    assert body["segment_id"] == call["segments"][-1]["id"]
+
+
+async def test_an_answer_from_kept_rows_alone_is_read_again(
+    harness: Harness, pbx: respx.MockRouter
+) -> None:
+    """An end of a payment already ended writes nothing: its answer rests on the kept rows
+    alone, so it is given only after reading them in a transaction."""
+    await live_call(harness)
+    await _pay(harness, START)
+    await _pay(harness, END)
+    with reads_of_calls(harness) as reads:
+        again = await _pay(harness, END)
+    assert again["state"] == "closed"
+    key = ("generic", "c-123")
+    assert key not in harness.services.gate._known, "a work run again reads from then on"
+    assert not reads, "run again in a transaction, which reads with its locks"
+
+
+async def test_rows_are_kept_for_a_bounded_number_of_calls(
+    harness: Harness, pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gating, "_KNOWN_CALLS", 2)
+    for n in range(3):
+        call_id = f"c-{n}"
+        for type_ in ("call.started", "call.answered"):
+            assert (await harness.send_event(event(type_, call_id=call_id))).status_code == 200
+        await _pay(harness, f"/v1/calls/generic/{call_id}/payment/start")
+    assert list(harness.services.gate._known) == [("generic", "c-1"), ("generic", "c-2")]
+
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+async def _segment(db: Database, call_id: uuid.UUID, at: datetime, open_: bool) -> uuid.UUID:
+    def work(conn: sa.Connection) -> uuid.UUID:
+        repo = LiveCallRepository(conn)
+        assert repo.call_by_id(call_id) is not None
+        changes = Changes(at)
+        segment = gate.open_segment(call_id, PauseBehavior.SILENCE, None, None, changes)
+        if not open_:
+            gate.supersede(segment, changes)
+        repo.write(changes)
+        return segment.id
+
+    return await db.write(work)
+
+
+async def test_rows_read_are_whole_only_with_the_latest_segment_and_no_other_open(
+    database_url: str,
+) -> None:
+    """Kept rows stand for all of the call's live rows: so a segment older than the latest,
+    or one read while another segment of the call is open, never makes them whole."""
+    async with own_database(database_url) as db:
+        call = await db.write(lambda c: LiveCallRepository(c).upsert_call("generic", "c-w", NOW))
+        older = await _segment(db, call.id, NOW, open_=True)
+        latest = await _segment(db, call.id, NOW + timedelta(seconds=1), open_=False)
+
+        def whole_for(segment_id: uuid.UUID | None) -> Awaitable[tuple[bool, bool]]:
+            def work(conn: sa.Connection) -> tuple[bool, bool]:
+                repo = LiveCallRepository(conn)
+                assert (
+                    repo.call_by_id(call.id) is not None
+                )  # run again in a transaction after a read beside
+                if segment_id is None:
+                    changes = Changes(NOW)
+                    new = gate.open_segment(call.id, PauseBehavior.SILENCE, None, None, changes)
+                    return repo.whole(new), new.created
+                found = repo.segment(segment_id)
+                assert isinstance(found, SegmentSnap)
+                return repo.whole(found), found.state == SegmentState.CLOSED
+
+            return db.write(work, optimistic=True)
+
+        # An older segment is still open: nothing read with it is whole.
+        assert await whole_for(latest) == (False, True)
+        assert await whole_for(older) == (False, False)
+        assert await whole_for(None) == (False, True)
+
+        def close_older(conn: sa.Connection) -> None:
+            repo = LiveCallRepository(conn)
+            assert repo.call_by_id(call.id) is not None
+            segment = repo.segment(older)
+            assert segment is not None
+            changes = Changes(NOW)
+            gate.supersede(segment, changes)
+            repo.write(changes)
+
+        await db.write(close_older)
+        assert await whole_for(latest) == (True, True)
+        assert await whole_for(older) == (False, True), "not the latest"
+        assert await whole_for(None) == (True, True)
