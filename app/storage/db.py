@@ -49,6 +49,10 @@ KEPT_CONNECTIONS = 4
 # SQLite: after this many commits on the event loop's own connection, the writer thread
 # checkpoints the WAL (that connection never does, so the loop never waits on the disk).
 _CHECKPOINT_EVERY = 200
+# Starting the WAL again after a checkpoint: tries, and the pause between them.
+_RESTART_TRIES, _RESTART_PAUSE_S = 5, 0.002
+# How long a connection other than the loop's waits for SQLite's write lock.
+_BUSY_TIMEOUT_MS = 30_000
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -73,7 +77,7 @@ def _sqlite_setup(engine: Engine, *, inline: bool = False) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={0 if inline else 30000}")
+        cursor.execute(f"PRAGMA busy_timeout={0 if inline else _BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         if inline:
             cursor.execute("PRAGMA wal_autocheckpoint=0")
@@ -291,6 +295,23 @@ class Database:
                 cursor = raw.cursor()
                 cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 cursor.fetchall()
+                # A checkpoint that copied every frame lets the next writer start the WAL
+                # from its beginning again, but only if that writer begins before anything
+                # else is committed: under the event loop's steady commits none ever does,
+                # and the WAL grows without end (with it, the cost of every commit and
+                # every page looked up in it: 60 µs a commit became 300). RESTART copies
+                # the few frames committed since and starts the WAL again there and then;
+                # waiting for nobody, it gives up at once when a reader or writer is in the
+                # way, tries a few times more in this thread, and leaves it to the next one.
+                cursor.execute("PRAGMA busy_timeout=0")
+                try:
+                    for _ in range(_RESTART_TRIES):
+                        busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                        if not busy:  # started again
+                            break
+                        time.sleep(_RESTART_PAUSE_S)
+                finally:
+                    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
                 cursor.close()
             except Exception:
                 _log.warning("WAL checkpoint failed; the next one tries again", exc_info=True)

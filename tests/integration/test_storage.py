@@ -114,6 +114,41 @@ async def test_migrations_match_the_models(database_url: str) -> None:
     assert diff == [], f"models and migrations differ: {diff}"
 
 
+async def test_the_sqlite_wal_starts_again_under_steady_commits(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Commits that never stop (a busy event loop) still let the WAL start again from its
+    beginning after each checkpoint: it does not grow with every commit, nor does the cost of
+    each commit and page lookup with it."""
+    from app.storage.db import _CHECKPOINT_EVERY, Database
+
+    path = tmp_path / "steady.db"
+    await asyncio.to_thread(shutil.copyfile, sqlite_template, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    engine = create_engine(url)
+    db = Database(engine, url)
+    wal = path.with_name(path.name + "-wal")
+
+    def grow(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS wal_probe (x TEXT)")
+        conn.exec_driver_sql("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
+
+    try:
+        for _ in range(_CHECKPOINT_EVERY - 1):
+            await db.write(grow, inline=True)
+        one_round = wal.stat().st_size  # what a checkpoint's worth of commits takes
+        # Five rounds more, a millisecond apart (a busy loop's requests): each checkpoint
+        # runs while the commits go on.
+        for _ in range(5 * _CHECKPOINT_EVERY):
+            await db.write(grow, inline=True)
+            await asyncio.sleep(0.001)
+        # Without starting again the WAL would hold all six rounds.
+        assert wal.stat().st_size < 3 * one_round
+    finally:
+        await db.close()
+        await engine.dispose()
+
+
 async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock(
     sqlite_template: Path, tmp_path: Path
 ) -> None:
