@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
@@ -86,8 +87,10 @@ _RECORD_RESERVE_S = 0.1
 _MIN_ROUND_S = 0.02
 # Reading a segment another replica drives: first wait, then doubling up to the longest.
 _POLL_FIRST_S, _POLL_MAX_S = 0.005, 0.05
-# Calls whose rows this process keeps known (PaymentGate._known): a few KiB each.
+# Calls whose rows this process keeps known (PaymentGate._known): a few KiB each; and for
+# how long, at most (about a payment's length: rows an hour old are read again).
 _KNOWN_CALLS = 2_000
+_KNOWN_FOR_S = 600.0
 # The upkeep: due segments taken per run, and driven at once.
 UPKEEP_BATCH = 100
 UPKEEP_CONCURRENCY = 16
@@ -279,7 +282,9 @@ class PaymentGate:
         # PostgreSQL: each call's rows as this process's last command on it left them, when
         # they were all of its live rows; its next start or end takes them as read instead of
         # reading, its write guarded by their version (``LiveCallRepository.assume``).
-        self._known: dict[tuple[str, str], _Seen] = {}
+        # Forgotten all at once when the database is unreachable (a failover may have lost
+        # commits, and with them the versions these were kept at).
+        self._known: dict[tuple[str, str], tuple[_Seen, float]] = {}
         # The IVR's starts and ends being answered right now.
         self.answering = Answering()
 
@@ -862,10 +867,11 @@ class PaymentGate:
         again in a transaction (what it took as read had changed, or its writes need one)
         reads, and so does every later one until a command leaves the rows known again."""
         key = (provider, provider_call_id)
-        known = self._known.get(key)
-        if known is None:
+        kept = self._known.get(key)
+        if kept is None:
             return
-        if not repo.optimistic:
+        known, since = kept
+        if not repo.optimistic or time.monotonic() - since > _KNOWN_FOR_S:
             del self._known[key]
             return
         segment, recordings = _copied(known.segment, known.recordings)
@@ -876,7 +882,7 @@ class PaymentGate:
         self._known.pop(key, None)
         if seen is None or not seen.whole:
             return
-        self._known[key] = seen
+        self._known[key] = (seen, time.monotonic())
         if len(self._known) > _KNOWN_CALLS:
             del self._known[next(iter(self._known))]  # the one kept longest
 
@@ -900,6 +906,9 @@ class PaymentGate:
             return await self.db.write(
                 work, deadline=deadline, inline=True, durable=durable, optimistic=True
             )
+        except DatabaseUnreachable:
+            self._known.clear()
+            raise
         except IllegalTransition as exc:
             raise IllegalStateTransition(
                 str(exc), entity=exc.entity, current=exc.current, target=exc.target

@@ -703,8 +703,9 @@ class LiveCallRepository:
 
     def whole(self, segment: SegmentSnap) -> bool:
         """Optimistic: what this work read of the call is all of its live rows once it has
-        written ``segment`` (not yet written, or the call's latest): no other segment of the
-        call is open, and every recording was read, with its link to ``segment``."""
+        written ``segment`` (not yet written, or the call's latest): the latest open segment
+        read was this one or none (the read names no older open one), and every recording
+        was read, with its link to ``segment``."""
         if self._prefetch is None or self._prefetch[0] != segment.call_id:
             return False
         _, latest, open_id, _ = self._prefetch

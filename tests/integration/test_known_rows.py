@@ -170,6 +170,41 @@ async def test_rows_are_kept_for_a_bounded_number_of_calls(
     assert list(harness.services.gate._known) == [("generic", "c-1"), ("generic", "c-2")]
 
 
+async def test_kept_rows_are_read_again_after_a_while(
+    harness: Harness, pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gating, "_KNOWN_FOR_S", 0.0)
+    await live_call(harness)
+    await _pay(harness, START)
+    with reads_of_calls(harness) as reads:
+        await _pay(harness, END)
+    assert len(reads) == 1, "rows kept longer than that are read"
+
+
+async def test_an_unreachable_database_forgets_every_kept_row(
+    harness: Harness, pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failover may lose commits, and with them the versions rows were kept at."""
+    from app.storage.db import DatabaseUnreachable
+
+    await live_call(harness)
+    await _pay(harness, START)
+    gate_ = harness.services.gate
+    assert gate_._known
+    real = harness.services.db.write
+
+    async def unreachable(*args: object, **kwargs: object) -> object:
+        raise DatabaseUnreachable("failing over")
+
+    monkeypatch.setattr(harness.services.db, "write", unreachable)
+    await _pay(harness, END, expected=503)
+    assert not gate_._known
+    monkeypatch.setattr(harness.services.db, "write", real)
+    with reads_of_calls(harness) as reads:
+        await _pay(harness, END)
+    assert len(reads) == 1
+
+
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
 
