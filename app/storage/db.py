@@ -293,19 +293,20 @@ class Database:
             raw = sync.raw_connection()
             try:
                 cursor = raw.cursor()
-                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                cursor.fetchall()
                 # A checkpoint that copied every frame lets the next writer start the WAL
                 # from its beginning again, but only if that writer begins before anything
                 # else is committed: under the event loop's steady commits none ever does,
                 # and the WAL grows without end (with it, the cost of every commit and
-                # every page looked up in it: 60 µs a commit became 300). RESTART copies
-                # the few frames committed since and starts the WAL again there and then;
-                # waiting for nobody, it gives up at once when a reader or writer is in the
-                # way, tries a few times more in this thread, and leaves it to the next one.
+                # every page looked up in it: 60 µs a commit became 300). So each PASSIVE
+                # pass (which holds no lock) is followed by RESTART, which copies what was
+                # committed since, holding the write lock meanwhile (a few frames: the
+                # pass before it copied the rest), and starts the WAL again there and then.
+                # Waiting for nobody, it gives up at once when a reader or writer is in the
+                # way; a few more tries here, then it is left to the next checkpoint.
                 cursor.execute("PRAGMA busy_timeout=0")
                 try:
                     for _ in range(_RESTART_TRIES):
+                        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                         busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
                         if not busy:  # started again
                             break
