@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import respx
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -279,3 +281,32 @@ class FakeClock:
         from datetime import timedelta
 
         self.now += timedelta(**delta)
+
+
+@pytest.fixture
+async def answering_pbx() -> AsyncIterator[respx.MockRouter]:
+    """The generic PBX's control URL, confirming every pause and resume at once."""
+    async with respx.mock(assert_all_called=False) as router:
+        for action, state in (("pause", "paused"), ("resume", "recording")):
+            router.post(
+                url__regex=rf"{re.escape(CONTROL_URL)}/calls/.*/recording/{action}"
+            ).respond(200, json={"state": state})
+        yield router
+
+
+async def assert_failure_observed(h: Harness, response: httpx.Response, route: str) -> None:
+    """A request a route answers outside the framework's layers (``app/api/front.py``) failed
+    unexpectedly: it still gets what those layers give, a problem document, the request id,
+    its duration counted under the route's template; other methods on its path are the
+    framework's (405)."""
+    path = response.request.url.path
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["instance"] == path
+    assert response.headers["x-request-id"]
+    metrics = await h.client.get("/metrics", headers=h.auth(Role.OPS))
+    assert (
+        f'recgate_http_request_duration_seconds_count{{method="POST",route="{route}",status="500"}} 1.0'
+        in metrics.text
+    )
+    assert (await h.client.get(path)).status_code == 405

@@ -19,7 +19,7 @@ import respx
 
 from app.api.front import Front
 from app.domain.roles import Role
-from tests.conftest import CONTROL_URL, Harness
+from tests.conftest import Harness, assert_failure_observed
 
 CARD = "4012888888881881"
 JSON = {"content-type": "application/json"}
@@ -62,18 +62,6 @@ REQUESTS: list[tuple[str, str, Role | None, dict[str, str], bytes]] = [
 ]
 
 
-@pytest.fixture
-async def pbx() -> AsyncIterator[respx.MockRouter]:
-    async with respx.mock(assert_all_called=False) as router:
-        router.post(url__regex=rf"{re.escape(CONTROL_URL)}/calls/.*/recording/pause").respond(
-            200, json={"state": "paused"}
-        )
-        router.post(url__regex=rf"{re.escape(CONTROL_URL)}/calls/.*/recording/resume").respond(
-            200, json={"state": "recording"}
-        )
-        yield router
-
-
 async def _answers(h: Harness, prefix: str) -> list[tuple[int, str, Any]]:
     answers = []
     for what, call_id, role, headers, body in REQUESTS:
@@ -101,13 +89,10 @@ def _commands(pbx: respx.MockRouter, prefix: str) -> list[tuple[str, bytes]]:
 
 
 async def test_payment_routes_answer_as_the_framework_does(
-    harness: Harness, pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+    harness: Harness, answering_pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fast = await _answers(harness, "front-")
-    commands_fast = [
-        (c.request.url.path.replace("front-", ""), c.request.content) for c in pbx.calls
-    ]
-    pbx.calls.reset()
+    commands_fast = _commands(answering_pbx, "front-")
     served: list[str] = []
 
     def framework_only(self: Front, path: str) -> None:
@@ -116,7 +101,7 @@ async def test_payment_routes_answer_as_the_framework_does(
     monkeypatch.setattr(Front, "_find", framework_only)
     framework = await _answers(harness, "inner-")
     assert len(served) == len(REQUESTS), "the framework answered these"
-    commands_framework = _commands(pbx, "inner-")
+    commands_framework = _commands(answering_pbx, "inner-")
 
     for request, a, b in zip(REQUESTS, fast, framework, strict=True):
         assert a == b, f"{request[0]} {request[1]} {request[3]} {request[4][:40]!r}"
@@ -144,19 +129,14 @@ async def test_a_failure_on_the_fast_path_is_a_problem_and_observed(
     response = await harness.client.post(
         "/v1/calls/generic/c-9/payment/start", headers=harness.auth(Role.IVR)
     )
-    assert response.status_code == 500
-    assert response.headers["content-type"].startswith("application/problem+json")
-    assert response.headers["x-request-id"]
-    metrics = await harness.client.get("/metrics", headers=harness.auth(Role.OPS))
-    assert (
-        'recgate_http_request_duration_seconds_count{method="POST",'
-        'route="/v1/calls/{provider}/{provider_call_id}/payment/start",status="500"} 1.0'
-    ) in metrics.text
-    # Other methods on a payment path are the framework's: 405, as before.
-    assert (await harness.client.get("/v1/calls/generic/c-9/payment/start")).status_code == 405
+    await assert_failure_observed(
+        harness, response, "/v1/calls/{provider}/{provider_call_id}/payment/start"
+    )
 
 
-async def test_a_body_sent_in_pieces_is_read_whole(harness: Harness, pbx: respx.MockRouter) -> None:
+async def test_a_body_sent_in_pieces_is_read_whole(
+    harness: Harness, answering_pbx: respx.MockRouter
+) -> None:
     async def pieces() -> AsyncIterator[bytes]:
         for piece in (b'{"reference":', b'"PAY-2",', b'"pause_behavior":"skip"}'):
             yield piece
@@ -168,5 +148,5 @@ async def test_a_body_sent_in_pieces_is_read_whole(harness: Harness, pbx: respx.
     )
     assert response.status_code == 200, response.text
     assert response.json()["safe_to_collect"] is True
-    sent = json.loads(pbx.calls.last.request.content)
+    sent = json.loads(answering_pbx.calls.last.request.content)
     assert sent["behavior"] == "skip"

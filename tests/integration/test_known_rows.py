@@ -9,9 +9,8 @@ and what is kept stays bounded.
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -26,30 +25,15 @@ from app.domain.states import PauseBehavior, SegmentState
 from app.services import gating
 from app.storage.db import Database
 from app.storage.live import LiveCallRepository
-from tests.api.test_gating_replicas import replica
+from tests.api.test_gating_replicas import END, START, replica
 from tests.api.test_payment_gating import get_call, live_call
-from tests.conftest import CONTROL_URL, Harness, event, own_database
-
-START = "/v1/calls/generic/c-123/payment/start"
-END = "/v1/calls/generic/c-123/payment/end"
+from tests.conftest import Harness, event, own_database
 
 
 @pytest.fixture(autouse=True)
 def postgres_only(database_url: str) -> None:
     if database_url.startswith("sqlite"):
         pytest.skip("rows are kept known for PostgreSQL's optimistic writes only")
-
-
-@pytest.fixture
-async def pbx() -> AsyncIterator[respx.MockRouter]:
-    async with respx.mock(assert_all_called=False) as router:
-        router.post(url__regex=rf"{re.escape(CONTROL_URL)}/calls/.*/recording/pause").respond(
-            200, json={"state": "paused"}
-        )
-        router.post(url__regex=rf"{re.escape(CONTROL_URL)}/calls/.*/recording/resume").respond(
-            200, json={"state": "recording"}
-        )
-        yield router
 
 
 @contextmanager
@@ -79,7 +63,7 @@ async def _pay(h: Harness, path: str, expected: int = 200) -> dict[str, object]:
 
 
 async def test_an_end_and_the_next_start_take_the_kept_rows_as_read(
-    harness: Harness, pbx: respx.MockRouter
+    harness: Harness, answering_pbx: respx.MockRouter
 ) -> None:
     await live_call(harness)
     with reads_of_calls(harness) as reads:
@@ -94,7 +78,7 @@ async def test_an_end_and_the_next_start_take_the_kept_rows_as_read(
 
 
 async def test_a_recording_reported_since_is_paused_by_the_next_start(
-    harness: Harness, pbx: respx.MockRouter
+    harness: Harness, answering_pbx: respx.MockRouter
 ) -> None:
     """The webhook moved the call's version on: the kept rows (one recording) are refused by
     the guard, nothing is written from them, and the start reads and covers both."""
@@ -116,17 +100,21 @@ async def test_a_recording_reported_since_is_paused_by_the_next_start(
     assert not reads
 
 
-async def test_a_call_that_ended_since_is_refused(harness: Harness, pbx: respx.MockRouter) -> None:
+async def test_a_call_that_ended_since_is_refused(
+    harness: Harness, answering_pbx: respx.MockRouter
+) -> None:
     await live_call(harness)
     await _pay(harness, START)
     await _pay(harness, END)
     assert (await harness.send_event(event("call.ended"))).status_code == 200
     await _pay(harness, START, expected=409)
-    pauses = [c for c in pbx.calls if c.request.url.path.endswith("/pause")]
+    pauses = [c for c in answering_pbx.calls if c.request.url.path.endswith("/pause")]
     assert len(pauses) == 1, "no pause for a call that has ended"
 
 
-async def test_another_replica_s_payment_is_seen(harness: Harness, pbx: respx.MockRouter) -> None:
+async def test_another_replica_s_payment_is_seen(
+    harness: Harness, answering_pbx: respx.MockRouter
+) -> None:
     """Replica B starts and ends a payment on the call A last paid on: A's kept rows are a
     payment behind, and A's next start must open a third segment, not reuse the first."""
     await live_call(harness)
@@ -143,7 +131,7 @@ async def test_another_replica_s_payment_is_seen(harness: Harness, pbx: respx.Mo
 
 
 async def test_an_answer_from_kept_rows_alone_is_read_again(
-    harness: Harness, pbx: respx.MockRouter
+    harness: Harness, answering_pbx: respx.MockRouter
 ) -> None:
     """An end of a payment already ended writes nothing: its answer rests on the kept rows
     alone, so it is given only after reading them in a transaction."""
@@ -159,7 +147,7 @@ async def test_an_answer_from_kept_rows_alone_is_read_again(
 
 
 async def test_rows_are_kept_for_a_bounded_number_of_calls(
-    harness: Harness, pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+    harness: Harness, answering_pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(gating, "_KNOWN_CALLS", 2)
     for n in range(3):
@@ -171,7 +159,7 @@ async def test_rows_are_kept_for_a_bounded_number_of_calls(
 
 
 async def test_kept_rows_are_read_again_after_a_while(
-    harness: Harness, pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+    harness: Harness, answering_pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(gating, "_KNOWN_FOR_S", 0.0)
     await live_call(harness)
@@ -182,7 +170,7 @@ async def test_kept_rows_are_read_again_after_a_while(
 
 
 async def test_an_unreachable_database_forgets_every_kept_row(
-    harness: Harness, pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+    harness: Harness, answering_pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failover may lose commits, and with them the versions rows were kept at."""
     from app.storage.db import DatabaseUnreachable
