@@ -88,7 +88,7 @@ _MIN_ROUND_S = 0.02
 # Reading a segment another replica drives: first wait, then doubling up to the longest.
 _POLL_FIRST_S, _POLL_MAX_S = 0.005, 0.05
 # Calls whose rows this process keeps known (PaymentGate._known): a few KiB each; and for
-# how long, at most (about a payment's length: rows an hour old are read again).
+# how long, at most (about a long payment's length: rows older than that are read again).
 _KNOWN_CALLS = 2_000
 _KNOWN_FOR_S = 600.0
 # The upkeep: due segments taken per run, and driven at once.
@@ -875,7 +875,7 @@ class PaymentGate:
             del self._known[key]
             return
         segment, recordings = _copied(known.segment, known.recordings)
-        repo.assume(replace(known.call), known.version, segment, recordings)
+        repo.assume(known.call, known.version, segment, recordings)  # the call: copied there
 
     def _keep_known(self, fly: _Fly, seen: _Seen | None) -> None:
         key = (fly.provider, fly.provider_call_id)

@@ -689,8 +689,7 @@ class LiveCallRepository:
         assert self._assumed is not None
         known, version, segment, recordings = self._assumed
         self._assumed = None
-        call = replace(known, live_version=version, created=False)
-        self._guard_call(call, _values(call, _CALL_COLUMNS))
+        call = self._guard_seen(known, version)
         latest = {
             "id": segment.id,
             "call_id": segment.call_id,
@@ -699,6 +698,12 @@ class LiveCallRepository:
         open_id = segment.id if segment.state in OPEN_SEGMENT_STATES else None
         self._prefetch = (call.id, latest, open_id, [_recording_values(r) for r in recordings])
         direct.note_unchecked_read(self.conn)
+        return call
+
+    def _guard_seen(self, known: CallSnap, version: int) -> CallSnap:
+        """A copy of ``known`` as if read now at ``version``, the write guarded by it."""
+        call = replace(known, live_version=version, created=False)
+        self._guard_call(call, _values(call, _CALL_COLUMNS))
         return call
 
     def whole(self, segment: SegmentSnap) -> bool:
@@ -787,9 +792,7 @@ class LiveCallRepository:
         it, and the version it left it at): not read again; the write is guarded by that
         version, so it lands only if nobody has changed the call since."""
         if self.optimistic and seen is not None:
-            call = replace(seen[0], live_version=seen[1], created=False)
-            self._guard_call(call, _values(call, _CALL_COLUMNS))
-            return call
+            return self._guard_seen(*seen)
         if self.optimistic:
             return self._read_call(_CALL_ROWS_BY_ID, {"of_id": call_id})
         row = self._run(_CALL_BY_ID, {"of_id": call_id}).one_or_none()
