@@ -50,9 +50,27 @@ KEPT_CONNECTIONS = 4
 # checkpoints the WAL (that connection never does, so the loop never waits on the disk).
 _CHECKPOINT_EVERY = 200
 # Starting the WAL again after a checkpoint: tries, and the pause between them.
-_RESTART_TRIES, _RESTART_PAUSE_S = 5, 0.002
+_RESTART_TRIES, _RESTART_PAUSE_S = 8, 0.002
 # How long a connection other than the loop's waits for SQLite's write lock.
 _BUSY_TIMEOUT_MS = 30_000
+# The writer thread's tries for the write lock: this far apart, then (a long wait: another
+# process, a long transaction) further.
+_LOCK_POLL_S, _LOCK_POLL_LONG_S, _LOCK_POLL_SHORT_FOR_S = 0.0005, 0.005, 0.25
+
+
+def _begin_when_free(cursor: Any, error: type[Exception]) -> None:
+    """``BEGIN IMMEDIATE`` on a connection whose busy timeout is 0, tried again until the
+    write lock is free or :data:`_BUSY_TIMEOUT_MS` has passed (then SQLite's own error)."""
+    started = time.monotonic()
+    while True:
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            return
+        except error as exc:
+            waited = time.monotonic() - started
+            if not _locked(exc) or waited >= _BUSY_TIMEOUT_MS / 1000:
+                raise
+        time.sleep(_LOCK_POLL_S if waited < _LOCK_POLL_SHORT_FOR_S else _LOCK_POLL_LONG_S)
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -62,14 +80,20 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def _sqlite_setup(engine: Engine, *, inline: bool = False) -> None:
+def _sqlite_setup(engine: Engine, *, inline: bool = False, polls: bool = False) -> None:
     """Pragmas on every connection; ``BEGIN IMMEDIATE`` for every transaction that may write,
     so two writers queue on the lock instead of one failing when its read lock cannot be
     upgraded. A read (execution option ``recgate_read``) begins deferred and takes no lock.
 
     ``inline``: the connection the event loop writes on itself. It never waits for the lock
     (busy timeout 0: the write goes to the writer thread instead) and never checkpoints the
-    WAL on commit (the writer thread does, now and then), so it never blocks the loop."""
+    WAL on commit (a thread of its own does, now and then), so it never blocks the loop.
+
+    ``polls``: the writer thread's connection. It waits for the write lock by trying again
+    every half millisecond (:func:`_begin_when_free`), not in SQLite's busy handler, which
+    sleeps 1, 2, 5, 10, 15, 20, 25 … ms between tries: there a lock held for 9 ms cost the
+    write waiting for it 19 ms, and one held for 25 ms cost 34. Those writes are the event
+    loop's that met the lock: an IVR is waiting for them."""
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -77,7 +101,7 @@ def _sqlite_setup(engine: Engine, *, inline: bool = False) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={0 if inline else _BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={0 if inline or polls else _BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         if inline:
             cursor.execute("PRAGMA wal_autocheckpoint=0")
@@ -91,7 +115,10 @@ def _sqlite_setup(engine: Engine, *, inline: bool = False) -> None:
         # On the driver's cursor: this runs before every hot-path transaction.
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.execute(statement)
+            if polls and not read:
+                _begin_when_free(cursor, error)
+            else:
+                cursor.execute(statement)
         except error as exc:
             raise sa.exc.DBAPIError.instance(statement, None, exc, error) from exc
         finally:
@@ -169,7 +196,9 @@ class Database:
         self.engine = engine
         self.is_sqlite = url.startswith("sqlite")
         self._writer: ThreadPoolExecutor | None = None
+        self._checkpointer: ThreadPoolExecutor | None = None
         self._sync: Engine | None = None
+        self._queued: Engine | None = None
         self._inline: Engine | None = None
         self._inline_conn: Connection | None = None
         self._inline_commits = 0
@@ -188,7 +217,15 @@ class Database:
                 max_overflow=0,
             )
             _sqlite_setup(self._sync)
+            self._queued = sa.create_engine(
+                sync_url,
+                connect_args={"timeout": 0, "check_same_thread": False},
+                pool_size=1,
+                max_overflow=0,
+            )
+            _sqlite_setup(self._queued, polls=True)
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="recgate-db-writer")
+            self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="recgate-db-checkpoint")
             self._inline = sa.create_engine(
                 sync_url,
                 connect_args={"timeout": 0, "check_same_thread": False},
@@ -200,7 +237,8 @@ class Database:
     @property
     def sync_engines(self) -> list[Engine]:
         """Every engine the hot paths issue statements on (to observe them in tests)."""
-        return [e for e in (self._sync, self._inline) if e is not None] or [self.engine.sync_engine]
+        engines = (self._sync, self._queued, self._inline)
+        return [e for e in engines if e is not None] or [self.engine.sync_engine]
 
     async def write(
         self,
@@ -281,8 +319,11 @@ class Database:
         conn.invalidate()
 
     def _checkpoint_soon(self) -> None:
-        """Checkpoint the WAL in the writer thread (PASSIVE: it waits for nobody)."""
-        if self._checkpointing or self._writer is None or self._sync is None:
+        """Checkpoint the WAL, and start it again from its beginning, on a thread of its own.
+
+        Not on the writer thread: a write queued there (the event loop met the lock) would
+        wait for the whole checkpoint, disk flushes and pauses included."""
+        if self._checkpointing or self._checkpointer is None or self._sync is None:
             return
         self._checkpointing = True
         sync = self._sync
@@ -293,24 +334,9 @@ class Database:
             raw = sync.raw_connection()
             try:
                 cursor = raw.cursor()
-                # A checkpoint that copied every frame lets the next writer start the WAL
-                # from its beginning again, but only if that writer begins before anything
-                # else is committed: under the event loop's steady commits none ever does,
-                # and the WAL grows without end (with it, the cost of every commit and
-                # every page looked up in it: 60 µs a commit became 300). So each PASSIVE
-                # pass (which holds no lock) is followed by RESTART, which copies what was
-                # committed since, holding the write lock meanwhile (a few frames: the
-                # pass before it copied the rest), and starts the WAL again there and then.
-                # Waiting for nobody, it gives up at once when a reader or writer is in the
-                # way; a few more tries here, then it is left to the next checkpoint.
                 cursor.execute("PRAGMA busy_timeout=0")
                 try:
-                    for _ in range(_RESTART_TRIES):
-                        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                        busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                        if not busy:  # started again
-                            break
-                        time.sleep(_RESTART_PAUSE_S)
+                    _checkpoint_and_restart(cursor)
                 finally:
                     cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
                 cursor.close()
@@ -321,7 +347,7 @@ class Database:
                 self._checkpointing = False
 
         try:
-            self._writer.submit(run)
+            self._checkpointer.submit(run)
         except RuntimeError:  # shutting down: the commit stands, the checkpoint can wait
             self._checkpointing = False
 
@@ -343,10 +369,11 @@ class Database:
                     if before_commit is not None:
                         await before_commit()
                     return result
-        sync = self._sync
+        queued = self._queued
+        assert queued is not None
 
         def run() -> T:
-            with sync.begin() as conn:
+            with queued.begin() as conn:
                 return work(conn)
 
         async with asyncio.timeout_at(deadline):
@@ -367,10 +394,12 @@ class Database:
 
     async def close(self) -> None:
         await self._kept.close()
-        if self._writer is not None:
-            await asyncio.to_thread(self._writer.shutdown, wait=True)
-        if self._sync is not None:
-            self._sync.dispose()
+        for executor in (self._writer, self._checkpointer):
+            if executor is not None:
+                await asyncio.to_thread(executor.shutdown, wait=True)
+        for engine in (self._sync, self._queued):
+            if engine is not None:
+                engine.dispose()
         if self._inline_conn is not None:
             self._inline_conn.close()
         if self._inline is not None:
@@ -378,6 +407,39 @@ class Database:
 
 
 _LOCKED = object()
+
+
+def _checkpoint_and_restart(cursor: Any) -> None:
+    """Copy the WAL into the database and start the WAL again from its beginning, holding
+    the write lock only for a moment (``cursor``: busy timeout 0, outside any transaction).
+
+    A checkpoint that copied every frame lets the next writer start the WAL again, but only
+    if that writer begins before anything else is committed: under the event loop's steady
+    commits none ever does, and the WAL grows without end (with it, the cost of every commit
+    and every page looked up in it: 60 µs a commit became 300). RESTART starts it again there
+    and then, but holds the write lock throughout, and whatever is left to copy it copies
+    under that lock, with two flushes to disk: those took 7–20 ms here (more when the disk
+    is busy), and every write waited for them.
+
+    So PASSIVE passes (no lock) do the copying, each up to the end of the WAL as it was when
+    the pass began, until one finds the WAL as the pass before it did: nothing committed in
+    between, nothing copied, no flush, and RESTART right after it finds nothing to copy
+    either (or a commit's few frames, when one lands in that instant). RESTART gives up at
+    once when a reader still uses the WAL; a few more tries here, then it is left to the
+    next checkpoint."""
+    before = None
+    for _ in range(_RESTART_TRIES):
+        busy, frames, copied = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy or frames != copied:  # a reader holds older frames, or another checkpoint runs
+            before = None
+        elif frames == before:
+            busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            if not busy:  # started again
+                return
+        else:
+            before = frames
+            continue  # at once: the pass just made was over what was committed meanwhile
+        time.sleep(_RESTART_PAUSE_S)
 
 
 class _KeptConnections:
@@ -512,9 +574,11 @@ def _not_waiting_for_disk(work: Callable[[Connection], T], conn: Connection) -> 
     return result
 
 
-def _locked(exc: sa.exc.OperationalError) -> bool:
-    """SQLite's SQLITE_BUSY: another connection holds the write lock."""
-    return "database is locked" in str(exc.orig) or "database is busy" in str(exc.orig)
+def _locked(exc: Exception) -> bool:
+    """SQLite's SQLITE_BUSY (the driver's error, or SQLAlchemy's wrapping it): another
+    connection holds the write lock."""
+    message = str(getattr(exc, "orig", exc))
+    return "database is locked" in message or "database is busy" in message
 
 
 @contextmanager

@@ -149,6 +149,146 @@ async def test_the_sqlite_wal_starts_again_under_steady_commits(
         await engine.dispose()
 
 
+def test_the_wal_restarts_only_when_nothing_is_left_to_copy_under_the_lock(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """RESTART copies what is left under the write lock, with two flushes to disk, while
+    every writer waits. So it runs only after a PASSIVE pass (no lock) found the WAL as the
+    pass before it left it: commits that land during a pass are copied by the next pass, not
+    by RESTART."""
+    import sqlite3
+
+    from app.storage.db import _checkpoint_and_restart
+
+    path = tmp_path / "x.db"
+    shutil.copyfile(sqlite_template, path)
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE wal_probe (x TEXT)")
+
+    def commit() -> None:
+        writer.execute("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
+
+    for _ in range(50):
+        commit()
+    seen: list[tuple[str, tuple[int, int, int]]] = []
+    checkpointer = sqlite3.connect(path, isolation_level=None)
+    checkpointer.execute("PRAGMA busy_timeout=0")
+
+    class Cursor:
+        """The checkpoint's own cursor; a commit lands during each of the first two passes
+        (its transaction began before the pass, as a busy loop's does)."""
+
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            during = len(seen) < 2
+            if during:
+                writer.execute("BEGIN IMMEDIATE")
+                writer.execute("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
+            row = checkpointer.execute(sql).fetchone()
+            if during:
+                writer.execute("COMMIT")
+            seen.append((sql, row))
+            return checkpointer.execute("SELECT ?, ?, ?", row)
+
+    _checkpoint_and_restart(Cursor())
+    modes = [sql.removeprefix("PRAGMA wal_checkpoint(").rstrip(")") for sql, _ in seen]
+    assert modes == ["PASSIVE", "PASSIVE", "PASSIVE", "PASSIVE", "RESTART"]
+    frames = [row[1] for _, row in seen]
+    assert frames[0] < frames[1] < frames[2] == frames[3] == frames[4]
+    assert all(row[1] == row[2] for _, row in seen), "each pass copied all it saw"
+    commit()  # the next commit writes the WAL from its beginning again
+    busy, now, _ = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0
+    assert now <= frames[1] - frames[0], "one commit's frames, not the WAL's growth"
+    writer.close()
+    checkpointer.close()
+
+
+async def test_a_queued_sqlite_write_tries_the_lock_often_not_in_growing_sleeps(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """A write the event loop queued for the writer thread (it met the lock) takes the lock
+    soon after it is free: the thread tries every half millisecond, where SQLite's busy
+    handler sleeps 1, 2, 5, 10, 15, 20, 25 ms between tries. And it still waits long enough
+    for a holder that takes its time."""
+    import sqlite3
+
+    from app.storage.db import Database
+
+    path = tmp_path / "x.db"
+    await asyncio.to_thread(shutil.copyfile, sqlite_template, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    engine = create_engine(url)
+    db = Database(engine, url)
+    tries: list[str] = []
+    assert db._queued is not None
+
+    @sa.event.listens_for(db._queued, "connect")
+    def _count(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.set_trace_callback(tries.append)
+
+    def count_calls(conn: sa.Connection) -> int:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM calls").scalar_one())
+
+    try:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        pending = asyncio.ensure_future(db.write(count_calls, inline=True))
+        await asyncio.sleep(0.3)
+        assert not pending.done(), "it waits for the lock"
+        holder.execute("COMMIT")
+        holder.close()
+        assert await asyncio.wait_for(pending, 5) == 0
+        begins = [t for t in tries if t == "BEGIN IMMEDIATE"]
+        # 300 ms at one try per 0.5 ms is 600 tries; the busy handler would make one call
+        # (its own sleeps inside) of it. Loosely bounded for a loaded machine.
+        assert len(begins) >= 20
+    finally:
+        await db.close()
+        await engine.dispose()
+
+
+async def test_a_queued_sqlite_write_does_not_wait_for_a_checkpoint(
+    sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL checkpoint (disk flushes, and pauses while a reader keeps it from starting the
+    WAL again) runs on a thread of its own: a write queued meanwhile for the writer thread
+    does not wait for it."""
+    import sqlite3
+
+    from app.storage import db as storage
+
+    monkeypatch.setattr(storage, "_CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(storage, "_RESTART_PAUSE_S", 1.0)
+    path = tmp_path / "x.db"
+    await asyncio.to_thread(shutil.copyfile, sqlite_template, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    engine = create_engine(url)
+    db = storage.Database(engine, url)
+
+    def grow(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS wal_probe (x TEXT)")
+        conn.exec_driver_sql("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
+
+    try:
+        await db.write(grow)
+        # A reader in the WAL: the checkpoint copies everything but cannot start the WAL
+        # again, and pauses (a second here) before each of its further tries.
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM wal_probe").fetchone()
+        await db.write(grow, inline=True)  # the checkpoint starts
+        assert db._checkpointing
+        await asyncio.wait_for(db.write(grow), 0.9)  # the writer thread's
+        assert db._checkpointing, "the checkpoint was still pausing"
+        reader.execute("COMMIT")
+        reader.close()
+    finally:
+        await db.close()
+        await engine.dispose()
+
+
 async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock(
     sqlite_template: Path, tmp_path: Path
 ) -> None:
@@ -190,13 +330,13 @@ async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock
             await db.write(work, inline=True, deadline=asyncio.get_running_loop().time() - 1)
         assert len(ran_on) == 2
 
-        # The loop's connection never checkpoints; the writer thread does, now and then.
+        # The loop's connection never checkpoints; a thread of its own does, now and then.
         def grow(conn: sa.Connection) -> None:
             conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS wal_probe (x TEXT)")
             conn.exec_driver_sql("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
 
         wal = path.with_name(path.name + "-wal")
-        while db._inline_commits % 200 != 0:  # up to the 200th: the writer thread checkpoints
+        while db._inline_commits % 200 != 0:  # up to the 200th: the checkpoint runs
             await db.write(grow, inline=True)
         for _ in range(100):
             await asyncio.sleep(0.02)
