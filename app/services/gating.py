@@ -814,9 +814,13 @@ class PaymentGate:
         label = "ok"
         sent = loop.time()
         try:
-            if command.action == "pause":
-                return await asyncio.wait_for(controller.pause(target, command.behavior), remaining)
-            return await asyncio.wait_for(controller.resume(target), remaining)
+            # Not wait_for: on 3.11 it runs the command in a task of its own (one more turn of
+            # a busy event loop to start it and one to hear its end, while the IVR waits) and
+            # can swallow a cancellation.
+            async with asyncio.timeout(remaining):
+                if command.action == "pause":
+                    return await controller.pause(target, command.behavior)
+                return await controller.resume(target)
         except RecordingGone:
             label = "gone"
             ids: list[str | None] = [t.provider_recording_id for t in command.recordings]
