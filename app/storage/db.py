@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -49,8 +49,9 @@ KEPT_CONNECTIONS = 4
 # SQLite: after this many commits on the event loop's own connection, the writer thread
 # checkpoints the WAL (that connection never does, so the loop never waits on the disk).
 _CHECKPOINT_EVERY = 200
-# Starting the WAL again after a checkpoint: tries, and the pause between them.
-_RESTART_TRIES, _RESTART_PAUSE_S = 8, 0.002
+# Starting the WAL again after a checkpoint: tries, the pause between them, and the copying
+# passes after which it is started again whatever was committed during the last.
+_RESTART_TRIES, _RESTART_PAUSE_S, _RESTART_AFTER_PASSES = 8, 0.002, 3
 # How long a connection other than the loop's waits for SQLite's write lock.
 _BUSY_TIMEOUT_MS = 30_000
 # The writer thread's tries for the write lock: this far apart, then (a long wait: another
@@ -71,6 +72,16 @@ def _begin_when_free(cursor: Any, error: type[Exception]) -> None:
             if not _locked(exc) or waited >= _BUSY_TIMEOUT_MS / 1000:
                 raise
         time.sleep(_LOCK_POLL_S if waited < _LOCK_POLL_SHORT_FOR_S else _LOCK_POLL_LONG_S)
+
+
+def _sqlite_engine(url: URL, *, timeout_s: float, pool_size: int) -> Engine:
+    """A plain (not async) engine on SQLite file ``url``, shared between threads."""
+    return sa.create_engine(
+        url,
+        connect_args={"timeout": timeout_s, "check_same_thread": False},
+        pool_size=pool_size,
+        max_overflow=0,
+    )
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -210,28 +221,13 @@ class Database:
         self._kept = _KeptConnections(self._optimistic)
         if self.is_sqlite:
             sync_url = make_url(url).set(drivername="sqlite")
-            self._sync = sa.create_engine(
-                sync_url,
-                connect_args={"timeout": 30, "check_same_thread": False},
-                pool_size=4,
-                max_overflow=0,
-            )
+            self._sync = _sqlite_engine(sync_url, timeout_s=30, pool_size=4)
             _sqlite_setup(self._sync)
-            self._queued = sa.create_engine(
-                sync_url,
-                connect_args={"timeout": 0, "check_same_thread": False},
-                pool_size=1,
-                max_overflow=0,
-            )
+            self._queued = _sqlite_engine(sync_url, timeout_s=0, pool_size=1)
             _sqlite_setup(self._queued, polls=True)
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="recgate-db-writer")
             self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="recgate-db-checkpoint")
-            self._inline = sa.create_engine(
-                sync_url,
-                connect_args={"timeout": 0, "check_same_thread": False},
-                pool_size=1,
-                max_overflow=0,
-            )
+            self._inline = _sqlite_engine(sync_url, timeout_s=0, pool_size=1)
             _sqlite_setup(self._inline, inline=True)
 
     @property
@@ -418,24 +414,28 @@ def _checkpoint_and_restart(cursor: Any) -> None:
     commits none ever does, and the WAL grows without end (with it, the cost of every commit
     and every page looked up in it: 60 µs a commit became 300). RESTART starts it again there
     and then, but holds the write lock throughout, and whatever is left to copy it copies
-    under that lock, with two flushes to disk: those took 7–20 ms here (more when the disk
-    is busy), and every write waited for them.
+    under that lock, with two flushes to disk: after a long pass that was 7–40 ms here, and
+    every write waited for it.
 
     So PASSIVE passes (no lock) do the copying, each up to the end of the WAL as it was when
-    the pass began, until one finds the WAL as the pass before it did: nothing committed in
-    between, nothing copied, no flush, and RESTART right after it finds nothing to copy
-    either (or a commit's few frames, when one lands in that instant). RESTART gives up at
-    once when a reader still uses the WAL; a few more tries here, then it is left to the
-    next checkpoint."""
+    the pass began, each shorter than the one before (it copies what was committed during
+    that one). RESTART runs after a pass that found the WAL as the pass before it left it
+    (nothing committed in between: nothing is left to copy), or at the latest after
+    :data:`_RESTART_AFTER_PASSES` passes, when what is left is what a short pass let through:
+    under commits that never pause, the WAL is still started again. RESTART gives up at once
+    when a reader still uses the WAL; a few more tries here, then the next checkpoint."""
     before = None
+    passes = 0
     for _ in range(_RESTART_TRIES):
         busy, frames, copied = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        passes += 1
         if busy or frames != copied:  # a reader holds older frames, or another checkpoint runs
-            before = None
-        elif frames == before:
+            before, passes = None, 0
+        elif frames == before or passes >= _RESTART_AFTER_PASSES:
             busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             if not busy:  # started again
                 return
+            before, passes = None, 0
         else:
             before = frames
             continue  # at once: the pass just made was over what was committed meanwhile

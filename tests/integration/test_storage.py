@@ -4,14 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import sqlalchemy as sa
 
-from app.storage.db import create_engine
+from app.storage.db import Database, create_engine
 from app.storage.models import UTCDateTime
+from tests.conftest import own_database
+
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def sqlite_database(template: Path, path: Path) -> AsyncIterator[Database]:
+    """The hot paths' database on a fresh copy of the migrated SQLite template at ``path``."""
+    await asyncio.to_thread(shutil.copyfile, template, path)
+    async with own_database(f"sqlite+aiosqlite:///{path}") as db:
+        yield db
+
+
+async def write_behind_held_lock(
+    db: Database, path: Path, work: Callable[[sa.Connection], T], held_s: float
+) -> T:
+    """``work`` written inline while another connection holds the write lock for ``held_s``:
+    it waits (queued for the writer thread), then is written."""
+    import sqlite3
+
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    pending = asyncio.ensure_future(db.write(work, inline=True))
+    await asyncio.sleep(held_s)
+    assert not pending.done(), "it waits for the lock, in the writer thread"
+    holder.execute("COMMIT")
+    holder.close()
+    return await asyncio.wait_for(pending, 5)
+
+
+def grow_wal(conn: sa.Connection) -> None:
+    """A commit's worth of WAL: a page-sized row."""
+    conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS wal_probe (x TEXT)")
+    conn.exec_driver_sql("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
 
 
 async def test_sqlite_runs_in_wal_with_foreign_keys(sqlite_template: Path, tmp_path: Path) -> None:
@@ -120,42 +157,41 @@ async def test_the_sqlite_wal_starts_again_under_steady_commits(
     """Commits that never stop (a busy event loop) still let the WAL start again from its
     beginning after each checkpoint: it does not grow with every commit, nor does the cost of
     each commit and page lookup with it."""
-    from app.storage.db import _CHECKPOINT_EVERY, Database
+    from app.storage.db import _CHECKPOINT_EVERY
 
     path = tmp_path / "steady.db"
-    await asyncio.to_thread(shutil.copyfile, sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
-    engine = create_engine(url)
-    db = Database(engine, url)
     wal = path.with_name(path.name + "-wal")
-
-    def grow(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS wal_probe (x TEXT)")
-        conn.exec_driver_sql("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
-
-    try:
+    async with sqlite_database(sqlite_template, path) as db:
         for _ in range(_CHECKPOINT_EVERY - 1):
-            await db.write(grow, inline=True)
+            await db.write(grow_wal, inline=True)
         one_round = wal.stat().st_size  # what a checkpoint's worth of commits takes
         # Five rounds more, a millisecond apart (a busy loop's requests): each checkpoint
         # runs while the commits go on.
         for _ in range(5 * _CHECKPOINT_EVERY):
-            await db.write(grow, inline=True)
+            await db.write(grow_wal, inline=True)
             await asyncio.sleep(0.001)
         # Without starting again the WAL would hold all six rounds.
         assert wal.stat().st_size < 3 * one_round
-    finally:
-        await db.close()
-        await engine.dispose()
 
 
-def test_the_wal_restarts_only_when_nothing_is_left_to_copy_under_the_lock(
-    sqlite_template: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("busy_passes", "modes"),
+    [
+        # A commit during the first pass only: the third finds the WAL as the second left it.
+        (1, ["PASSIVE", "PASSIVE", "PASSIVE", "RESTART"]),
+        # Commits during every pass: started again after the third, over one commit's frames.
+        (8, ["PASSIVE", "PASSIVE", "PASSIVE", "RESTART"]),
+        # None: the second pass finds the WAL as the first left it.
+        (0, ["PASSIVE", "PASSIVE", "RESTART"]),
+    ],
+)
+def test_the_wal_restarts_when_next_to_nothing_is_left_to_copy_under_the_lock(
+    sqlite_template: Path, tmp_path: Path, busy_passes: int, modes: list[str]
 ) -> None:
     """RESTART copies what is left under the write lock, with two flushes to disk, while
-    every writer waits. So it runs only after a PASSIVE pass (no lock) found the WAL as the
-    pass before it left it: commits that land during a pass are copied by the next pass, not
-    by RESTART."""
+    every writer waits. So PASSIVE passes (no lock) copy first, until one finds the WAL as
+    the pass before it left it, or, under commits that never pause, three passes have made
+    what is left one pass's commits: then RESTART, and the WAL starts again."""
     import sqlite3
 
     from app.storage.db import _checkpoint_and_restart
@@ -166,41 +202,37 @@ def test_the_wal_restarts_only_when_nothing_is_left_to_copy_under_the_lock(
     writer.execute("PRAGMA journal_mode=WAL")
     writer.execute("PRAGMA wal_autocheckpoint=0")
     writer.execute("CREATE TABLE wal_probe (x TEXT)")
-
-    def commit() -> None:
-        writer.execute("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
-
+    row = " " * 4000
     for _ in range(50):
-        commit()
+        writer.execute("INSERT INTO wal_probe VALUES (?)", (row,))
     seen: list[tuple[str, tuple[int, int, int]]] = []
     checkpointer = sqlite3.connect(path, isolation_level=None)
     checkpointer.execute("PRAGMA busy_timeout=0")
 
     class Cursor:
-        """The checkpoint's own cursor; a commit lands during each of the first two passes
-        (its transaction began before the pass, as a busy loop's does)."""
+        """The checkpoint's own cursor; a commit lands during each of the first
+        ``busy_passes`` passes (its transaction began before the pass, as a busy loop's)."""
 
         def execute(self, sql: str) -> sqlite3.Cursor:
-            during = len(seen) < 2
+            during = "PASSIVE" in sql and len(seen) < busy_passes
             if during:
                 writer.execute("BEGIN IMMEDIATE")
-                writer.execute("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
-            row = checkpointer.execute(sql).fetchone()
+                writer.execute("INSERT INTO wal_probe VALUES (?)", (row,))
+            done = checkpointer.execute(sql).fetchone()
             if during:
                 writer.execute("COMMIT")
-            seen.append((sql, row))
-            return checkpointer.execute("SELECT ?, ?, ?", row)
+            seen.append((sql, done))
+            return checkpointer.execute("SELECT ?, ?, ?", done)
 
     _checkpoint_and_restart(Cursor())
-    modes = [sql.removeprefix("PRAGMA wal_checkpoint(").rstrip(")") for sql, _ in seen]
-    assert modes == ["PASSIVE", "PASSIVE", "PASSIVE", "PASSIVE", "RESTART"]
-    frames = [row[1] for _, row in seen]
-    assert frames[0] < frames[1] < frames[2] == frames[3] == frames[4]
-    assert all(row[1] == row[2] for _, row in seen), "each pass copied all it saw"
-    commit()  # the next commit writes the WAL from its beginning again
+    assert [sql.removeprefix("PRAGMA wal_checkpoint(").rstrip(")") for sql, _ in seen] == modes
+    frames = [done[1] for _, done in seen]
+    assert all(done[1] == done[2] for _, done in seen), "each copied all it saw"
+    assert frames[-1] - frames[-2] <= (frames[1] - frames[0]), "RESTART copied a commit at most"
+    writer.execute("INSERT INTO wal_probe VALUES (?)", (row,))  # from the WAL's beginning again
     busy, now, _ = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     assert busy == 0
-    assert now <= frames[1] - frames[0], "one commit's frames, not the WAL's growth"
+    assert now < frames[0] // 10, "one commit's frames, not the WAL's fifty"
     writer.close()
     checkpointer.close()
 
@@ -214,39 +246,24 @@ async def test_a_queued_sqlite_write_tries_the_lock_often_not_in_growing_sleeps(
     for a holder that takes its time."""
     import sqlite3
 
-    from app.storage.db import Database
-
     path = tmp_path / "x.db"
-    await asyncio.to_thread(shutil.copyfile, sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
-    engine = create_engine(url)
-    db = Database(engine, url)
-    tries: list[str] = []
-    assert db._queued is not None
+    async with sqlite_database(sqlite_template, path) as db:
+        tries: list[str] = []
+        assert db._queued is not None
 
-    @sa.event.listens_for(db._queued, "connect")
-    def _count(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-        dbapi_connection.set_trace_callback(tries.append)
+        @sa.event.listens_for(db._queued, "connect")
+        def _count(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+            dbapi_connection.set_trace_callback(tries.append)
 
-    def count_calls(conn: sa.Connection) -> int:
-        return int(conn.exec_driver_sql("SELECT count(*) FROM calls").scalar_one())
-
-    try:
-        holder = sqlite3.connect(path, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        pending = asyncio.ensure_future(db.write(count_calls, inline=True))
-        await asyncio.sleep(0.3)
-        assert not pending.done(), "it waits for the lock"
-        holder.execute("COMMIT")
-        holder.close()
-        assert await asyncio.wait_for(pending, 5) == 0
+        assert await write_behind_held_lock(db, path, _count_calls, 0.3) == 0
         begins = [t for t in tries if t == "BEGIN IMMEDIATE"]
         # 300 ms at one try per 0.5 ms is 600 tries; the busy handler would make one call
         # (its own sleeps inside) of it. Loosely bounded for a loaded machine.
         assert len(begins) >= 20
-    finally:
-        await db.close()
-        await engine.dispose()
+
+
+def _count_calls(conn: sa.Connection) -> int:
+    return int(conn.exec_driver_sql("SELECT count(*) FROM calls").scalar_one())
 
 
 async def test_a_queued_sqlite_write_does_not_wait_for_a_checkpoint(
@@ -262,31 +279,19 @@ async def test_a_queued_sqlite_write_does_not_wait_for_a_checkpoint(
     monkeypatch.setattr(storage, "_CHECKPOINT_EVERY", 1)
     monkeypatch.setattr(storage, "_RESTART_PAUSE_S", 1.0)
     path = tmp_path / "x.db"
-    await asyncio.to_thread(shutil.copyfile, sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
-    engine = create_engine(url)
-    db = storage.Database(engine, url)
-
-    def grow(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS wal_probe (x TEXT)")
-        conn.exec_driver_sql("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
-
-    try:
-        await db.write(grow)
+    async with sqlite_database(sqlite_template, path) as db:
+        await db.write(grow_wal)
         # A reader in the WAL: the checkpoint copies everything but cannot start the WAL
         # again, and pauses (a second here) before each of its further tries.
         reader = sqlite3.connect(path, isolation_level=None)
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM wal_probe").fetchone()
-        await db.write(grow, inline=True)  # the checkpoint starts
+        await db.write(grow_wal, inline=True)  # the checkpoint starts
         assert db._checkpointing
-        await asyncio.wait_for(db.write(grow), 0.9)  # the writer thread's
+        await asyncio.wait_for(db.write(grow_wal), 0.9)  # the writer thread's
         assert db._checkpointing, "the checkpoint was still pausing"
         reader.execute("COMMIT")
         reader.close()
-    finally:
-        await db.close()
-        await engine.dispose()
 
 
 async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock(
@@ -294,35 +299,21 @@ async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock
 ) -> None:
     """The payment gate's writes run in the event loop when the lock is free, and go to the
     writer thread (never failing, never blocking the loop) when another writer holds it."""
-    import sqlite3
     import threading
 
-    from app.storage.db import Database
-
     path = tmp_path / "x.db"
-    await asyncio.to_thread(shutil.copyfile, sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
-    engine = create_engine(url)
-    db = Database(engine, url)
     loop_thread = threading.get_ident()
     ran_on: list[int] = []
 
     def work(conn: sa.Connection) -> int:
         ran_on.append(threading.get_ident())
-        return int(conn.exec_driver_sql("SELECT count(*) FROM calls").scalar_one())
+        return _count_calls(conn)
 
-    try:
+    async with sqlite_database(sqlite_template, path) as db:
         assert await db.write(work, inline=True) == 0
         assert ran_on == [loop_thread]
 
-        holder = sqlite3.connect(path, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        pending = asyncio.ensure_future(db.write(work, inline=True))
-        await asyncio.sleep(0.2)
-        assert not pending.done(), "it waits for the lock, in the writer thread"
-        holder.execute("COMMIT")
-        holder.close()
-        assert await asyncio.wait_for(pending, 5) == 0
+        assert await write_behind_held_lock(db, path, work, 0.2) == 0
         assert ran_on[-1] != loop_thread
 
         # Past its deadline an inline write is not started.
@@ -331,13 +322,9 @@ async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock
         assert len(ran_on) == 2
 
         # The loop's connection never checkpoints; a thread of its own does, now and then.
-        def grow(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS wal_probe (x TEXT)")
-            conn.exec_driver_sql("INSERT INTO wal_probe VALUES (?)", (" " * 4000,))
-
         wal = path.with_name(path.name + "-wal")
         while db._inline_commits % 200 != 0:  # up to the 200th: the checkpoint runs
-            await db.write(grow, inline=True)
+            await db.write(grow_wal, inline=True)
         for _ in range(100):
             await asyncio.sleep(0.02)
             if not db._checkpointing:
@@ -346,8 +333,5 @@ async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock
         # Everything checkpointed: the next commits write the WAL from its start again, so it
         # does not grow. Without the checkpoint it would grow by about 100 pages.
         for _ in range(100):
-            await db.write(grow, inline=True)
+            await db.write(grow_wal, inline=True)
         assert wal.stat().st_size <= grown, "the WAL was not checkpointed"
-    finally:
-        await db.close()
-        await engine.dispose()
