@@ -46,7 +46,7 @@ _IDLE_SINCE = "recgate_idle_since"
 _PING_AFTER_IDLE_S = 5.0
 # PostgreSQL: connections the gate's optimistic writes keep between writes, at most.
 KEPT_CONNECTIONS = 4
-# SQLite: after this many commits on the event loop's own connection, the writer thread
+# SQLite: after this many commits on the event loop's own connection, a thread of its own
 # checkpoints the WAL (that connection never does, so the loop never waits on the disk).
 _CHECKPOINT_EVERY = 200
 # Starting the WAL again after a checkpoint: tries, the pause between them, and the copying
@@ -184,8 +184,9 @@ class Database:
     """Short transactions for the hot paths, each a plain function of a Core ``Connection``.
 
     On SQLite one writer thread runs every write transaction in turn: writers queue in
-    arrival order instead of sleeping in SQLite's busy handler, and a transaction costs one
-    hand-over between threads, not several per statement. A read (a token check) runs in the
+    arrival order, and a transaction costs one hand-over between threads, not several per
+    statement; when another connection holds the lock, the thread tries for it every half
+    millisecond (not in SQLite's busy handler, whose sleeps grow to 25 ms and more). A read (a token check) runs in the
     event loop itself: in WAL mode it never waits for a writer. On PostgreSQL each function runs in a pooled connection of the async
     engine (``run_sync``), asyncpg underneath.
 
