@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.states import OPEN_SEGMENT_STATES, CallState
 from app.storage.models import (
+    PAUSE_FAILED,
     ApiToken,
     Call,
     DeadLetter,
@@ -163,11 +164,7 @@ class SegmentRepository:
         stmt = (
             sa.select(sa.func.count())
             .select_from(StateTransition)
-            .where(
-                StateTransition.entity == "segment",
-                StateTransition.to_state == "pause_failed",
-                StateTransition.at >= since,
-            )
+            .where(PAUSE_FAILED, StateTransition.at >= since)
         )
         return int((await self.session.execute(stmt)).scalar_one())
 

@@ -335,3 +335,70 @@ async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock
         for _ in range(100):
             await db.write(grow_wal, inline=True)
         assert wal.stat().st_size <= grown, "the WAL was not checkpointed"
+
+
+async def test_the_lean_indexes_serve_their_queries(database_url: str) -> None:
+    """The partial indexes of alembic 0009 are the ones the planners use for the queries the
+    service really sends: the upkeep's due segments, the status page's failed pauses (a
+    generic plan on PostgreSQL: what a bound parameter would hide), and a call's recordings
+    through the unique index that starts with the call's id."""
+    import uuid
+
+    from app.storage.db import session_factory
+    from app.storage.live import LiveCallRepository
+    from app.storage.repositories import SegmentRepository
+
+    engine = create_engine(database_url)
+    sent: list[tuple[str, object]] = []
+
+    def heard(conn: object, cursor: object, sql: str, params: object, *_: object) -> None:
+        sent.append((sql, params))
+
+    def plan(sync: sa.Connection, sql: str, params: object) -> str:
+        if sync.dialect.name == "sqlite":
+            rows = sync.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params).all()  # type: ignore[arg-type]
+            return " ".join(str(row[-1]) for row in rows)
+        # The plan a prepared statement settles on: one for any values of its parameters.
+        sync.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        sync.exec_driver_sql("SET enable_seqscan = off")  # an index it can use, it then does
+        sync.exec_driver_sql(f"PREPARE probe AS {sql}")
+        values = ", ".join("NULL" if v is None else f"'{v}'" for v in params)  # type: ignore[attr-defined]
+        rows = sync.exec_driver_sql(f"EXPLAIN EXECUTE probe({values})").all()
+        sync.exec_driver_sql("DEALLOCATE probe")
+        return " ".join(str(row[0]) for row in rows)
+
+    async def plans_of(work: Callable[[], object]) -> list[str]:
+        sent.clear()
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", heard)
+        try:
+            await work()  # type: ignore[misc]
+        finally:
+            sa.event.remove(engine.sync_engine, "before_cursor_execute", heard)
+        async with engine.connect() as conn:
+            return [await conn.run_sync(plan, sql, params) for sql, params in sent]
+
+    now = datetime.now(UTC)
+    try:
+
+        async def due() -> None:
+            async with engine.connect() as conn:
+                await conn.run_sync(lambda sync: LiveCallRepository(sync).due_segments(now, 10))
+
+        async def recordings() -> None:
+            async with engine.connect() as conn:
+                await conn.run_sync(
+                    lambda sync: LiveCallRepository(sync).recordings(uuid.uuid4(), None)
+                )
+
+        async def failed_pauses() -> None:
+            async with session_factory(engine)() as session:
+                await SegmentRepository(session).count_pause_failures_since(now)
+
+        def uses(plans: list[str], *names: str) -> bool:
+            return bool(plans) and all(any(name in p for name in names) for p in plans)
+
+        assert uses(await plans_of(due), "ix_payment_segments_due_at")
+        assert uses(await plans_of(failed_pauses), "ix_state_transitions_pause_failed")
+        assert uses(await plans_of(recordings), "uq_recordings_key", "autoindex_recordings_2")
+    finally:
+        await engine.dispose()

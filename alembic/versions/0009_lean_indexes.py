@@ -1,0 +1,65 @@
+"""Indexes that serve the queries, not every write.
+
+Every payment start and end changes a segment's state, its recordings' states and adds state
+transitions; each index on a changed column is one more page written per commit. Four of
+them served no query, or served one badly:
+
+- ``ix_payment_segments_state_changed_at``: nothing reads by it.
+- ``ix_payment_segments_due_at`` held every segment, most of them never due again: only the
+  upkeep reads it, for segments due by now, so it now holds only those with a ``due_at``.
+- ``ix_state_transitions_entity`` (entity, entity id): nothing looks an entity's transitions
+  up; the one query on ``entity``, the 24-hour count of failed pauses, found half the table
+  under ``entity = 'segment'``. Its own partial index on ``at`` holds failed pauses only.
+- ``ix_recordings_call_id``: the unique (call id, provider recording id) index starts with
+  the call's id and serves the same reads.
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-07 12:45:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from alembic import op
+
+revision: str = "0009"
+down_revision: str | None = "0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_DUE = sa.text("due_at IS NOT NULL")
+_PAUSE_FAILED = sa.text("entity = 'segment' AND to_state = 'pause_failed'")
+
+
+def upgrade() -> None:
+    op.drop_index("ix_payment_segments_state_changed_at", table_name="payment_segments")
+    op.drop_index("ix_payment_segments_due_at", table_name="payment_segments")
+    op.create_index(
+        "ix_payment_segments_due_at",
+        "payment_segments",
+        ["due_at"],
+        sqlite_where=_DUE,
+        postgresql_where=_DUE,
+    )
+    op.drop_index("ix_state_transitions_entity", table_name="state_transitions")
+    op.create_index(
+        "ix_state_transitions_pause_failed",
+        "state_transitions",
+        ["at"],
+        sqlite_where=_PAUSE_FAILED,
+        postgresql_where=_PAUSE_FAILED,
+    )
+    op.drop_index("ix_recordings_call_id", table_name="recordings")
+
+
+def downgrade() -> None:
+    op.create_index("ix_recordings_call_id", "recordings", ["call_id"])
+    op.drop_index("ix_state_transitions_pause_failed", table_name="state_transitions")
+    op.create_index("ix_state_transitions_entity", "state_transitions", ["entity", "entity_id"])
+    op.drop_index("ix_payment_segments_due_at", table_name="payment_segments")
+    op.create_index("ix_payment_segments_due_at", "payment_segments", ["due_at"])
+    op.create_index(
+        "ix_payment_segments_state_changed_at", "payment_segments", ["state_changed_at"]
+    )
