@@ -1,10 +1,12 @@
 """Indexes that serve the queries, not every write.
 
 Every payment start and end changes a segment's state, its recordings' states and adds state
-transitions; each index on a changed column is one more page written per commit. Four of
+transitions; each index on a changed column is one more page written per commit. Five of
 them served no query, or served one badly:
 
 - ``ix_payment_segments_state_changed_at``: nothing reads by it.
+- ``ix_payment_segments_state`` held every segment ever; the gauges and the upkeep look for
+  open ones only: ``ix_payment_segments_open`` holds those.
 - ``ix_payment_segments_due_at`` held every segment, most of them never due again: only the
   upkeep reads it, for segments due by now, so it now holds only those with a ``due_at``.
 - ``ix_state_transitions_entity`` (entity, entity id): nothing looks an entity's transitions
@@ -30,11 +32,21 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _DUE = sa.text("due_at IS NOT NULL")
+# The open segment states as recgate 0009 knows them (app.domain.states), sorted.
+_OPEN = sa.text("state IN ('pause_failed', 'paused', 'pausing', 'resume_failed', 'resuming')")
 _PAUSE_FAILED = sa.text("entity = 'segment' AND to_state = 'pause_failed'")
 
 
 def upgrade() -> None:
     op.drop_index("ix_payment_segments_state_changed_at", table_name="payment_segments")
+    op.drop_index("ix_payment_segments_state", table_name="payment_segments")
+    op.create_index(
+        "ix_payment_segments_open",
+        "payment_segments",
+        ["state"],
+        sqlite_where=_OPEN,
+        postgresql_where=_OPEN,
+    )
     op.drop_index("ix_payment_segments_due_at", table_name="payment_segments")
     op.create_index(
         "ix_payment_segments_due_at",
@@ -60,6 +72,8 @@ def downgrade() -> None:
     op.create_index("ix_state_transitions_entity", "state_transitions", ["entity", "entity_id"])
     op.drop_index("ix_payment_segments_due_at", table_name="payment_segments")
     op.create_index("ix_payment_segments_due_at", "payment_segments", ["due_at"])
+    op.drop_index("ix_payment_segments_open", table_name="payment_segments")
+    op.create_index("ix_payment_segments_state", "payment_segments", ["state"])
     op.create_index(
         "ix_payment_segments_state_changed_at", "payment_segments", ["state_changed_at"]
     )

@@ -39,6 +39,7 @@ from app.domain.states import (
 )
 from app.storage import direct
 from app.storage.models import (
+    OPEN_SEGMENT,
     ApiToken,
     Call,
     CallAlias,
@@ -475,7 +476,7 @@ _DUE = (
 _OVERLONG = (
     segments.update()
     .where(
-        _is_open(segments.c.state),
+        OPEN_SEGMENT,  # the partial index of open segments (not every segment ever)
         segments.c.opened_at < sa.bindparam("opened_before"),
         segments.c.overlong_alerted_at.is_(None),
     )

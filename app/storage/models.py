@@ -12,6 +12,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from app.domain.states import OPEN_SEGMENT_STATES
+
 
 def _in_utc(value: datetime) -> datetime:
     """``value`` in UTC; a naive one is refused, whatever zone it was meant in."""
@@ -288,6 +290,11 @@ class AuditEntry(Base):
 
 
 _DUE = sa.text("due_at IS NOT NULL")
+# An open segment, in a query as this very text: PostgreSQL's plan for a prepared statement,
+# made for any values of its parameters, could not use the partial index below otherwise.
+OPEN_SEGMENT = sa.text(
+    "state IN (" + ", ".join(sorted(f"'{state.value}'" for state in OPEN_SEGMENT_STATES)) + ")"
+)
 
 
 class PaymentSegment(Base):
@@ -295,6 +302,14 @@ class PaymentSegment(Base):
     __table_args__ = (
         sa.Index("ix_payment_segments_call_state", "call_id", "state"),
         sa.UniqueConstraint("call_id", "idempotency_key", name="uq_payment_segments_idempotency"),
+        # Open segments only, for the gauges and the upkeep: a closed segment, most of them,
+        # is never looked up by state (alembic 0009).
+        sa.Index(
+            "ix_payment_segments_open",
+            "state",
+            sqlite_where=OPEN_SEGMENT,
+            postgresql_where=OPEN_SEGMENT,
+        ),
         # Only segments the upkeep has to drive: most never are again, and every write of a
         # segment's due_at would move their entries (alembic 0009).
         sa.Index(
@@ -307,7 +322,7 @@ class PaymentSegment(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
     call_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("calls.id", ondelete="RESTRICT"))
-    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    state: Mapped[str] = mapped_column(sa.String(16))
     reference: Mapped[str | None] = mapped_column(sa.String(255))
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     pause_behavior: Mapped[str] = mapped_column(sa.String(16))
@@ -357,8 +372,7 @@ class SegmentRecording(Base):
     resumed_at: Mapped[datetime | None]
 
 
-# A segment's failed pause. In a query, as this very text: PostgreSQL's plan for a prepared
-# statement, made for any values of its parameters, could not use the partial index below.
+# A segment's failed pause, in a query as this very text (as ``OPEN_SEGMENT``).
 PAUSE_FAILED = sa.text("entity = 'segment' AND to_state = 'pause_failed'")
 
 

@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.domain.states import OPEN_SEGMENT_STATES, CallState
+from app.domain.states import CallState
 from app.storage.models import (
+    OPEN_SEGMENT,
     PAUSE_FAILED,
     ApiToken,
     Call,
@@ -133,18 +134,14 @@ class SegmentRepository:
             sa.select(sa.func.count())
             .select_from(PaymentSegment)
             .where(
-                PaymentSegment.state.in_([s.value for s in OPEN_SEGMENT_STATES]),
+                OPEN_SEGMENT,
                 PaymentSegment.opened_at < opened_before,
             )
         )
         return int((await self.session.execute(stmt)).scalar_one())
 
     async def count_open(self) -> int:
-        stmt = (
-            sa.select(sa.func.count())
-            .select_from(PaymentSegment)
-            .where(PaymentSegment.state.in_([s.value for s in OPEN_SEGMENT_STATES]))
-        )
+        stmt = sa.select(sa.func.count()).select_from(PaymentSegment).where(OPEN_SEGMENT)
         return int((await self.session.execute(stmt)).scalar_one())
 
     async def count_resume_stuck(self, requested_before: datetime) -> int:
@@ -154,7 +151,7 @@ class SegmentRepository:
             sa.select(sa.func.count())
             .select_from(PaymentSegment)
             .where(
-                PaymentSegment.state.in_([s.value for s in OPEN_SEGMENT_STATES]),
+                OPEN_SEGMENT,
                 PaymentSegment.resume_requested_at < requested_before,
             )
         )

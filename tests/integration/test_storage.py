@@ -339,9 +339,10 @@ async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock
 
 async def test_the_lean_indexes_serve_their_queries(database_url: str) -> None:
     """The partial indexes of alembic 0009 are the ones the planners use for the queries the
-    service really sends: the upkeep's due segments, the status page's failed pauses (a
-    generic plan on PostgreSQL: what a bound parameter would hide), and a call's recordings
-    through the unique index that starts with the call's id."""
+    service really sends: the upkeep's due and overlong segments, the gauges' open segments,
+    the status page's failed pauses (a generic plan on PostgreSQL: what a bound parameter
+    would hide), and a call's recordings through the unique index that starts with the call's
+    id. A state added to the open ones without a migration of the index fails here."""
     import uuid
 
     from app.storage.db import session_factory
@@ -363,7 +364,7 @@ async def test_the_lean_indexes_serve_their_queries(database_url: str) -> None:
         sync.exec_driver_sql("SET enable_seqscan = off")  # an index it can use, it then does
         sync.exec_driver_sql(f"PREPARE probe AS {sql}")
         values = ", ".join("NULL" if v is None else f"'{v}'" for v in params)  # type: ignore[attr-defined]
-        rows = sync.exec_driver_sql(f"EXPLAIN EXECUTE probe({values})").all()
+        rows = sync.exec_driver_sql(f"EXPLAIN EXECUTE probe{f'({values})' if values else ''}").all()
         sync.exec_driver_sql("DEALLOCATE probe")
         return " ".join(str(row[0]) for row in rows)
 
@@ -394,11 +395,21 @@ async def test_the_lean_indexes_serve_their_queries(database_url: str) -> None:
             async with session_factory(engine)() as session:
                 await SegmentRepository(session).count_pause_failures_since(now)
 
+        async def open_segments() -> None:
+            async with session_factory(engine)() as session:
+                segments = SegmentRepository(session)
+                await segments.count_open()
+                await segments.count_open_since_before(now)
+                await segments.count_resume_stuck(now)
+            async with engine.begin() as conn:
+                await conn.run_sync(lambda sync: LiveCallRepository(sync).flag_overlong(now, now))
+
         def uses(plans: list[str], *names: str) -> bool:
             return bool(plans) and all(any(name in p for name in names) for p in plans)
 
         assert uses(await plans_of(due), "ix_payment_segments_due_at")
         assert uses(await plans_of(failed_pauses), "ix_state_transitions_pause_failed")
+        assert uses(await plans_of(open_segments), "ix_payment_segments_open")
         assert uses(await plans_of(recordings), "uq_recordings_key", "autoindex_recordings_2")
     finally:
         await engine.dispose()
