@@ -37,32 +37,18 @@ _OPEN = sa.text("state IN ('pause_failed', 'paused', 'pausing', 'resume_failed',
 _PAUSE_FAILED = sa.text("entity = 'segment' AND to_state = 'pause_failed'")
 
 
+def _partial(name: str, table: str, column: str, where: sa.TextClause) -> None:
+    op.create_index(name, table, [column], sqlite_where=where, postgresql_where=where)
+
+
 def upgrade() -> None:
     op.drop_index("ix_payment_segments_state_changed_at", table_name="payment_segments")
     op.drop_index("ix_payment_segments_state", table_name="payment_segments")
-    op.create_index(
-        "ix_payment_segments_open",
-        "payment_segments",
-        ["state"],
-        sqlite_where=_OPEN,
-        postgresql_where=_OPEN,
-    )
+    _partial("ix_payment_segments_open", "payment_segments", "state", _OPEN)
     op.drop_index("ix_payment_segments_due_at", table_name="payment_segments")
-    op.create_index(
-        "ix_payment_segments_due_at",
-        "payment_segments",
-        ["due_at"],
-        sqlite_where=_DUE,
-        postgresql_where=_DUE,
-    )
+    _partial("ix_payment_segments_due_at", "payment_segments", "due_at", _DUE)
     op.drop_index("ix_state_transitions_entity", table_name="state_transitions")
-    op.create_index(
-        "ix_state_transitions_pause_failed",
-        "state_transitions",
-        ["at"],
-        sqlite_where=_PAUSE_FAILED,
-        postgresql_where=_PAUSE_FAILED,
-    )
+    _partial("ix_state_transitions_pause_failed", "state_transitions", "at", _PAUSE_FAILED)
     op.drop_index("ix_recordings_call_id", table_name="recordings")
 
 
