@@ -37,29 +37,45 @@ _OPEN = sa.text("state IN ('pause_failed', 'paused', 'pausing', 'resume_failed',
 _PAUSE_FAILED = sa.text("entity = 'segment' AND to_state = 'pause_failed'")
 
 
+# On PostgreSQL every index here is built and dropped CONCURRENTLY, outside a transaction:
+# a plain CREATE INDEX would hold back the table's writes (every payment's state transitions)
+# for as long as it reads the table. SQLite has no such option and needs none.
+_NOT_BLOCKING = {"postgresql_concurrently": True}
+
+
 def _partial(name: str, table: str, column: str, where: sa.TextClause) -> None:
-    op.create_index(name, table, [column], sqlite_where=where, postgresql_where=where)
+    op.create_index(
+        name, table, [column], sqlite_where=where, postgresql_where=where, **_NOT_BLOCKING
+    )
+
+
+def _plain(name: str, table: str, columns: list[str]) -> None:
+    op.create_index(name, table, columns, **_NOT_BLOCKING)
+
+
+def _drop(name: str, table: str) -> None:
+    op.drop_index(name, table_name=table, **_NOT_BLOCKING)
 
 
 def upgrade() -> None:
-    op.drop_index("ix_payment_segments_state_changed_at", table_name="payment_segments")
-    op.drop_index("ix_payment_segments_state", table_name="payment_segments")
-    _partial("ix_payment_segments_open", "payment_segments", "state", _OPEN)
-    op.drop_index("ix_payment_segments_due_at", table_name="payment_segments")
-    _partial("ix_payment_segments_due_at", "payment_segments", "due_at", _DUE)
-    op.drop_index("ix_state_transitions_entity", table_name="state_transitions")
-    _partial("ix_state_transitions_pause_failed", "state_transitions", "at", _PAUSE_FAILED)
-    op.drop_index("ix_recordings_call_id", table_name="recordings")
+    with op.get_context().autocommit_block():
+        _drop("ix_payment_segments_state_changed_at", "payment_segments")
+        _partial("ix_payment_segments_open", "payment_segments", "state", _OPEN)
+        _drop("ix_payment_segments_state", "payment_segments")
+        _drop("ix_payment_segments_due_at", "payment_segments")
+        _partial("ix_payment_segments_due_at", "payment_segments", "due_at", _DUE)
+        _partial("ix_state_transitions_pause_failed", "state_transitions", "at", _PAUSE_FAILED)
+        _drop("ix_state_transitions_entity", "state_transitions")
+        _drop("ix_recordings_call_id", "recordings")
 
 
 def downgrade() -> None:
-    op.create_index("ix_recordings_call_id", "recordings", ["call_id"])
-    op.drop_index("ix_state_transitions_pause_failed", table_name="state_transitions")
-    op.create_index("ix_state_transitions_entity", "state_transitions", ["entity", "entity_id"])
-    op.drop_index("ix_payment_segments_due_at", table_name="payment_segments")
-    op.create_index("ix_payment_segments_due_at", "payment_segments", ["due_at"])
-    op.drop_index("ix_payment_segments_open", table_name="payment_segments")
-    op.create_index("ix_payment_segments_state", "payment_segments", ["state"])
-    op.create_index(
-        "ix_payment_segments_state_changed_at", "payment_segments", ["state_changed_at"]
-    )
+    with op.get_context().autocommit_block():
+        _plain("ix_recordings_call_id", "recordings", ["call_id"])
+        _plain("ix_state_transitions_entity", "state_transitions", ["entity", "entity_id"])
+        _drop("ix_state_transitions_pause_failed", "state_transitions")
+        _drop("ix_payment_segments_due_at", "payment_segments")
+        _plain("ix_payment_segments_due_at", "payment_segments", ["due_at"])
+        _plain("ix_payment_segments_state", "payment_segments", ["state"])
+        _drop("ix_payment_segments_open", "payment_segments")
+        _plain("ix_payment_segments_state_changed_at", "payment_segments", ["state_changed_at"])

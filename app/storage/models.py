@@ -292,6 +292,7 @@ class AuditEntry(Base):
 _DUE = sa.text("due_at IS NOT NULL")
 # An open segment, in a query as this very text: PostgreSQL's plan for a prepared statement,
 # made for any values of its parameters, could not use the partial index below otherwise.
+# Its column is unqualified, as in the index: for queries of payment_segments alone.
 OPEN_SEGMENT = sa.text(
     "state IN (" + ", ".join(sorted(f"'{state.value}'" for state in OPEN_SEGMENT_STATES)) + ")"
 )
@@ -372,7 +373,8 @@ class SegmentRecording(Base):
     resumed_at: Mapped[datetime | None]
 
 
-# A segment's failed pause, in a query as this very text (as ``OPEN_SEGMENT``).
+# A segment's failed pause, in a query as this very text (as ``OPEN_SEGMENT``; for queries
+# of state_transitions alone).
 PAUSE_FAILED = sa.text("entity = 'segment' AND to_state = 'pause_failed'")
 
 
