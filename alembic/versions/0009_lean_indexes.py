@@ -44,25 +44,30 @@ _NOT_BLOCKING = {"postgresql_concurrently": True}
 
 
 def _partial(name: str, table: str, column: str, where: sa.TextClause) -> None:
+    """Build the index afresh: a build that stopped half way leaves an invalid one behind."""
+    _drop(name, table)
     op.create_index(
         name, table, [column], sqlite_where=where, postgresql_where=where, **_NOT_BLOCKING
     )
 
 
 def _plain(name: str, table: str, columns: list[str]) -> None:
+    _drop(name, table)
     op.create_index(name, table, columns, **_NOT_BLOCKING)
 
 
 def _drop(name: str, table: str) -> None:
-    op.drop_index(name, table_name=table, **_NOT_BLOCKING)
+    op.drop_index(name, table_name=table, if_exists=True, **_NOT_BLOCKING)
 
 
+# Each step autocommits, so a migration that stops half way (its process killed, the server
+# restarted) is taken up again by the next ``recgate migrate``: every step may find its work
+# done already.
 def upgrade() -> None:
     with op.get_context().autocommit_block():
         _drop("ix_payment_segments_state_changed_at", "payment_segments")
         _partial("ix_payment_segments_open", "payment_segments", "state", _OPEN)
         _drop("ix_payment_segments_state", "payment_segments")
-        _drop("ix_payment_segments_due_at", "payment_segments")
         _partial("ix_payment_segments_due_at", "payment_segments", "due_at", _DUE)
         _partial("ix_state_transitions_pause_failed", "state_transitions", "at", _PAUSE_FAILED)
         _drop("ix_state_transitions_entity", "state_transitions")
@@ -74,7 +79,6 @@ def downgrade() -> None:
         _plain("ix_recordings_call_id", "recordings", ["call_id"])
         _plain("ix_state_transitions_entity", "state_transitions", ["entity", "entity_id"])
         _drop("ix_state_transitions_pause_failed", "state_transitions")
-        _drop("ix_payment_segments_due_at", "payment_segments")
         _plain("ix_payment_segments_due_at", "payment_segments", ["due_at"])
         _plain("ix_payment_segments_state", "payment_segments", ["state"])
         _drop("ix_payment_segments_open", "payment_segments")
