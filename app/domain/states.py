@@ -97,7 +97,7 @@ ALLOWED_CALL_TRANSITIONS: dict[CallState, frozenset[CallState]] = {
 
 LIVE_RECORDING_STATES = frozenset({_R.PENDING, _R.RECORDING, _R.PAUSING, _R.PAUSED, _R.RESUMING})
 # A change here needs a migration of the partial index of open segments (alembic 0009,
-# ``OPEN_SEGMENT`` in app/storage/models.py): its queries would stop using it otherwise.
+# ``is_open`` in app/storage/models.py): its queries would stop using it otherwise.
 OPEN_SEGMENT_STATES = frozenset(
     {_S.PAUSING, _S.PAUSED, _S.PAUSE_FAILED, _S.RESUMING, _S.RESUME_FAILED}
 )

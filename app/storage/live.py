@@ -39,7 +39,6 @@ from app.domain.states import (
 )
 from app.storage import direct
 from app.storage.models import (
-    OPEN_SEGMENT,
     ApiToken,
     Call,
     CallAlias,
@@ -51,6 +50,7 @@ from app.storage.models import (
     RetentionPolicy,
     SegmentRecording,
     StateTransition,
+    is_open,
 )
 
 calls = cast(sa.Table, Call.__table__)
@@ -64,14 +64,6 @@ inbox = cast(sa.Table, InboundEvent.__table__)
 tokens = cast(sa.Table, ApiToken.__table__)
 policies = cast(sa.Table, RetentionPolicy.__table__)
 dead_letters = cast(sa.Table, DeadLetter.__table__)
-
-_OPEN = [s.value for s in OPEN_SEGMENT_STATES]
-
-
-def _is_open(state: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
-    """``state`` is an open segment state: as comparisons with fixed values, not an expanding
-    ``IN`` (which the hot paths' statement runner would finish anew for every execution)."""
-    return sa.or_(*(state == value for value in _OPEN))
 
 
 # Snapshot field -> column, for the fields that a decision may change.
@@ -120,7 +112,7 @@ def _open_segment_id() -> sa.ScalarSelect[Any]:
     opened = segments.alias("opened")
     return (
         sa.select(opened.c.id)
-        .where(opened.c.call_id == calls.c.id, _is_open(opened.c.state))
+        .where(opened.c.call_id == calls.c.id, is_open(opened.c.state))
         .order_by(opened.c.opened_at.desc())
         .limit(1)
         .correlate(calls)
@@ -354,7 +346,7 @@ _SEGMENT_CLAIM = sa.select(segments.c.command_id, segments.c.command_until).wher
 _SEGMENT_BY_ID = sa.select(*segments.c).where(segments.c.id == sa.bindparam("id"))
 _OPEN_SEGMENT = (
     sa.select(*segments.c)
-    .where(segments.c.call_id == sa.bindparam("call_id"), _is_open(segments.c.state))
+    .where(segments.c.call_id == sa.bindparam("call_id"), is_open(segments.c.state))
     .order_by(segments.c.opened_at.desc())
     .limit(1)
 )
@@ -476,7 +468,7 @@ _DUE = (
 _OVERLONG = (
     segments.update()
     .where(
-        OPEN_SEGMENT,  # the partial index of open segments (not every segment ever)
+        is_open(segments.c.state),
         segments.c.opened_at < sa.bindparam("opened_before"),
         segments.c.overlong_alerted_at.is_(None),
     )

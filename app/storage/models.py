@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -290,12 +290,17 @@ class AuditEntry(Base):
 
 
 _DUE = sa.text("due_at IS NOT NULL")
-# An open segment, in a query as this very text: PostgreSQL's plan for a prepared statement,
-# made for any values of its parameters, could not use the partial index below otherwise.
-# Its column is unqualified, as in the index: for queries of payment_segments alone.
-OPEN_SEGMENT = sa.text(
-    "state IN (" + ", ".join(sorted(f"'{state.value}'" for state in OPEN_SEGMENT_STATES)) + ")"
-)
+
+
+def is_open(state: Any) -> sa.ColumnElement[bool]:
+    """``state`` (a segment's state column) is an open state: an ``IN`` of the states written
+    into the SQL, never parameters. PostgreSQL's plan for a prepared statement, made for any
+    values of its parameters, could not use the partial index of open segments below; and
+    the hot paths' statement runner would finish an expanding ``IN`` anew every time."""
+    return cast(
+        sa.ColumnElement[bool],
+        state.in_([sa.literal_column(f"'{s.value}'") for s in sorted(OPEN_SEGMENT_STATES)]),
+    )
 
 
 class PaymentSegment(Base):
@@ -308,8 +313,8 @@ class PaymentSegment(Base):
         sa.Index(
             "ix_payment_segments_open",
             "state",
-            sqlite_where=OPEN_SEGMENT,
-            postgresql_where=OPEN_SEGMENT,
+            sqlite_where=is_open(sa.column("state")),
+            postgresql_where=is_open(sa.column("state")),
         ),
         # Only segments the upkeep has to drive: most never are again, and every write of a
         # segment's due_at would move their entries (alembic 0009).
@@ -373,8 +378,8 @@ class SegmentRecording(Base):
     resumed_at: Mapped[datetime | None]
 
 
-# A segment's failed pause, in a query as this very text (as ``OPEN_SEGMENT``; for queries
-# of state_transitions alone).
+# A segment's failed pause, in a query as this very text (for the reason ``is_open`` gives;
+# for queries of state_transitions alone).
 PAUSE_FAILED = sa.text("entity = 'segment' AND to_state = 'pause_failed'")
 
 

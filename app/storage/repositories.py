@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.states import CallState
 from app.storage.models import (
-    OPEN_SEGMENT,
     PAUSE_FAILED,
     ApiToken,
     Call,
@@ -27,6 +26,7 @@ from app.storage.models import (
     SegmentRecording,
     StateTransition,
     SweepRun,
+    is_open,
 )
 
 
@@ -134,14 +134,18 @@ class SegmentRepository:
             sa.select(sa.func.count())
             .select_from(PaymentSegment)
             .where(
-                OPEN_SEGMENT,
+                is_open(PaymentSegment.state),
                 PaymentSegment.opened_at < opened_before,
             )
         )
         return int((await self.session.execute(stmt)).scalar_one())
 
     async def count_open(self) -> int:
-        stmt = sa.select(sa.func.count()).select_from(PaymentSegment).where(OPEN_SEGMENT)
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(PaymentSegment)
+            .where(is_open(PaymentSegment.state))
+        )
         return int((await self.session.execute(stmt)).scalar_one())
 
     async def count_resume_stuck(self, requested_before: datetime) -> int:
@@ -151,7 +155,7 @@ class SegmentRepository:
             sa.select(sa.func.count())
             .select_from(PaymentSegment)
             .where(
-                OPEN_SEGMENT,
+                is_open(PaymentSegment.state),
                 PaymentSegment.resume_requested_at < requested_before,
             )
         )
