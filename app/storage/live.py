@@ -226,6 +226,36 @@ class _Statements:
             set_={c: guarded_insert.excluded[c] for c in _LINK_COLUMNS},
         )
 
+    def set_form(self, statement: Any, keys: tuple[str, ...]) -> Any:
+        """The twin of one of :meth:`LiveCallRepository.write`'s statements that writes many
+        rows in one execution (PostgreSQL): each parameter ``k`` of a row becomes an array
+        ``a_k`` of every row's value, unnested into a row per element (:func:`_unnest`)."""
+        key = (statement, keys)
+        found = _SET_FORMS.get(key)
+        if found is not None:
+            return found
+        if isinstance(statement, sa.Update):
+            table, columns = _UPDATE_OF[statement]
+            rows = _unnest(table, {"row_id": "id", **{f"v_{c}": c for c in columns}})
+            found = (
+                table.update()
+                .where(table.c.id == rows.c.row_id)
+                .values({c: rows.c[f"v_{c}"] for c in columns})
+            )
+        else:
+            table = cast(sa.Table, statement.table)
+            rows = _unnest(table, {k: k for k in keys})
+            found = postgresql.insert(table).from_select(
+                list(keys), sa.select(*(rows.c[k] for k in keys)), include_defaults=False
+            )
+            if statement is self.upsert_link:
+                found = found.on_conflict_do_update(
+                    index_elements=["segment_id", "recording_id"],
+                    set_={c: found.excluded[c] for c in _LINK_COLUMNS},
+                )
+        _SET_FORMS[key] = found
+        return found
+
     def guarded(self, statement: Any, keys: tuple[str, ...]) -> Any:
         """The guarded twin of one of :meth:`LiveCallRepository.write`'s statements, given
         the columns of its rows."""
@@ -244,6 +274,22 @@ class _Statements:
 
 
 _BY_DIALECT: dict[str, _Statements] = {}
+_SET_FORMS: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _unnest(table: sa.Table, names: dict[str, str]) -> Any:
+    """``unnest(:a_n1, :a_n2, …) AS v(n1, n2, …)`` (PostgreSQL): for each name, an array
+    parameter typed as an array of its column's type."""
+    arrays = [
+        sa.bindparam(f"a_{name}", type_=postgresql.ARRAY(table.c[column].type))
+        for name, column in names.items()
+    ]
+    return sa.func.unnest(*arrays).table_valued(*names).render_derived(name="v")
+
+
+def _as_arrays(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows of one statement (the same keys) as one array per key, for its set form."""
+    return {f"a_{key}": [row[key] for row in rows] for key in rows[0]}
 
 
 def _statements(conn: Connection) -> _Statements:
@@ -450,6 +496,21 @@ _END_CALL_EXPOSURES = (
     .values(
         ended_at=sa.case(
             (exposures.c.started_at > _CALL_END, exposures.c.started_at), else_=_CALL_END
+        )
+    )
+)
+_ENDED = _unnest(exposures, {"of_call": "call_id", "ended": "started_at"})
+# The same for many calls at once (PostgreSQL).
+_END_CALLS_EXPOSURES = (
+    exposures.update()
+    .where(
+        exposures.c.call_id == _ENDED.c.of_call,
+        sa.or_(exposures.c.ended_at.is_(None), exposures.c.ended_at > _ENDED.c.ended),
+    )
+    .values(
+        ended_at=sa.case(
+            (exposures.c.started_at > _ENDED.c.ended, exposures.c.started_at),
+            else_=_ENDED.c.ended,
         )
     )
 )
@@ -951,7 +1012,17 @@ class LiveCallRepository:
         if self.optimistic:
             self._write_guarded(changes)
             return
-        direct.run_writes(self.conn, self._writes(changes))
+        writes: list[tuple[Any, Any]] = self._writes(changes)
+        if self.conn.dialect.name == "postgresql":
+            # Many rows of a statement in one execution, not one each: the batch's writes
+            # go as one or two statements (direct.run_writes).
+            writes = [
+                (self.sql.set_form(statement, tuple(sorted(rows[0]))), _as_arrays(rows))
+                if len(rows) > 1
+                else (statement, rows)
+                for statement, rows in writes
+            ]
+        direct.run_writes(self.conn, writes)
         self._end_exposures(changes)
 
     def _write_guarded(self, changes: Changes) -> None:
@@ -1089,8 +1160,12 @@ class LiveCallRepository:
         for segment_id in changes.segment_exposures_end:
             self._run(_END_SEGMENT_EXPOSURES, {"of_segment": segment_id, "now": now})
         changes.segment_exposures_end.clear()
-        for call_id, ended in changes.end_call_exposures.items():
-            self._run(_END_CALL_EXPOSURES, {"of_call": call_id, "ended": ended})
+        ends = [{"of_call": c, "ended": e} for c, e in changes.end_call_exposures.items()]
+        if len(ends) > 1 and self.conn.dialect.name == "postgresql":
+            self._run(_END_CALLS_EXPOSURES, _as_arrays(ends))
+        else:
+            for params in ends:
+                self._run(_END_CALL_EXPOSURES, params)
         changes.end_call_exposures.clear()
 
     def _update_rows(
@@ -1117,6 +1192,8 @@ class LiveCallRepository:
 
 
 _UPDATES: dict[tuple[str, tuple[str, ...]], sa.Update] = {}
+# Each of those statements' table and columns (for its set form).
+_UPDATE_OF: dict[sa.Update, tuple[sa.Table, tuple[str, ...]]] = {}
 
 
 def _update_statement(table: sa.Table, columns: tuple[str, ...]) -> sa.Update:
@@ -1129,6 +1206,7 @@ def _update_statement(table: sa.Table, columns: tuple[str, ...]) -> sa.Update:
             .where(table.c.id == sa.bindparam("row_id"))
             .values({c: sa.bindparam(f"v_{c}") for c in columns})
         )
+        _UPDATE_OF[found] = (table, columns)
     return found
 
 

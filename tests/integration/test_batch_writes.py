@@ -1,0 +1,225 @@
+"""A batch's writes (issue 8): many rows of a kind in one statement, the same rows as its
+events applied one at a time.
+
+On PostgreSQL the rows a batch writes to one table with the same columns go as one
+execution, their values as arrays (``UPDATE … FROM unnest(…)``, ``INSERT … SELECT … FROM
+unnest(…)``), not one execution per row. Each call's lifecycle here is applied twice: as
+batches of one event per call (every statement then has a row per call), and one event at a
+time; every row either way must be the same.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from app.domain.retention import Months
+from app.services.ingest_apply import BatchApply, IngestResult, IngestRules, apply_in_order
+from app.storage import live
+from app.storage.db import Database
+from app.telephony.generic import parse_event
+from tests.conftest import event, own_database
+
+CALLS = 4
+T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+# Each step is one event per call; before the named steps, rows a payment and an earlier
+# failure would have left are put in place (see _prepare).
+STEPS: list[tuple[str, str | None]] = [
+    ("call.started", None),
+    ("call.answered", None),
+    ("recording.started", "r-1"),
+    ("recording.started", "r-2"),  # during the payment: paused at once, an exposure
+    ("recording.stopped", "r-1"),
+    ("recording.completed", "r-1"),
+    ("call.ended", None),  # ends the payment, its exposures and the call's own
+]
+APPLY = BatchApply(IngestRules(("council_tax",), timedelta(seconds=2), Months(18, 72)))
+
+
+def _at(step: int) -> datetime:
+    return T0 + timedelta(seconds=10 * step)
+
+
+def _now(step: int) -> datetime:
+    """When the step's events are applied: after they occurred, so the two differ."""
+    return _at(step) + timedelta(seconds=2)
+
+
+def _items(group: str, step: int) -> list[Any]:
+    type_, recording = STEPS[step]
+    at = _at(step).isoformat()
+    return [
+        parse_event(
+            "generic",
+            f"{group}-{n}-{step}",
+            json.dumps(event(type_, f"{group}-{n}", recording, at=at)).encode(),
+        )
+        for n in range(CALLS)
+    ]
+
+
+async def _prepare(db: Database, group: str, step: int) -> None:
+    """Before the first recording: a call-wide exposure (a pause that failed before any
+    recording was known). Before the second: an open payment that paused the first."""
+    mine = live.calls.c.provider_call_id.like(f"{group}-%")
+    if STEPS[step] == ("recording.started", "r-1"):
+        failed = _at(step) - timedelta(seconds=5)
+
+        def call_exposures(conn: sa.Connection) -> None:
+            for call_id in conn.execute(sa.select(live.calls.c.id).where(mine)).scalars():
+                conn.execute(
+                    live.exposures.insert(),
+                    {
+                        "id": uuid.uuid4(),
+                        "call_id": call_id,
+                        "kind": "pause_failed",
+                        "started_at": failed,
+                        "detail": "no recording known",
+                    },
+                )
+            conn.execute(live.calls.update().where(mine).values(has_call_exposure=True))
+
+        await db.write(call_exposures)
+    if STEPS[step] == ("recording.started", "r-2"):
+        paused = _at(step) - timedelta(seconds=3)
+
+        def open_payments(conn: sa.Connection) -> None:
+            found = sa.select(live.calls.c.id, live.recordings.c.id).join_from(
+                live.calls, live.recordings, live.recordings.c.call_id == live.calls.c.id
+            )
+            for call_id, recording_id in conn.execute(found.where(mine)).all():
+                segment = uuid.uuid4()
+                conn.execute(
+                    live.segments.insert(),
+                    {
+                        "id": segment,
+                        "call_id": call_id,
+                        "state": "paused",
+                        "pause_behavior": "skip",
+                        "call_level": False,
+                        "opened_at": paused,
+                        "paused_at": paused,
+                        "pause_attempts": 1,
+                        "resume_attempts": 0,
+                    },
+                )
+                conn.execute(
+                    live.links.insert(),
+                    {
+                        "segment_id": segment,
+                        "recording_id": recording_id,
+                        "pause_sent_at": paused,
+                        "paused_at": paused,
+                    },
+                )
+                conn.execute(
+                    live.recordings.update()
+                    .where(live.recordings.c.id == recording_id)
+                    .values(state="paused")
+                )
+
+        await db.write(open_payments)
+
+
+async def _apply(db: Database, group: str, *, together: bool) -> list[list[IngestResult]]:
+    results = []
+    for step in range(len(STEPS)):
+        await _prepare(db, group, step)
+        items = [(e, payload) for e, payload in _items(group, step)]
+        if together:
+            outcomes = await apply_in_order(db, APPLY, items, _now(step))
+        else:
+            outcomes = [
+                outcome
+                for item in items
+                for outcome in await apply_in_order(db, APPLY, [item], _now(step))
+            ]
+        assert all(isinstance(o, IngestResult) for o in outcomes), outcomes
+        results.append([o for o in outcomes if isinstance(o, IngestResult)])
+    return results
+
+
+_DUMPS = {
+    "calls": "SELECT substr(c.provider_call_id, 3), c.* FROM calls c WHERE c.provider_call_id LIKE :p",
+    "recordings": "SELECT substr(c.provider_call_id, 3), r.* FROM recordings r "
+    "JOIN calls c ON c.id = r.call_id WHERE c.provider_call_id LIKE :p",
+    "segments": "SELECT substr(c.provider_call_id, 3), s.* FROM payment_segments s "
+    "JOIN calls c ON c.id = s.call_id WHERE c.provider_call_id LIKE :p",
+    "links": "SELECT substr(c.provider_call_id, 3), r.provider_recording_id, l.pause_sent_at, "
+    "l.paused_at, l.resumed_at FROM segment_recordings l JOIN recordings r ON r.id = "
+    "l.recording_id JOIN calls c ON c.id = r.call_id WHERE c.provider_call_id LIKE :p",
+    "transitions": "SELECT substr(c.provider_call_id, 3), t.entity, t.from_state, t.to_state, "
+    "t.cause, t.at FROM state_transitions t JOIN calls c ON c.id = t.call_id "
+    "WHERE c.provider_call_id LIKE :p",
+    "exposures": "SELECT substr(c.provider_call_id, 3), r.provider_recording_id, x.kind, "
+    "x.started_at, x.ended_at, x.detail FROM exposures x JOIN calls c ON c.id = x.call_id "
+    "LEFT JOIN recordings r ON r.id = x.recording_id WHERE c.provider_call_id LIKE :p",
+    "inbox": "SELECT substr(provider_call_id, 3), type, occurred_at, received_at, payload "
+    "FROM inbound_events WHERE provider_call_id LIKE :p",
+}
+# Columns that differ between the groups by nature: ids made afresh, and what names them.
+_OWN = {"id", "call_id", "provider_call_id", "payload"}
+
+
+async def _rows(db: Database, group: str) -> dict[str, list[tuple[Any, ...]]]:
+    def read(conn: sa.Connection) -> dict[str, list[tuple[Any, ...]]]:
+        found = {}
+        for name, sql in _DUMPS.items():
+            result = conn.execute(sa.text(sql), {"p": f"{group}-%"})
+            keep = [i for i, key in enumerate(result.keys()) if key not in _OWN]
+            found[name] = sorted(
+                (tuple(row[i] for i in keep) for row in result), key=lambda row: repr(row)
+            )
+        return found
+
+    return await db.write(read)
+
+
+@contextmanager
+def executions(db: Database) -> Iterator[list[int]]:
+    """How many rows each statement sent carried: one, or an ``executemany``'s many."""
+    sent: list[int] = []
+
+    def note(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        sent.append(len(params) if many else 1)
+
+    engines = db.sync_engines
+    for engine in engines:
+        sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield sent
+    finally:
+        for engine in engines:
+            sa.event.remove(engine, "before_cursor_execute", note)
+
+
+async def test_a_batch_stores_what_its_events_store_one_at_a_time(database_url: str) -> None:
+    async with own_database(database_url) as db:
+        with executions(db) as sent:
+            together = await _apply(db, "b", together=True)
+        alone = await _apply(db, "s", together=False)
+        batched, single = await _rows(db, "b"), await _rows(db, "s")
+    # Every kind of row was written, and more than one of a kind per batch.
+    assert {name: len(rows) > CALLS for name, rows in batched.items()} == {
+        name: name not in ("calls", "segments") for name in _DUMPS
+    }
+    assert [r for r in batched["segments"] if "closed" not in r] == []
+    assert len(batched["links"]) == 2 * CALLS and len(batched["exposures"]) == 2 * CALLS
+    assert all(x[4] is not None for x in batched["exposures"]), "the call's end ends them all"
+    assert batched == single
+    assert [
+        [(r.duplicate, r.segment_to_drive is not None, r.exposures != ()) for r in step]
+        for step in together
+    ] == [
+        [(r.duplicate, r.segment_to_drive is not None, r.exposures != ()) for r in step]
+        for step in alone
+    ]
+    if database_url.startswith("postgresql"):
+        # Many rows of a kind in one execution each, never one execution per row.
+        assert max(sent) == 1, sent
