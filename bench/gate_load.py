@@ -69,7 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
-from support import free_port  # noqa: E402
+from support import autovacuum_stand_in, free_port  # noqa: E402
 from support import postgres_database as scratch_database  # noqa: E402
 
 from app.telephony.signing import signed_headers  # noqa: E402
@@ -195,6 +195,14 @@ class Site:
         self.cli("migrate")
         self.ivr = self.token("bench-ivr", "ivr")
         self.ops = self.token("bench-ops", "ops")
+        # PostgreSQL: the tables analysed before each measured round when the server's
+        # autovacuum is off, as it would have analysed them (support.autovacuum_stand_in).
+        self._settle = (lambda: False) if "sqlite" in url else autovacuum_stand_in(url)
+        self.settled = 0
+
+    def settle(self) -> None:
+        if self._settle():
+            self.settled += 1
 
     def cli(self, *args: str) -> str:
         done = subprocess.run(
@@ -430,6 +438,7 @@ def in_turn(sides: list[T], round_no: int) -> list[T]:
 
 def paired_ingest(
     events: Events,
+    site: Site,
     ports: list[int],
     bare_port: int,
     cfg: Config,
@@ -450,6 +459,8 @@ def paired_ingest(
         rounds = later if n else first
         sides = [(theirs, [bare_port], f"bare-{tag}{n}"), (ours, ports, f"{tag}{n}")]
         for runs, targets, name in in_turn(sides, n):
+            if runs is ours:
+                site.settle()
             runs.append(measure_ingest(events, targets, rounds, workdir, name, guess))
             guess = max(guess, runs[-1]["rate"])
 
@@ -544,6 +555,7 @@ def live_call_names(tag: str, count: int) -> list[str]:
 
 def paired_payments(
     cfg: Config,
+    site: Site,
     calls: list[str],
     replica: Recgate,
     baselines: dict[str, int],
@@ -566,6 +578,7 @@ def paired_payments(
             print(f"warning: {len(bad)} of {name}'s warm-up payments failed", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in targets}
     for n in range(PAYMENT_ROUNDS):
+        site.settle()
         for name, port, token in in_turn(targets, n):
             schedule = payment_schedule(per_round, calls, ["a"], token, both=False)
             runs[name].append(payment_round(schedule, {"a": port}, pbx_port, workdir))
@@ -604,7 +617,7 @@ def run_backend(
         )
         print(f"[{backend}] ingest …", flush=True)
         out["ingest"], out["bare"] = paired_ingest(
-            events, [replica.port], bare_port, cfg, workdir, backend, guess
+            events, site, [replica.port], bare_port, cfg, workdir, backend, guess
         )
         print(
             f"[{backend}] ingest {out['ingest']['rate']:.0f} events/s, bare endpoint "
@@ -643,19 +656,21 @@ def run_backend(
         calls = live_call_names(f"pay-{backend}", cfg.calls)
         closed(events.live_calls(calls), [replica.port], cfg, workdir, timed=False)
         baselines = {"forwarder": forwarder_port, "floor": floor_port}
-        out.update(paired_payments(cfg, calls, replica, baselines, pbx_port, workdir))
+        out.update(paired_payments(cfg, site, calls, replica, baselines, pbx_port, workdir))
         print(
             f"[{backend}] start p99 {out['payments']['start'].get('p99')} ms, "
             f"failed {out['payments']['start']['failed']}+{out['payments']['end']['failed']}",
             flush=True,
         )
         print(f"[{backend}] payments with webhooks …", flush=True)
+        site.settle()
         out["mixed"] = measure_mixed(events, replica, cfg, pbx_port, workdir, backend)
         print(
             f"[{backend}] with webhooks: start p99 {out['mixed']['start'].get('p99')} ms, "
             f"{out['mixed']['ingest_rate']:.0f} events/s",
             flush=True,
         )
+        out["settled"] = site.settled
     return out
 
 
@@ -670,11 +685,13 @@ def run_scaleout(
         a = stack.enter_context(site.replica("replica-a"))
         b = stack.enter_context(site.replica("replica-b"))
         print("[scale-out] ingest on two replicas …", flush=True)
+        site.settle()
         out["ingest"] = measure_ingest(events, [a.port, b.port], cfg, workdir, "two", guess)
         print("[scale-out] identical starts on both replicas …", flush=True)
         calls = live_call_names("scale", cfg.calls)
         closed(events.live_calls(calls), [a.port, b.port], cfg, workdir, timed=False)
         schedule = payment_schedule(cfg, calls, ["a", "b"], a.ivr, both=True)
+        site.settle()
         out["payments"] = measure_payments(schedule, {"a": a.port, "b": b.port}, pbx_port, workdir)
     return out
 
@@ -798,6 +815,13 @@ def report(results: dict[str, Any], cfg: Config, label: str, command: str) -> tu
         f"endpoint events/s: {bare}; minimal forwarder payment start p50 / p99: {forwarded}; "
         f"the floor (`floor_app` in bench/baselines.py) start p50 / p99: {floor}.",
     ]
+    settled = [b for b in results["backends"] if results[b].get("settled")]
+    if settled:
+        lines.append(
+            f"{', '.join(settled)}: the server's autovacuum is off, so the benchmark ran "
+            f"`VACUUM ANALYZE` before each measured round of recgate's, as autovacuum would "
+            f"have analysed the growing tables (bench/support.py, docs/benchmarks.md)."
+        )
     scale = results.get("scaleout")
     if scale:
         one = results["postgres"]["ingest"]["rate"]
