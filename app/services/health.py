@@ -31,6 +31,12 @@ READINESS_CACHE_S = 5.0
 PROBE_TIMEOUT_S = 2.0
 # A payment's end asked this long ago with the segment still open: the resume is stuck.
 STUCK_RESUME_S = 60
+AUTOVACUUM_OFF = (
+    "autovacuum is off: the tables are never analysed, so the query plans of the hot paths "
+    "(webhook ingest, payment start and end) stay those made when the tables were small, and "
+    "every statement costs more as they grow; dead rows are never reclaimed either "
+    "(docs/deploy.md)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,8 @@ class HealthService:
         # The store's configuration is read once, at the first readiness check after start-up
         # (a 1-tuple once known, so "no warning" is remembered too).
         self._store_warning: tuple[str | None] | None = None
+        # Whether the database server's autovacuum is off: read once it is reachable.
+        self._autovacuum_off: bool | None = None
         # (loop time it was computed at, the answer); one computation at a time.
         self._cached: tuple[float, Readiness] | None = None
         self._computing = asyncio.Lock()
@@ -132,6 +140,8 @@ class HealthService:
             self._database_check(now), *(self._provider_check(p, now) for p in enabled)
         )
         checks: dict[str, list[dict[str, Any]]] = {"database:connection": [db]}
+        if self._autovacuum_off:
+            checks["database:maintenance"] = [{"status": "warn", "output": AUTOVACUUM_OFF}]
         entry: dict[str, Any]
         if not enabled:
             checks["providers"] = [{"status": "warn", "output": "no telephony provider is enabled"}]
@@ -177,8 +187,11 @@ class HealthService:
         try:
             async with asyncio.timeout(_DB_CHECK_TIMEOUT_S):
                 async with self.sessions() as session:
-                    await HealthRepository(session).ping()
+                    health = HealthRepository(session)
+                    await health.ping()
                     elapsed = loop.time() - started
+                    if self._autovacuum_off is None:
+                        self._autovacuum_off = await health.autovacuum_off()
                     overdue, _ = await RetentionRepository(session).count_due(now)
                     overlong = await SegmentRepository(session).count_open_since_before(
                         now - timedelta(seconds=self.settings.max_pause_s)

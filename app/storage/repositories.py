@@ -279,6 +279,13 @@ class HealthRepository:
     async def ping(self) -> None:
         await self.session.execute(sa.text("SELECT 1"))
 
+    async def autovacuum_off(self) -> bool:
+        """Whether the PostgreSQL server runs without autovacuum (False on SQLite)."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return False
+        setting = (await self.session.execute(sa.text("SHOW autovacuum"))).scalar_one()
+        return bool(setting == "off")
+
 
 def _active_hold_exists() -> sa.ColumnElement[bool]:
     """SQL: the recording (or its caller) is under an active legal hold."""

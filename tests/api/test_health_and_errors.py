@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import pytest
 import respx
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.domain.roles import Role
@@ -35,9 +36,31 @@ async def test_livez_and_readyz(harness: Harness, pbx_up: respx.MockRouter) -> N
     assert ready.status_code == 200
     assert ready.headers["content-type"].startswith("application/health+json")
     body = ready.json()
-    assert body["status"] == "pass"
+    # A PostgreSQL server without autovacuum (this project's test server) is warned of.
+    off = await autovacuum_off(harness)
+    assert body["status"] == ("warn" if off else "pass")
     assert body["checks"]["database:connection"][0]["status"] == "pass"
     assert {"provider:generic", "provider:sim", "retention:overdue"} <= set(body["checks"])
+    assert ("database:maintenance" in body["checks"]) == off
+
+
+async def autovacuum_off(h: Harness) -> bool:
+    """What the test database's server says, read apart from the service."""
+    if h.services.db.is_sqlite:
+        return False
+    async with h.services.engine.connect() as conn:
+        return bool((await conn.execute(sa.text("SHOW autovacuum"))).scalar_one() == "off")
+
+
+async def test_a_postgresql_server_without_autovacuum_is_warned_of(
+    harness: Harness, pbx_up: respx.MockRouter
+) -> None:
+    if not await autovacuum_off(harness):
+        pytest.skip("SQLite, or a PostgreSQL server that runs autovacuum: nothing to warn of")
+    ready = await harness.client.get("/readyz", headers=harness.auth(Role.OPS))
+    assert ready.status_code == 200, "a warning, not a failure"
+    [entry] = ready.json()["checks"]["database:maintenance"]
+    assert entry["status"] == "warn" and "autovacuum is off" in entry["output"]
 
 
 def _only_names_and_statuses(body: dict[str, Any]) -> bool:
