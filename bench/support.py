@@ -20,26 +20,34 @@ def free_port() -> int:
 @contextmanager
 def postgres_database(server_url: str) -> Iterator[str]:
     """A scratch PostgreSQL database on ``server_url``'s server, dropped afterwards."""
-    from sqlalchemy import text
     from sqlalchemy.engine import make_url
-    from sqlalchemy.ext.asyncio import create_async_engine
 
     server = make_url(server_url)
     name = f"recgate_bench_{uuid.uuid4().hex[:10]}"
-
-    async def admin(statement: str) -> None:
-        engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    admin = server.render_as_string(hide_password=False)
+    _sql(admin, f'CREATE DATABASE "{name}"')
     try:
         yield server.set(database=name).render_as_string(hide_password=False)
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _sql(url: str, statement: str) -> str | None:
+    """``statement`` on ``url``, outside a transaction; the first column of its first row,
+    as text, when it returns rows."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def run() -> str | None:
+        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                result = await conn.execute(text(statement))
+                return str(result.scalar()) if result.returns_rows else None
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 def autovacuum_stand_in(url: str) -> Callable[[], bool]:
@@ -52,23 +60,11 @@ def autovacuum_stand_in(url: str) -> Callable[[], bool]:
     per ingested event went from 186 to 363 µs over six rounds (docs/benchmarks.md). The
     returned function runs ``VACUUM ANALYZE`` on the database when the server's autovacuum
     is off (and says whether it did), nothing otherwise."""
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    async def run(statement: str) -> str | None:
-        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                result = await conn.execute(text(statement))
-                return str(result.scalar()) if result.returns_rows else None
-        finally:
-            await engine.dispose()
-
-    if asyncio.run(run("SHOW autovacuum")) == "on":
+    if _sql(url, "SHOW autovacuum") == "on":
         return lambda: False
 
     def settle() -> bool:
-        asyncio.run(run("VACUUM ANALYZE"))
+        _sql(url, "VACUUM ANALYZE")
         return True
 
     return settle

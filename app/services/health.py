@@ -87,8 +87,6 @@ class HealthService:
         # The store's configuration is read once, at the first readiness check after start-up
         # (a 1-tuple once known, so "no warning" is remembered too).
         self._store_warning: tuple[str | None] | None = None
-        # Whether the database server's autovacuum is off: read once it is reachable.
-        self._autovacuum_off: bool | None = None
         # (loop time it was computed at, the answer); one computation at a time.
         self._cached: tuple[float, Readiness] | None = None
         self._computing = asyncio.Lock()
@@ -136,12 +134,14 @@ class HealthService:
         now = self.clock()
         enabled = enabled_providers(self.settings)
         # The database and every provider at once: the slowest one bounds the answer.
-        (db, overdue, overlong), *probed = await asyncio.gather(
-            self._database_check(now), *(self._provider_check(p, now) for p in enabled)
+        (db, overdue, overlong), maintenance, *probed = await asyncio.gather(
+            self._database_check(now),
+            self._maintenance_check(),
+            *(self._provider_check(p, now) for p in enabled),
         )
         checks: dict[str, list[dict[str, Any]]] = {"database:connection": [db]}
-        if self._autovacuum_off:
-            checks["database:maintenance"] = [{"status": "warn", "output": AUTOVACUUM_OFF}]
+        if maintenance is not None:
+            checks["database:maintenance"] = [maintenance]
         entry: dict[str, Any]
         if not enabled:
             checks["providers"] = [{"status": "warn", "output": "no telephony provider is enabled"}]
@@ -187,11 +187,8 @@ class HealthService:
         try:
             async with asyncio.timeout(_DB_CHECK_TIMEOUT_S):
                 async with self.sessions() as session:
-                    health = HealthRepository(session)
-                    await health.ping()
+                    await HealthRepository(session).ping()
                     elapsed = loop.time() - started
-                    if self._autovacuum_off is None:
-                        self._autovacuum_off = await health.autovacuum_off()
                     overdue, _ = await RetentionRepository(session).count_due(now)
                     overlong = await SegmentRepository(session).count_open_since_before(
                         now - timedelta(seconds=self.settings.max_pause_s)
@@ -204,6 +201,18 @@ class HealthService:
                 "output": "database unreachable",
             }
         return {"componentType": "datastore", **entry}, overdue, overlong
+
+    async def _maintenance_check(self) -> dict[str, Any] | None:
+        """A warning while the PostgreSQL server runs without autovacuum. None otherwise,
+        and when the setting cannot be read: the connection check tells of a database that
+        cannot be reached, and a setting that cannot be read is no reason to stop serving."""
+        try:
+            async with asyncio.timeout(_DB_CHECK_TIMEOUT_S):
+                async with self.sessions() as session:
+                    off = await HealthRepository(session).autovacuum_off()
+        except Exception:
+            return None
+        return {"status": "warn", "output": AUTOVACUUM_OFF} if off else None
 
     async def _provider_check(self, provider: str, now: datetime) -> dict[str, Any]:
         controller = self.controllers.get(provider)

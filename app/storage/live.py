@@ -213,27 +213,23 @@ class _Statements:
         self.alias = alias_insert.on_conflict_do_update(
             index_elements=["provider", "alias"], set_={"call_id": alias_insert.excluded.call_id}
         )
-        link_insert = insert(links)
-        self.upsert_link = link_insert.on_conflict_do_update(
-            index_elements=["segment_id", "recording_id"],
-            set_={c: link_insert.excluded[c] for c in _LINK_COLUMNS},
-        )
+        self.upsert_link = _latest_link_wins(insert(links))
         # The same, written only when the guard of an optimistic write holds (see _guarded).
         columns = ["segment_id", "recording_id", *_LINK_COLUMNS]
-        guarded_insert = insert(links).from_select(columns, _guarded_select(links, columns))
-        self.guarded_link = guarded_insert.on_conflict_do_update(
-            index_elements=["segment_id", "recording_id"],
-            set_={c: guarded_insert.excluded[c] for c in _LINK_COLUMNS},
+        self.guarded_link = _latest_link_wins(
+            insert(links).from_select(columns, _guarded_select(links, columns))
         )
 
-    def set_form(self, statement: Any, keys: tuple[str, ...]) -> Any:
+    def set_form(self, statement: Any, keys: tuple[str, ...]) -> Any | None:
         """The twin of one of :meth:`LiveCallRepository.write`'s statements that writes many
         rows in one execution (PostgreSQL): each parameter ``k`` of a row becomes an array
-        ``a_k`` of every row's value, unnested into a row per element (:func:`_unnest`)."""
+        ``a_k`` of every row's value, unnested into a row per element (:func:`_unnest`).
+        None for an INSERT that leaves out a column with a Python-side default: one value
+        made for the statement would go to every row."""
         key = (statement, keys)
-        found = _SET_FORMS.get(key)
-        if found is not None:
-            return found
+        if key in _SET_FORMS:
+            return _SET_FORMS[key]
+        found: Any
         if isinstance(statement, sa.Update):
             table, columns = _UPDATE_OF[statement]
             rows = _unnest(table, {"row_id": "id", **{f"v_{c}": c for c in columns}})
@@ -249,10 +245,9 @@ class _Statements:
                 list(keys), sa.select(*(rows.c[k] for k in keys)), include_defaults=False
             )
             if statement is self.upsert_link:
-                found = found.on_conflict_do_update(
-                    index_elements=["segment_id", "recording_id"],
-                    set_={c: found.excluded[c] for c in _LINK_COLUMNS},
-                )
+                found = _latest_link_wins(found)
+            if any(c.default is not None for c in table.c if c.key not in keys):
+                found = None
         _SET_FORMS[key] = found
         return found
 
@@ -273,17 +268,29 @@ class _Statements:
         return found
 
 
+def _latest_link_wins(insert: Any) -> Any:
+    """A link's INSERT that, for a link already there, writes the new times over it."""
+    return insert.on_conflict_do_update(
+        index_elements=["segment_id", "recording_id"],
+        set_={c: insert.excluded[c] for c in _LINK_COLUMNS},
+    )
+
+
 _BY_DIALECT: dict[str, _Statements] = {}
 _SET_FORMS: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
 
 def _unnest(table: sa.Table, names: dict[str, str]) -> Any:
     """``unnest(:a_n1, :a_n2, …) AS v(n1, n2, …)`` (PostgreSQL): for each name, an array
-    parameter typed as an array of its column's type."""
-    arrays = [
-        sa.bindparam(f"a_{name}", type_=postgresql.ARRAY(table.c[column].type))
-        for name, column in names.items()
-    ]
+    parameter typed as an array of its column's type. A string's length is left out of the
+    array's type: a cast to ``varchar(n)`` cuts a longer value short without a word, where
+    storing it in the column refuses it, as the one-row statement does."""
+    arrays = []
+    for name, column in names.items():
+        item = table.c[column].type
+        if isinstance(item, sa.String) and item.length is not None:
+            item = sa.String()
+        arrays.append(sa.bindparam(f"a_{name}", type_=postgresql.ARRAY(item)))
     return sa.func.unnest(*arrays).table_valued(*names).render_derived(name="v")
 
 
@@ -486,34 +493,29 @@ _END_SEGMENT_EXPOSURES = (
     .where(exposures.c.segment_id == sa.bindparam("of_segment"), exposures.c.ended_at.is_(None))
     .values(ended_at=sa.bindparam("now"))
 )
-_CALL_END = sa.bindparam("ended", type_=exposures.c.started_at.type)
-_END_CALL_EXPOSURES = (
-    exposures.update()
-    .where(
-        exposures.c.call_id == sa.bindparam("of_call"),
-        sa.or_(exposures.c.ended_at.is_(None), exposures.c.ended_at > _CALL_END),
-    )
-    .values(
-        ended_at=sa.case(
-            (exposures.c.started_at > _CALL_END, exposures.c.started_at), else_=_CALL_END
+
+
+def _end_call_exposures(of_call: Any, ended: Any) -> sa.Update:
+    """A call's exposures end when it ended at the latest (one that started after that,
+    when it started)."""
+    return (
+        exposures.update()
+        .where(
+            exposures.c.call_id == of_call,
+            sa.or_(exposures.c.ended_at.is_(None), exposures.c.ended_at > ended),
+        )
+        .values(
+            ended_at=sa.case((exposures.c.started_at > ended, exposures.c.started_at), else_=ended)
         )
     )
+
+
+_END_CALL_EXPOSURES = _end_call_exposures(
+    sa.bindparam("of_call"), sa.bindparam("ended", type_=exposures.c.started_at.type)
 )
 _ENDED = _unnest(exposures, {"of_call": "call_id", "ended": "started_at"})
 # The same for many calls at once (PostgreSQL).
-_END_CALLS_EXPOSURES = (
-    exposures.update()
-    .where(
-        exposures.c.call_id == _ENDED.c.of_call,
-        sa.or_(exposures.c.ended_at.is_(None), exposures.c.ended_at > _ENDED.c.ended),
-    )
-    .values(
-        ended_at=sa.case(
-            (exposures.c.started_at > _ENDED.c.ended, exposures.c.started_at),
-            else_=_ENDED.c.ended,
-        )
-    )
-)
+_END_CALLS_EXPOSURES = _end_call_exposures(_ENDED.c.of_call, _ENDED.c.ended)
 _TOKEN = sa.select(tokens.c.name, tokens.c.role).where(
     tokens.c.token_hash == sa.bindparam("token_hash"), tokens.c.revoked_at.is_(None)
 )
@@ -1014,16 +1016,15 @@ class LiveCallRepository:
             return
         writes: list[tuple[Any, Any]] = self._writes(changes)
         if self.conn.dialect.name == "postgresql":
-            # Many rows of a statement in one execution, not one each: the batch's writes
-            # go as one or two statements (direct.run_writes).
-            writes = [
-                (self.sql.set_form(statement, tuple(sorted(rows[0]))), _as_arrays(rows))
-                if len(rows) > 1
-                else (statement, rows)
-                for statement, rows in writes
-            ]
+            writes = [self._in_one(statement, rows) for statement, rows in writes]
         direct.run_writes(self.conn, writes)
         self._end_exposures(changes)
+
+    def _in_one(self, statement: Any, rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """Many rows of a statement as one execution, not one each (PostgreSQL): with the
+        rest, a batch's writes then go as a statement or two (direct.run_writes)."""
+        many = self.sql.set_form(statement, tuple(sorted(rows[0]))) if len(rows) > 1 else None
+        return (statement, rows) if many is None else (many, _as_arrays(rows))
 
     def _write_guarded(self, changes: Changes) -> None:
         if self._written:

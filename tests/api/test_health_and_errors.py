@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.domain.roles import Role
 from app.main import _settle_garbage_collector, create_app
+from app.storage.repositories import HealthRepository
 from tests.api.test_auth import OPEN, PROTECTED
 from tests.conftest import CONTROL_URL, Harness, event
 
@@ -53,14 +54,35 @@ async def autovacuum_off(h: Harness) -> bool:
 
 
 async def test_a_postgresql_server_without_autovacuum_is_warned_of(
-    harness: Harness, pbx_up: respx.MockRouter
+    harness: Harness, pbx_up: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not await autovacuum_off(harness):
-        pytest.skip("SQLite, or a PostgreSQL server that runs autovacuum: nothing to warn of")
+    """Read at each readiness computation, so turning autovacuum on clears the warning; a
+    warning, never a failure, even when the setting cannot be read."""
+    setting: list[bool | Exception] = [True]
+
+    async def autovacuum_off(self: HealthRepository) -> bool:
+        value = setting[0]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    monkeypatch.setattr(HealthRepository, "autovacuum_off", autovacuum_off)
+    health = harness.services.health
+    health.cache_s = 0.0
     ready = await harness.client.get("/readyz", headers=harness.auth(Role.OPS))
-    assert ready.status_code == 200, "a warning, not a failure"
+    assert ready.status_code == 200 and ready.json()["status"] == "warn", "a warning"
     [entry] = ready.json()["checks"]["database:maintenance"]
     assert entry["status"] == "warn" and "autovacuum is off" in entry["output"]
+    anonymous = (await harness.client.get("/readyz")).json()
+    assert anonymous["checks"]["database:maintenance"] == [{"status": "warn"}]
+
+    setting[0] = False
+    ready = await harness.client.get("/readyz", headers=harness.auth(Role.OPS))
+    assert "database:maintenance" not in ready.json()["checks"]
+    assert ready.json()["status"] == "pass"
+    setting[0] = RuntimeError("permission denied to read the setting")
+    ready = await harness.client.get("/readyz", headers=harness.auth(Role.OPS))
+    assert ready.status_code == 200 and ready.json()["status"] == "pass", ready.json()
 
 
 def _only_names_and_statuses(body: dict[str, Any]) -> bool:

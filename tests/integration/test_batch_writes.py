@@ -14,9 +14,11 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from app.domain.retention import Months
@@ -35,6 +37,7 @@ STEPS: list[tuple[str, str | None]] = [
     ("call.answered", None),
     ("recording.started", "r-1"),
     ("recording.started", "r-2"),  # during the payment: paused at once, an exposure
+    ("recording.resumed", "r-1"),  # during the payment: its link no longer paused
     ("recording.stopped", "r-1"),
     ("recording.completed", "r-1"),
     ("call.ended", None),  # ends the payment, its exposures and the call's own
@@ -52,13 +55,22 @@ def _now(step: int) -> datetime:
 
 
 def _items(group: str, step: int) -> list[Any]:
+    """The step's event for each call, each call's at a time and with values of its own (so
+    rows written to the wrong call, or values to the wrong column, differ)."""
     type_, recording = STEPS[step]
-    at = _at(step).isoformat()
     return [
         parse_event(
             "generic",
             f"{group}-{n}-{step}",
-            json.dumps(event(type_, f"{group}-{n}", recording, at=at)).encode(),
+            json.dumps(
+                event(
+                    type_,
+                    f"{group}-{n}",
+                    recording,
+                    at=(_at(step) + timedelta(milliseconds=500 * n)).isoformat(),
+                    agent_id=f"agent-{n}-{step}",
+                )
+            ).encode(),
         )
         for n in range(CALLS)
     ]
@@ -125,24 +137,46 @@ async def _prepare(db: Database, group: str, step: int) -> None:
                 )
 
         await db.write(open_payments)
+    if STEPS[step] == ("call.ended", None):
+        # Exposures the call's end must bring forward (one that ended later), and one it must
+        # leave ending when it started (it started after the call's end).
+        ended = _at(step) + timedelta(milliseconds=500 * CALLS)
+
+        def late_exposures(conn: sa.Connection) -> None:
+            for call_id in conn.execute(sa.select(live.calls.c.id).where(mine)).scalars():
+                for started, end in (
+                    (ended - timedelta(seconds=4), ended + timedelta(minutes=5)),
+                    (ended + timedelta(minutes=1), None),
+                ):
+                    conn.execute(
+                        live.exposures.insert(),
+                        {
+                            "id": uuid.uuid4(),
+                            "call_id": call_id,
+                            "kind": "unexpected_resume",
+                            "started_at": started,
+                            "ended_at": end,
+                            "detail": "around the call's end",
+                        },
+                    )
+
+        await db.write(late_exposures)
 
 
-async def _apply(db: Database, group: str, *, together: bool) -> list[list[IngestResult]]:
-    results = []
-    for step in range(len(STEPS)):
-        await _prepare(db, group, step)
-        items = [(e, payload) for e, payload in _items(group, step)]
-        if together:
-            outcomes = await apply_in_order(db, APPLY, items, _now(step))
-        else:
-            outcomes = [
-                outcome
-                for item in items
-                for outcome in await apply_in_order(db, APPLY, [item], _now(step))
-            ]
-        assert all(isinstance(o, IngestResult) for o in outcomes), outcomes
-        results.append([o for o in outcomes if isinstance(o, IngestResult)])
-    return results
+async def _apply(db: Database, group: str, step: int, *, together: bool) -> list[Any]:
+    """The step's events for ``group``: as one batch, or one at a time. Each outcome."""
+    await _prepare(db, group, step)
+    items = [(e, payload) for e, payload in _items(group, step)]
+    if together:
+        return await apply_in_order(db, APPLY, items, _now(step))
+    return [
+        outcome for item in items for outcome in await apply_in_order(db, APPLY, [item], _now(step))
+    ]
+
+
+def _seen(outcome: Any) -> tuple[Any, ...]:
+    assert isinstance(outcome, IngestResult), outcome
+    return (outcome.duplicate, outcome.segment_to_drive is not None, outcome.exposures != ())
 
 
 _DUMPS = {
@@ -200,26 +234,45 @@ def executions(db: Database) -> Iterator[list[int]]:
 
 
 async def test_a_batch_stores_what_its_events_store_one_at_a_time(database_url: str) -> None:
+    sent: list[int] = []
     async with own_database(database_url) as db:
-        with executions(db) as sent:
-            together = await _apply(db, "b", together=True)
-        alone = await _apply(db, "s", together=False)
-        batched, single = await _rows(db, "b"), await _rows(db, "s")
-    # Every kind of row was written, and more than one of a kind per batch.
+        for step, (type_, recording) in enumerate(STEPS):
+            with executions(db) as in_batch:
+                together = await _apply(db, "b", step, together=True)
+            sent += in_batch
+            alone = await _apply(db, "s", step, together=False)
+            assert [_seen(o) for o in together] == [_seen(o) for o in alone], (type_, recording)
+            batched, single = await _rows(db, "b"), await _rows(db, "s")
+            assert batched == single, f"after {type_} {recording or ''}"
+    # Every kind of row was written, more than one of a kind per batch.
     assert {name: len(rows) > CALLS for name, rows in batched.items()} == {
         name: name not in ("calls", "segments") for name in _DUMPS
     }
-    assert [r for r in batched["segments"] if "closed" not in r] == []
-    assert len(batched["links"]) == 2 * CALLS and len(batched["exposures"]) == 2 * CALLS
+    assert len(batched["links"]) == 2 * CALLS and len(batched["exposures"]) == 5 * CALLS
     assert all(x[4] is not None for x in batched["exposures"]), "the call's end ends them all"
-    assert batched == single
-    assert [
-        [(r.duplicate, r.segment_to_drive is not None, r.exposures != ()) for r in step]
-        for step in together
-    ] == [
-        [(r.duplicate, r.segment_to_drive is not None, r.exposures != ()) for r in step]
-        for step in alone
-    ]
     if database_url.startswith("postgresql"):
         # Many rows of a kind in one execution each, never one execution per row.
         assert max(sent) == 1, sent
+
+
+async def test_too_long_a_value_is_refused_in_a_batch_as_alone(database_url: str) -> None:
+    """A value longer than its column is refused, never stored cut short, however many rows
+    share its statement (PostgreSQL checks the length; SQLite does not)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite stores a string of any length in any text column")
+    items = []
+    for n in range(2):
+        body = event("recording.started", f"long-{n}", "r-1", at=T0.isoformat())
+        parsed, payload = parse_event("generic", f"long-{n}", json.dumps(body).encode())
+        assert parsed.recording is not None
+        # A FreeSWITCH channel's recording is held as "channel:" + its Unique-ID, which may
+        # be 255 characters long itself: 263 in all, for a column of 255.
+        held = replace(parsed.recording, container_id="channel:" + "u" * 255)
+        items.append((replace(parsed, recording=held), payload))
+    async with own_database(database_url) as db:
+        outcomes = await apply_in_order(db, APPLY, items, _now(0))
+        assert all(isinstance(o, sa.exc.DBAPIError) for o in outcomes), outcomes
+        stored = await db.write(
+            lambda conn: conn.execute(sa.select(sa.func.count()).select_from(live.recordings))
+        )
+        assert stored.scalar_one() == 0
