@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -197,9 +197,7 @@ class Site:
         self.ops = self.token("bench-ops", "ops")
         # PostgreSQL: the tables analysed before each measured round when the server's
         # autovacuum is off, as it would have analysed them (support.autovacuum_stand_in).
-        self._settle: Callable[[], bool] = (
-            (lambda: False) if "sqlite" in url else autovacuum_stand_in(url)
-        )
+        self._settle = autovacuum_stand_in(url)
         self.settled = 0
 
     def settle(self) -> None:
