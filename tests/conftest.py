@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -36,6 +36,41 @@ from app.services.container import Services
 from app.storage.db import Database, create_engine
 from app.storage.migrate import upgrade
 from app.telephony.signing import signed_headers
+from app.telephony.transport import Http1Transport
+
+
+class _RecgateTransportMocker(respx.mocks.HTTPCoreMocker):
+    """respx's default mocker (httpcore's pool, under httpx's own transport), extended to
+    recgate's provider transport (app/telephony/transport.py), which takes and gives httpx's
+    own requests and responses: every test's PBX stands in for the network whichever
+    transport the client has, and the tests' ASGI client to recgate is left alone, as
+    before. tests/unit/test_transport.py runs the transport itself on sockets."""
+
+    name = "recgate"
+    targets: ClassVar[list[str]] = [
+        *respx.mocks.HTTPCoreMocker.targets,
+        "app.telephony.transport.Http1Transport",
+    ]
+
+    @classmethod
+    def to_httpx_request(cls, **kwargs: Any) -> httpx.Request:
+        request = kwargs["request"]
+        if isinstance(request, httpx.Request):
+            return request
+        return super().to_httpx_request(**kwargs)  # type: ignore[no-untyped-call,no-any-return]
+
+    @classmethod
+    async def from_async_httpx_response(
+        cls, httpx_response: httpx.Response, target: object, **kwargs: Any
+    ) -> object:
+        if isinstance(target, Http1Transport):
+            return httpx_response
+        return await super().from_async_httpx_response(  # type: ignore[no-untyped-call]
+            httpx_response, target, **kwargs
+        )
+
+
+respx.mocks.DEFAULT_MOCKER = _RecgateTransportMocker.name
 
 # recgate is production-strict unless told otherwise; the tests run it as a development site
 # (simulator on, no audit key required), here for every Settings() the tests and the

@@ -29,6 +29,7 @@ from app.storage.media import build_media_store
 from app.telephony.base import RecordingController
 from app.telephony.registry import build_controllers
 from app.telephony.rtpengine import RtpengineSpoolController
+from app.telephony.transport import Http1Transport
 
 
 @dataclass
@@ -69,7 +70,9 @@ class Services:
                 settings.provider_request_timeout_s,
                 connect=min(1.0, settings.provider_request_timeout_s),
             ),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            transport=Http1Transport(
+                httpx.Limits(max_connections=100, max_keepalive_connections=20)
+            ),
             follow_redirects=False,
         )
         auth = TokenAuthenticator(db)
