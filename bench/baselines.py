@@ -3,7 +3,8 @@
 - ``bare_app``: a bare FastAPI endpoint that validates the generic webhook body with pydantic
   and answers, nothing else: the ceiling for webhook ingest on this stack.
 - ``forwarder_app``: the smallest possible payment gate: an endpoint that makes the one PBX
-  call (a shared ``httpx.AsyncClient``, as recgate uses) and answers.
+  call (a shared ``httpx.AsyncClient`` on its default transport; recgate's client has a
+  transport of its own since a59302d, ``app/telephony/transport.py``) and answers.
 - ``floor_app``: the smallest payment gate that keeps the two promises that cost database
   round trips: a segment is claimed in the database before its command is sent (two
   replicas given the same start never both send it: SPEC §3.1, nothing sent twice), and
