@@ -29,7 +29,7 @@ from app.storage.media import build_media_store
 from app.telephony.base import RecordingController
 from app.telephony.registry import build_controllers
 from app.telephony.rtpengine import RtpengineSpoolController
-from app.telephony.transport import Http1Transport
+from app.telephony.transport import provider_client
 
 
 @dataclass
@@ -64,17 +64,8 @@ class Services:
         engine = create_engine(settings.database_url)
         sessions = session_factory(engine)
         db = Database(engine, settings.database_url)
-        # One shared client for every provider call; explicit timeouts, no redirects to follow.
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                settings.provider_request_timeout_s,
-                connect=min(1.0, settings.provider_request_timeout_s),
-            ),
-            transport=Http1Transport(
-                httpx.Limits(max_connections=100, max_keepalive_connections=20)
-            ),
-            follow_redirects=False,
-        )
+        # One shared client for every provider call (app/telephony/transport.py).
+        http = provider_client(settings.provider_request_timeout_s)
         auth = TokenAuthenticator(db)
         controllers = build_controllers(settings, http, clock)
         metrics = Metrics(controllers)

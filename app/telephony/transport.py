@@ -9,8 +9,8 @@ keep-alive, TLS, bodies of known length or chunked, responses read by ``httptool
 parser uvicorn reads recgate's own requests with) and streamed to the caller (media copies)
 with back-pressure. The client above it is unchanged: authentication, redirects, cookies,
 decoding, and the timeouts it hands down (connect, read, write, pool), whose expiry raises
-the same ``httpx`` exceptions as its own transport. Proxies from the environment are mounted
-by the client around this transport, as before.
+the same ``httpx`` exceptions as its own transport. Behind a proxy named in the environment
+the client keeps ``httpx``'s own transport (:func:`provider_client`).
 
 What it refuses rather than half-does: header names or values with CR, LF or NUL (no
 request splitting), an upgrade (101), a response head over 64 KiB or with more than 100
@@ -20,8 +20,11 @@ headers.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
+import sys
 import time
+import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import suppress
@@ -37,6 +40,7 @@ _MAX_HEADERS = 100
 # socket stops above this.
 _HIGH_WATER = 256 * 1024
 _FORBIDDEN = (b"\r", b"\n", b"\0")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 Origin = tuple[str, str, int]
 
@@ -50,6 +54,8 @@ class _Exchange:
     reason: bytes = b""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     head_size: int = 0
+    fed: int = 0
+    version: str = "1.1"
     chunks: deque[bytes] = field(default_factory=deque)
     buffered: int = 0
     complete: bool = False
@@ -87,6 +93,7 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("the server switched protocols"))
+            return
         except httptools.HttpParserError as exc:
             # A callback's own exception comes out as the parser's, the callback's as context.
             cause = exc.__context__
@@ -96,6 +103,12 @@ class _Connection(asyncio.Protocol):
                 self._fail(httpx.RemoteProtocolError(str(cause)))
             else:
                 self._fail(httpx.RemoteProtocolError(f"malformed response: {exc}"))
+            return
+        if not exchange.status and exchange.error is None:
+            # The parser holds a header cut short until its end: count what it was given.
+            exchange.fed += len(data)
+            if exchange.fed > _MAX_HEAD:
+                self._fail(httpx.RemoteProtocolError(f"response head over {_MAX_HEAD} bytes"))
 
     def eof_received(self) -> bool | None:
         self._lost(None)
@@ -117,8 +130,8 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         exchange = self.exchange
         if exchange is not None and not exchange.complete and exchange.error is None:
-            if exchange.status and _ends_at_close(exchange):
-                # No length given: the body ran to the end of the connection.
+            if exc is None and exchange.status and _ends_at_close(exchange):
+                # No length given: the body ran to the (orderly) end of the connection.
                 exchange.complete = True
             else:
                 cause = "closed the connection" if exc is None else f"failed: {exc}"
@@ -166,9 +179,10 @@ class _Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             # An interim answer (100 Continue): the real one follows.
-            exchange.reason, exchange.headers, exchange.head_size = b"", [], 0
+            exchange.reason, exchange.headers, exchange.head_size, exchange.fed = b"", [], 0, 0
             return
         exchange.status = status
+        exchange.version = self.parser.get_http_version()
         if exchange.head_only:
             # No body follows a HEAD's answer whatever its length says; the parser does not
             # know the request was a HEAD, so the connection is not used again.
@@ -179,6 +193,8 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
         assert exchange is not None
+        if exchange.complete:
+            return  # after a HEAD's answer: not its body
         exchange.chunks.append(body)
         exchange.buffered += len(body)
         if exchange.buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -224,6 +240,8 @@ class _Connection(asyncio.Protocol):
         when its headers say so (``httpx`` sets them), as it is read."""
         self.exchange = _Exchange(head_only=method == "HEAD")
         assert self.transport is not None
+        if self.closed or self.transport.is_closing():
+            raise httpx.WriteError("the connection closed before the request was sent")
         if body is not None:
             self.transport.write(head + body)
             await self._drained(write_s)
@@ -333,7 +351,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
     def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context or httpx.create_ssl_context()
-        self.max_open = limits.max_connections or 100
+        # None: no limit, as httpx reads it.
+        self.max_open = sys.maxsize if limits.max_connections is None else limits.max_connections
         kept = limits.max_keepalive_connections
         self.max_idle = self.max_open if kept is None else kept
         self.expiry = 5.0 if limits.keepalive_expiry is None else limits.keepalive_expiry
@@ -350,7 +369,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout", {})
         port = request.url.port or (443 if scheme == "https" else 80)
         head, body = _serialise(request)
-        conn = await self._acquire((scheme, request.url.host, port), timeouts)
+        # The host as it goes on the wire (an international name in its IDNA form).
+        host = request.url.raw_host.decode("ascii")
+        conn = await self._acquire((scheme, host, port), timeouts)
         try:
             await conn.send(head, body, request.stream, timeouts.get("write"), request.method)
             await conn.head(timeouts.get("read"))
@@ -363,17 +384,20 @@ class Http1Transport(httpx.AsyncBaseTransport):
             exchange.status,
             headers=exchange.headers,
             stream=_Body(self, conn, timeouts.get("read")),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": exchange.reason},
+            extensions={
+                "http_version": b"HTTP/" + exchange.version.encode("ascii"),
+                "reason_phrase": exchange.reason,
+            },
             request=request,
         )
 
     async def _acquire(self, origin: Origin, timeouts: dict[str, float | None]) -> _Connection:
-        if self._closed:
-            raise httpx.ConnectError("the transport is closed")
         pool_s = timeouts.get("pool")
         loop = asyncio.get_running_loop()
         by = None if pool_s is None else loop.time() + pool_s
         while True:
+            if self._closed:
+                raise httpx.ConnectError("the transport is closed")
             conn = self._take_idle(origin)
             if conn is not None:
                 return conn
@@ -405,13 +429,17 @@ class Http1Transport(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout_at(by):
                 await waiter
-        except TimeoutError:
-            raise httpx.PoolTimeout("no connection free in time") from None
-        finally:
-            if not waiter.done():
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                # Woken, but leaving (cancelled, out of time): the room is the next one's.
+                self._wake_one()
+            else:
                 waiter.cancel()
-            with suppress(ValueError):
-                self._waiters.remove(waiter)
+                with suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise httpx.PoolTimeout("no connection free in time") from None
+            raise
 
     async def _connect(self, origin: Origin, connect_s: float | None) -> _Connection:
         scheme, host, port = origin
@@ -471,15 +499,21 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 return
 
     async def aclose(self) -> None:
+        """Close the idle connections; a request waiting for room fails, and one in flight
+        closes its connection when it is done."""
         self._closed = True
         for idle in self._idle.values():
             while idle:
                 self._drop(idle.pop())
         self._idle_count = 0
+        while self._waiters:
+            self._wake_one()
 
 
 def _serialise(request: httpx.Request) -> tuple[bytes, bytes | None]:
     """The request's head, and its body when that is in memory (None: stream it)."""
+    if not _TOKEN.fullmatch(request.method):
+        raise httpx.LocalProtocolError("the request method is not an HTTP token")
     target = request.url.raw_path
     if any(c in target for c in (*_FORBIDDEN, b" ")):
         raise httpx.LocalProtocolError("the request target holds a forbidden byte")
@@ -490,3 +524,18 @@ def _serialise(request: httpx.Request) -> tuple[bytes, bytes | None]:
         lines.append(name + b": " + value)
     body = bytes(request.content) if isinstance(request.stream, httpx.ByteStream) else None
     return b"\r\n".join(lines) + b"\r\n\r\n", body
+
+
+def provider_client(timeout_s: float) -> httpx.AsyncClient:
+    """The client every provider call shares: explicit timeouts, no redirects followed, at
+    most 100 connections (20 idle), on :class:`Http1Transport`. When the environment names a
+    proxy (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``) it keeps ``httpx``'s own
+    transport: ``httpx`` honours those only on a client given no transport."""
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    proxied = any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies())
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s, connect=min(1.0, timeout_s)),
+        limits=limits,
+        transport=None if proxied else Http1Transport(limits),
+        follow_redirects=False,
+    )

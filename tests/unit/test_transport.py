@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from app.telephony.transport import Http1Transport
+from app.telephony.transport import Http1Transport, provider_client
 
 Reply = bytes | Callable[[asyncio.StreamWriter], Awaitable[None]] | None
 
@@ -54,8 +56,8 @@ class Scripted:
                         return
                 else:
                     await reply(writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the client went, or the test is over
         finally:
             writer.close()
 
@@ -123,13 +125,9 @@ async def test_bodies_chunked_or_to_the_end_of_the_connection() -> None:
 
 
 async def test_a_head_answer_has_no_body_whatever_its_length_says() -> None:
-    async with (
-        serving([b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n", ok(b"next")]) as (
-            pbx,
-            base,
-        ),
-        client(base) as http,
-    ):
+    # Bytes after the head are not its body, whatever its length says.
+    head_answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"not the body"
+    async with serving([head_answer, ok(b"next")]) as (pbx, base), client(base) as http:
         head = await http.head("/media/1")
         after = await http.get("/b")
     assert head.status_code == 200 and head.content == b""
@@ -184,16 +182,13 @@ async def test_a_large_body_is_streamed_whole() -> None:
     ("reply", "error"),
     [
         (None, "closed the connection before the response was complete"),
-        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nshort", "before"),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nshort",
+            "closed the connection before",
+        ),
         (b"NOT HTTP AT ALL\r\n\r\n", "malformed response"),
-        (
-            b"HTTP/1.1 200 OK\r\n" + b"x-big: " + b"a" * 70_000 + b"\r\n\r\n",
-            "response head over",
-        ),
-        (
-            b"HTTP/1.1 200 OK\r\n" + b"x-h: 1\r\n" * 101 + b"content-length: 0\r\n\r\n",
-            "more than 100 response headers",
-        ),
+        (b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n", "response head over"),
+        (b"HTTP/1.1 200 OK\r\n" + b"x-h: 1\r\n" * 101 + b"\r\n", "more than 100 response headers"),
         (
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: ws\r\nconnection: upgrade\r\n\r\n",
             "switched",
@@ -202,8 +197,52 @@ async def test_a_large_body_is_streamed_whole() -> None:
 )
 async def test_a_broken_answer_is_a_protocol_error(reply: Reply, error: str) -> None:
     async with serving([reply]) as (_, base), client(base) as http:
-        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError), match=error):
+        with pytest.raises(httpx.RemoteProtocolError, match=error):
             await http.get("/a")
+
+
+async def test_a_header_that_never_ends_is_cut_off_at_the_head_limit() -> None:
+    async def endless(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nx-endless: ")
+        for _ in range(1000):  # 64 MiB if nobody stopped reading
+            writer.write(b"a" * 65536)
+            await writer.drain()
+
+    async with serving([endless]) as (_, base), client(base, timeout=5.0) as http:
+        with pytest.raises(httpx.RemoteProtocolError, match="response head over"):
+            await http.get("/a")
+
+
+async def test_a_reset_before_a_body_without_length_ended_is_an_error() -> None:
+    async def reset(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN: the body did not end here
+
+    async with serving([reset]) as (_, base), client(base) as http:
+        with pytest.raises(httpx.ReadError, match="before the response was complete"):
+            await http.get("/media")
+
+
+async def test_a_body_left_unread_keeps_its_connection_from_reuse() -> None:
+    payload = b"x" * (1024 * 1024)
+    async with serving([ok(payload), ok(b"next")]) as (pbx, base), client(base) as http:
+        async with http.stream("GET", "/media") as response:
+            async for _ in response.aiter_raw():
+                break  # the caller gives up after its first piece
+        assert (await http.get("/b")).text == "next"
+    assert pbx.connections == 2
+
+
+async def test_a_no_content_answer_leaves_the_connection_reusable() -> None:
+    no_content = b"HTTP/1.1 204 No Content\r\n\r\n"
+    async with serving([no_content, ok(b"next")]) as (pbx, base), client(base) as http:
+        assert (await http.post("/a", content=b"x")).status_code == 204
+        assert (await http.get("/b")).text == "next"
+    assert pbx.connections == 1
 
 
 async def test_no_answer_in_time_is_a_read_timeout_and_the_connection_is_dropped() -> None:
@@ -235,6 +274,13 @@ async def test_a_header_that_would_split_the_request_is_refused_unsent(
     async with serving([ok(b"")]) as (pbx, base), client(base) as http:
         with pytest.raises((httpx.LocalProtocolError, ValueError)):
             await http.get("/a", headers=headers)
+    assert pbx.requests == []
+
+
+async def test_a_method_that_would_split_the_request_is_refused_unsent() -> None:
+    async with serving([ok(b"")]) as (pbx, base), client(base) as http:
+        with pytest.raises(httpx.LocalProtocolError):
+            await http.request("GET /x HTTP/1.1\r\nx-a: b\r\n\r\nGET", "/a")
     assert pbx.requests == []
 
 
@@ -276,6 +322,59 @@ async def test_past_the_connection_limit_a_request_waits_then_times_out() -> Non
                 assert await streaming.aread() == b"abcd"
             assert (await waiting).text == "queued"
     assert pbx.connections == 1
+
+
+async def test_a_waiter_that_gives_up_passes_the_freed_connection_on() -> None:
+    release = asyncio.Event()
+
+    async def held(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\na")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"b")
+        await writer.drain()
+
+    async with serving([held, ok(b"second waiter")]) as (pbx, base):
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        transport = Http1Transport(limits)
+        timeout = httpx.Timeout(2.0, pool=1.0)
+        async with httpx.AsyncClient(base_url=base, transport=transport, timeout=timeout) as http:
+            async with http.stream("GET", "/held") as streaming:
+                first = asyncio.create_task(http.get("/first"))
+                second = asyncio.create_task(http.get("/second"))
+                await asyncio.sleep(0.05)
+                release.set()
+                assert await streaming.aread() == b"ab"
+            # The connection is free and the first waiter woken; it gives up before it runs.
+            first.cancel()
+            assert (await second).text == "second waiter"
+            with pytest.raises(asyncio.CancelledError):
+                await first
+    assert pbx.connections == 1
+
+
+def test_a_proxy_in_the_environment_keeps_httpx_own_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert isinstance(provider_client(1.0)._transport, Http1Transport)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    assert not isinstance(provider_client(1.0)._transport, Http1Transport)
+
+
+async def test_provider_calls_reach_a_proxy_named_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refused = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n"
+    async with serving([refused]) as (proxy, base):
+        monkeypatch.setenv("HTTPS_PROXY", base)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with provider_client(1.0) as http:
+            with pytest.raises(httpx.ProxyError):
+                await http.post("https://api.twilio.example/2010-04-01/x.json")
+    assert proxy.requests[0][0].startswith(b"CONNECT api.twilio.example:443 HTTP/1.1")
 
 
 def _self_signed(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -320,6 +419,10 @@ async def test_tls_is_verified(tmp_path: Path) -> None:
             assert (await http.get("/a")).text == "secure"
             assert (await http.get("/b")).text == "again"
         assert pbx.connections == 1
+        # Nor does it take the certificate for another name.
+        async with client(base.replace("127.0.0.1", "localhost"), ssl_context=trusting) as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.get("/c")
         # The default context does not trust a certificate nobody signed.
         async with client(base) as http:
             with pytest.raises(httpx.ConnectError):
