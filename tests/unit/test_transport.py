@@ -89,7 +89,11 @@ async def serving(
 
 
 def client(
-    base: str, *, timeout: float = 2.0, limits: httpx.Limits | None = None, **kwargs: object
+    base: str,
+    *,
+    timeout: float | httpx.Timeout = 2.0,
+    limits: httpx.Limits | None = None,
+    **kwargs: object,
 ) -> httpx.AsyncClient:
     transport = Http1Transport(limits or httpx.Limits(max_connections=10), **kwargs)  # type: ignore[arg-type]
     return httpx.AsyncClient(base_url=base, transport=transport, timeout=timeout)
@@ -297,35 +301,11 @@ async def test_bytes_nobody_asked_for_keep_the_connection_from_reuse() -> None:
     assert pbx.connections == 2
 
 
-async def test_past_the_connection_limit_a_request_waits_then_times_out() -> None:
-    release = asyncio.Event()
-
-    async def held(writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab")
-        await writer.drain()
-        await release.wait()
-        writer.write(b"cd")
-        await writer.drain()
-
-    async with serving([held, ok(b"queued")]) as (pbx, base):
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        transport = Http1Transport(limits)
-        timeout = httpx.Timeout(2.0, pool=0.2)
-        async with httpx.AsyncClient(base_url=base, transport=transport, timeout=timeout) as http:
-            async with http.stream("GET", "/held") as streaming:
-                with pytest.raises(httpx.PoolTimeout):
-                    await http.get("/too-many")
-                waiting = asyncio.create_task(http.get("/queued"))
-                await asyncio.sleep(0.05)
-                assert not waiting.done()
-                release.set()
-                assert await streaming.aread() == b"abcd"
-            assert (await waiting).text == "queued"
-    assert pbx.connections == 1
+ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
 
-async def test_a_waiter_that_gives_up_passes_the_freed_connection_on() -> None:
-    release = asyncio.Event()
+def held_until(release: asyncio.Event) -> Reply:
+    """An answer whose body's second byte waits for ``release``."""
 
     async def held(writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\na")
@@ -334,22 +314,46 @@ async def test_a_waiter_that_gives_up_passes_the_freed_connection_on() -> None:
         writer.write(b"b")
         await writer.drain()
 
-    async with serving([held, ok(b"second waiter")]) as (pbx, base):
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        transport = Http1Transport(limits)
-        timeout = httpx.Timeout(2.0, pool=1.0)
-        async with httpx.AsyncClient(base_url=base, transport=transport, timeout=timeout) as http:
-            async with http.stream("GET", "/held") as streaming:
-                first = asyncio.create_task(http.get("/first"))
-                second = asyncio.create_task(http.get("/second"))
-                await asyncio.sleep(0.05)
-                release.set()
-                assert await streaming.aread() == b"ab"
-            # The connection is free and the first waiter woken; it gives up before it runs.
-            first.cancel()
-            assert (await second).text == "second waiter"
-            with pytest.raises(asyncio.CancelledError):
-                await first
+    return held
+
+
+async def test_past_the_connection_limit_a_request_waits_then_times_out() -> None:
+    release = asyncio.Event()
+    timeout = httpx.Timeout(2.0, pool=0.2)
+    async with (
+        serving([held_until(release), ok(b"queued")]) as (pbx, base),
+        client(base, timeout=timeout, limits=ONE_CONNECTION) as http,
+    ):
+        async with http.stream("GET", "/held") as streaming:
+            with pytest.raises(httpx.PoolTimeout):
+                await http.get("/too-many")
+            waiting = asyncio.create_task(http.get("/queued"))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            release.set()
+            assert await streaming.aread() == b"ab"
+        assert (await waiting).text == "queued"
+    assert pbx.connections == 1
+
+
+async def test_a_waiter_that_gives_up_passes_the_freed_connection_on() -> None:
+    release = asyncio.Event()
+    timeout = httpx.Timeout(2.0, pool=1.0)
+    async with (
+        serving([held_until(release), ok(b"second waiter")]) as (pbx, base),
+        client(base, timeout=timeout, limits=ONE_CONNECTION) as http,
+    ):
+        async with http.stream("GET", "/held") as streaming:
+            first = asyncio.create_task(http.get("/first"))
+            second = asyncio.create_task(http.get("/second"))
+            await asyncio.sleep(0.05)
+            release.set()
+            assert await streaming.aread() == b"ab"
+        # The connection is free and the first waiter woken; it gives up before it runs.
+        first.cancel()
+        assert (await second).text == "second waiter"
+        with pytest.raises(asyncio.CancelledError):
+            await first
     assert pbx.connections == 1
 
 
