@@ -12,9 +12,10 @@ decoding, and the timeouts it hands down (connect, read, write, pool), whose exp
 the same ``httpx`` exceptions as its own transport. Behind a proxy named in the environment
 the client keeps ``httpx``'s own transport (:func:`provider_client`).
 
-What it refuses rather than half-does: header names or values with CR, LF or NUL (no
-request splitting), an upgrade (101), a response head over 64 KiB or with more than 100
-headers.
+What it refuses rather than half-does: a method that is not an HTTP token, header names or
+values with CR, LF or NUL (no request splitting); an upgrade (101), a response head over
+64 KiB or with more than 100 headers, a body without a length ended by a reset rather than
+an orderly close (never taken as whole).
 """
 
 from __future__ import annotations
