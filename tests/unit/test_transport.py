@@ -12,6 +12,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -218,17 +219,26 @@ async def test_a_header_that_never_ends_is_cut_off_at_the_head_limit() -> None:
 
 
 async def test_a_reset_before_a_body_without_length_ended_is_an_error() -> None:
+    partial_read = asyncio.Event()
+
     async def reset(writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npartial")
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await partial_read.wait()
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()  # RST, not FIN: the body did not end here
 
-    async with serving([reset]) as (_, base), client(base) as http:
+    async with (
+        serving([reset]) as (_, base),
+        client(base) as http,
+        http.stream("GET", "/media") as response,
+    ):
+        body = response.aiter_raw()
+        assert await anext(body) == b"partial"
+        partial_read.set()
         with pytest.raises(httpx.ReadError, match="before the response was complete"):
-            await http.get("/media")
+            await anext(body)
 
 
 async def test_a_body_left_unread_keeps_its_connection_from_reuse() -> None:
@@ -251,7 +261,7 @@ async def test_a_no_content_answer_leaves_the_connection_reusable() -> None:
 
 async def test_no_answer_in_time_is_a_read_timeout_and_the_connection_is_dropped() -> None:
     async def never(writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(5)
+        await asyncio.Event().wait()  # no answer, until the test is over
 
     async with serving([never, ok(b"later")]) as (pbx, base), client(base, timeout=0.2) as http:
         with pytest.raises(httpx.ReadTimeout):
@@ -304,8 +314,18 @@ async def test_bytes_nobody_asked_for_keep_the_connection_from_reuse() -> None:
 ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
 
-def held_until(release: asyncio.Event) -> Reply:
-    """An answer whose body's second byte waits for ``release``."""
+async def queued(http: httpx.AsyncClient, count: int) -> None:
+    """Until ``count`` requests wait for a connection (the loop turned, no time passing)."""
+    transport = cast(Http1Transport, http._transport)
+    for _ in range(1000):
+        if len(transport._waiters) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{count} requests never queued for a connection")
+
+
+async def test_past_the_connection_limit_requests_wait_their_turn() -> None:
+    release = asyncio.Event()
 
     async def held(writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\na")
@@ -314,42 +334,20 @@ def held_until(release: asyncio.Event) -> Reply:
         writer.write(b"b")
         await writer.drain()
 
-    return held
-
-
-async def test_past_the_connection_limit_a_request_waits_then_times_out() -> None:
-    release = asyncio.Event()
-    timeout = httpx.Timeout(2.0, pool=0.2)
     async with (
-        serving([held_until(release), ok(b"queued")]) as (pbx, base),
-        client(base, timeout=timeout, limits=ONE_CONNECTION) as http,
+        serving([held, ok(b"second waiter")]) as (pbx, base),
+        client(base, limits=ONE_CONNECTION) as http,
     ):
         async with http.stream("GET", "/held") as streaming:
             with pytest.raises(httpx.PoolTimeout):
-                await http.get("/too-many")
-            waiting = asyncio.create_task(http.get("/queued"))
-            await asyncio.sleep(0.05)
-            assert not waiting.done()
-            release.set()
-            assert await streaming.aread() == b"ab"
-        assert (await waiting).text == "queued"
-    assert pbx.connections == 1
-
-
-async def test_a_waiter_that_gives_up_passes_the_freed_connection_on() -> None:
-    release = asyncio.Event()
-    timeout = httpx.Timeout(2.0, pool=1.0)
-    async with (
-        serving([held_until(release), ok(b"second waiter")]) as (pbx, base),
-        client(base, timeout=timeout, limits=ONE_CONNECTION) as http,
-    ):
-        async with http.stream("GET", "/held") as streaming:
+                await http.get("/too-many", timeout=httpx.Timeout(2.0, pool=0.2))
             first = asyncio.create_task(http.get("/first"))
             second = asyncio.create_task(http.get("/second"))
-            await asyncio.sleep(0.05)
+            await queued(http, 2)
             release.set()
             assert await streaming.aread() == b"ab"
-        # The connection is free and the first waiter woken; it gives up before it runs.
+        # The connection is free and the first waiter woken; it gives up before it runs, and
+        # the connection goes to the next.
         first.cancel()
         assert (await second).text == "second waiter"
         with pytest.raises(asyncio.CancelledError):
