@@ -36,11 +36,13 @@ from app.services.ingest_apply import (
     Items,
     Outcome,
     apply_in_order,
+    stored_payload,
 )
 from app.services.ingest_worker import PIPELINE, IngestWorker, worker_suits
 from app.services.metrics import Metrics
 from app.storage.db import Database
 from app.storage.live import insert_dead_letter
+from app.storage.models import EncodedJson
 
 __all__ = ["IngestResult", "IngestService"]
 
@@ -54,7 +56,7 @@ MAX_BATCH = 32
 @dataclass(slots=True)
 class _Pending:
     event: PbxEvent
-    payload: dict[str, Any]
+    payload: EncodedJson
     future: asyncio.Future[IngestResult]
     # Whether its batch may wait for the IVR's payments being answered (``_commit``).
     can_wait: bool = False
@@ -115,12 +117,13 @@ class IngestService:
     ) -> IngestResult:
         """Store ``event`` in the inbox and apply it; return once that is committed.
 
-        ``payload`` is the provider's raw payload; it is scrubbed before it is stored.
+        ``payload`` is the provider's raw payload; it is scrubbed and encoded here, before
+        it joins a batch (:func:`~app.services.ingest_apply.stored_payload`).
         ``can_wait``: its batch may wait for the IVR's payments being answered (a webhook's;
         not an event stream's, whose consumer waits for each event before the next).
         """
         loop = asyncio.get_running_loop()
-        pending = _Pending(event, payload, loop.create_future(), can_wait)
+        pending = _Pending(event, stored_payload(payload), loop.create_future(), can_wait)
         self._pending.append(pending)
         self._dispatch()
         # Shielded: a webhook whose sender hung up is still applied with its batch.

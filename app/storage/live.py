@@ -282,15 +282,11 @@ _SET_FORMS: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
 def _unnest(table: sa.Table, names: dict[str, str]) -> Any:
     """``unnest(:a_n1, :a_n2, …) AS v(n1, n2, …)`` (PostgreSQL): for each name, an array
-    parameter typed as an array of its column's type. A string's length is left out of the
-    array's type: a cast to ``varchar(n)`` cuts a longer value short without a word, where
-    storing it in the column refuses it, as the one-row statement does."""
-    arrays = []
-    for name, column in names.items():
-        item = table.c[column].type
-        if isinstance(item, sa.String) and item.length is not None:
-            item = sa.String()
-        arrays.append(sa.bindparam(f"a_{name}", type_=postgresql.ARRAY(item)))
+    parameter typed as an array of its column's type (:func:`direct.array_of`)."""
+    arrays = [
+        sa.bindparam(f"a_{name}", type_=direct.array_of(table.c[column].type))
+        for name, column in names.items()
+    ]
     return sa.func.unnest(*arrays).table_valued(*names).render_derived(name="v")
 
 

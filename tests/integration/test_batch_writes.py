@@ -22,7 +22,13 @@ import pytest
 import sqlalchemy as sa
 
 from app.domain.retention import Months
-from app.services.ingest_apply import BatchApply, IngestResult, IngestRules, apply_in_order
+from app.services.ingest_apply import (
+    BatchApply,
+    IngestResult,
+    IngestRules,
+    apply_in_order,
+    stored_payload,
+)
 from app.storage import live
 from app.storage.db import Database
 from app.telephony.generic import parse_event
@@ -166,7 +172,7 @@ async def _prepare(db: Database, group: str, step: int) -> None:
 async def _apply(db: Database, group: str, step: int, *, together: bool) -> list[Any]:
     """The step's events for ``group``: as one batch, or one at a time. Each outcome."""
     await _prepare(db, group, step)
-    items = [(e, payload) for e, payload in _items(group, step)]
+    items = [(e, stored_payload(payload)) for e, payload in _items(group, step)]
     if together:
         return await apply_in_order(db, APPLY, items, _now(step))
     return [
@@ -268,7 +274,7 @@ async def test_too_long_a_value_is_refused_in_a_batch_as_alone(database_url: str
         # A FreeSWITCH channel's recording is held as "channel:" + its Unique-ID, which may
         # be 255 characters long itself: 263 in all, for a column of 255.
         held = replace(parsed.recording, container_id="channel:" + "u" * 255)
-        items.append((replace(parsed, recording=held), payload))
+        items.append((replace(parsed, recording=held), stored_payload(payload)))
     async with own_database(database_url) as db:
         outcomes = await apply_in_order(db, APPLY, items, _now(0))
         assert all(isinstance(o, sa.exc.DBAPIError) for o in outcomes), outcomes

@@ -156,6 +156,63 @@ async def test_many_rows_expanding_in_and_updates(db: Database) -> None:
     assert (await _write(db, counts)) == {"m0": 0, "m1": 2, "m2": 0, "m3": 5, "m4": 0}
 
 
+LITERAL_LIST = sa.select(probe.c.label).where(probe.c.label.in_(["n0", "n2"]))
+
+
+async def test_an_in_list_is_one_statement_whatever_its_length(
+    db: Database, database_url: str
+) -> None:
+    """On PostgreSQL an ``IN`` over a list is sent as ``= ANY`` of one array: the same SQL,
+    prepared and planned once, for any number of values; the rows are SQLAlchemy's own."""
+    heard: list[str] = []
+
+    def listen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        heard.append(statement)
+
+    rows = [{"id": uuid.uuid4(), "label": f"n{i}", "from_ctx": "x"} for i in range(4)]
+    # Longer than the column: no row holds it, and it must not be cut to one that does.
+    long_label = "n1" + "x" * 40
+    lists = [["n1"], ["n0", "n3", "zz"], [], ["n1", "n2", "n0", "n3"], [long_label[:32], "n3"]]
+
+    def work(conn: sa.Connection) -> list[tuple[list[str], list[str]]]:
+        direct.run(conn, INSERT, rows)
+        direct.run(conn, INSERT, {"id": uuid.uuid4(), "label": long_label[:32], "from_ctx": "x"})
+        out = []
+        for labels in [*lists, [long_label]]:
+            ours = sorted(r.label for r in direct.run(conn, BY_LABELS, {"labels": labels}))
+            theirs = sorted(r.label for r in conn.execute(BY_LABELS, {"labels": labels}))
+            out.append((ours, theirs))
+        literal = sorted(r.label for r in direct.run(conn, LITERAL_LIST))
+        out.append((literal, sorted(r.label for r in conn.execute(LITERAL_LIST))))
+        return out
+
+    for engine in db.sync_engines:
+        sa.event.listen(engine, "before_cursor_execute", listen)
+    try:
+        found = await _write(db, work)
+    finally:
+        for engine in db.sync_engines:
+            sa.event.remove(engine, "before_cursor_execute", listen)
+    for ours, theirs in found:
+        assert ours == theirs
+    assert [ours for ours, _ in found] == [
+        ["n1"],
+        ["n0", "n3"],
+        [],
+        ["n0", "n1", "n2", "n3"],
+        [long_label[:32], "n3"],
+        [],
+        ["n0", "n2"],
+    ]
+    # Ours and SQLAlchemy's in turn: ours for each list.
+    ours_sent = [s for s in heard if "WHERE" in s][: (len(lists) + 1) * 2 : 2]
+    if database_url.startswith("postgresql"):
+        assert len(set(ours_sent)) == 1, "one SQL for every length of the list"
+        assert "= ANY" in ours_sent[0] and "VARCHAR[]" in ours_sent[0]
+    else:
+        assert len(set(ours_sent)) > 1, "SQLite: SQLAlchemy's expanding IN"
+
+
 def _upsert(database_url: str) -> Any:
     """An upsert returning rows, with a parameter outside its VALUES (as the calls' upsert)."""
     insert = postgresql.insert if database_url.startswith("postgresql") else sqlite.insert

@@ -33,6 +33,7 @@ from app.services.ingest_apply import (
     Outcome,
     Turn,
     apply_in_order,
+    stored_payload,
 )
 from app.services.ingest_worker import (
     IngestFailed,
@@ -42,6 +43,7 @@ from app.services.ingest_worker import (
     worker_suits,
 )
 from app.storage.db import Database, DatabaseUnreachable, create_engine
+from app.storage.models import EncodedJson
 from app.telephony.generic import parse_event
 from tests.conftest import Harness, event
 
@@ -258,8 +260,11 @@ async def _waiting_on_a_lock(h: Harness) -> int:
         return int(found.scalar_one())
 
 
-def _parsed(body: dict[str, Any], msg_id: str | None = None) -> tuple[PbxEvent, dict[str, Any]]:
-    return parse_event("generic", msg_id or f"msg-{uuid.uuid4()}", json.dumps(body).encode())
+def _parsed(body: dict[str, Any], msg_id: str | None = None) -> tuple[PbxEvent, EncodedJson]:
+    parsed, payload = parse_event(
+        "generic", msg_id or f"msg-{uuid.uuid4()}", json.dumps(body).encode()
+    )
+    return parsed, stored_payload(payload)
 
 
 @asynccontextmanager

@@ -13,8 +13,10 @@ from typing import TypeVar
 import pytest
 import sqlalchemy as sa
 
+from app.domain.scrub import scrub
+from app.services.ingest_apply import stored_payload
 from app.storage.db import Database, create_engine
-from app.storage.models import UTCDateTime
+from app.storage.models import JsonDocument, UTCDateTime
 from tests.conftest import own_database
 
 T = TypeVar("T")
@@ -85,6 +87,45 @@ async def test_timestamps_round_trip_as_utc(database_url: str) -> None:
         await engine.dispose()
     assert stored == datetime(2026, 7, 1, 11, 0, tzinfo=UTC)
     assert stored.tzinfo is not None
+
+
+async def test_an_encoded_json_document_is_stored_as_sa_json_stores_its_value(
+    database_url: str,
+) -> None:
+    """The inbox's payload column takes a document the service encoded already
+    (``stored_payload``) and stores that text as it is: the same text ``sa.JSON`` stores for
+    the document itself, read back as the same value. A document not yet encoded is encoded
+    as ``sa.JSON`` does."""
+    engine = create_engine(database_url)
+    meta = sa.MetaData()
+    table = sa.Table(
+        "json_probe",
+        meta,
+        sa.Column("n", sa.Integer),
+        sa.Column("theirs", sa.JSON),
+        sa.Column("ours", JsonDocument),
+    )
+    document = {"b": [1, 2.5, None, True], "a": {"é": '\u0000 quote" ✓'}, "card": "4111"}
+    scrubbed = scrub({**document, "note": "card 4111 1111 1111 1111"})
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(meta.create_all)
+            await conn.execute(
+                table.insert(),
+                [
+                    {"n": 1, "theirs": scrubbed, "ours": stored_payload(dict(scrubbed))},
+                    {"n": 2, "theirs": document, "ours": document},
+                ],
+            )
+            as_text = sa.select(sa.cast(table.c.theirs, sa.Text), sa.cast(table.c.ours, sa.Text))
+            texts = (await conn.execute(as_text.order_by(table.c.n))).all()
+            values = (await conn.execute(sa.select(table.c.ours).order_by(table.c.n))).all()
+            await conn.run_sync(meta.drop_all)
+    finally:
+        await engine.dispose()
+    assert [theirs for theirs, _ in texts] == [ours for _, ours in texts]
+    assert [value for (value,) in values] == [scrubbed, document]
+    assert "4111 1111" not in texts[0][1]
 
 
 def test_naive_timestamps_are_refused() -> None:
