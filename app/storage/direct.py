@@ -86,11 +86,13 @@ class Rows:
         return None if row is None else row[0]
 
 
-class _Row(tuple[Any, ...]):
+class Row(tuple[Any, ...]):
     """A row: a tuple whose columns are also attributes."""
 
     __slots__ = ()
     _index: ClassVar[dict[str, int]] = {}
+    # By (prefix, strip): the names and positions :meth:`named` gives (each row type its own).
+    _named: ClassVar[dict[tuple[str, bool], list[tuple[str, int]]]] = {}
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -101,6 +103,18 @@ class _Row(tuple[Any, ...]):
     @property
     def _mapping(self) -> dict[str, Any]:
         return {name: self[i] for name, i in self._index.items()}
+
+    def named(self, prefix: str, *, strip: bool = True) -> dict[str, Any]:
+        """The columns whose names start with ``prefix``, by name (without the prefix when
+        ``strip``): a row that reads several tables side by side, one table's part."""
+        key = (prefix, strip)
+        at = self._named.get(key)
+        if at is None:
+            cut = len(prefix) if strip else 0
+            at = self._named[key] = [
+                (name[cut:], i) for name, i in self._index.items() if name.startswith(prefix)
+            ]
+        return {name: self[i] for name, i in at}
 
 
 class Prepared:
@@ -160,8 +174,9 @@ class Prepared:
         self._types = [column[3] for column in columns]
         # Converters need the driver's type codes (PostgreSQL): made on the first result.
         self._readers: list[_Convert] | None = None
+        self._converting: list[tuple[int, Callable[[Any], Any]]] | None = None
         index = {column[0]: i for i, column in enumerate(columns)}
-        self.row: type[_Row] = type("Row", (_Row,), {"__slots__": (), "_index": index})
+        self.row: type[Row] = type("Row", (Row,), {"__slots__": (), "_index": index, "_named": {}})
 
     def expanded(self, given: Params) -> tuple[str, tuple[Any, ...]]:
         """The SQL and parameters of an expanding statement for these values."""
@@ -215,10 +230,19 @@ class Prepared:
                 for type_, column in zip(self._types, description, strict=True)
             ]
         make = self.row
-        return [
-            make(v if r is None else r(v) for r, v in zip(readers, raw, strict=True))
-            for raw in fetched
-        ]
+        # Only the columns whose type converts what the driver gives (on PostgreSQL few do).
+        convert = self._converting
+        if convert is None:
+            convert = self._converting = [(i, r) for i, r in enumerate(readers) if r is not None]
+        if not convert:
+            return [make(raw) for raw in fetched]
+        out = []
+        for raw in fetched:
+            values = list(raw)
+            for i, read in convert:
+                values[i] = read(values[i])
+            out.append(make(values))
+        return out
 
 
 def array_of(item: Any) -> postgresql.ARRAY[Any]:

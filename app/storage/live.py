@@ -159,14 +159,18 @@ _CALL_ROWS_BY_KEY = _read_together().where(
 )
 
 
-def _prefixed(m: Any, prefix: str) -> dict[str, Any]:
-    return {k[len(prefix) :]: v for k, v in m.items() if k.startswith(prefix)}
+def _prefixed(row: Any, prefix: str, *, strip: bool = True) -> dict[str, Any]:
+    """The columns of ``row`` named with ``prefix`` (without it when ``strip``)."""
+    if isinstance(row, direct.Row):
+        return row.named(prefix, strip=strip)
+    cut = len(prefix) if strip else 0
+    return {k[cut:]: v for k, v in row._mapping.items() if k.startswith(prefix)}
 
 
-def _recording_row(m: Any) -> dict[str, Any]:
+def _recording_row(row: Any) -> dict[str, Any]:
     """A recording and its link, from a row that reads them beside other tables (``r_``,
     ``link_``)."""
-    return {**_prefixed(m, "r_"), **{k: v for k, v in m.items() if k.startswith("link_")}}
+    return {**_prefixed(row, "r_"), **_prefixed(row, "link_", strip=False)}
 
 
 def _recording_values(recording: RecordingSnap) -> dict[str, Any]:
@@ -672,12 +676,11 @@ class LiveCallRepository:
         if not ids:
             return open_ones, found
         for row in self._run(_LIVE_ROWS, {"call_ids": ids}):
-            m = row._mapping
-            call_id = m["of_call"]
-            if m["s_id"] is not None and call_id not in open_ones:
-                open_ones[call_id] = self._segment_read(_prefixed(m, "s_"))
-            if m["r_id"] is not None:
-                found[call_id].append(self._loaded_recording(_recording_row(m)))
+            call_id = row.of_call
+            if row.s_id is not None and call_id not in open_ones:
+                open_ones[call_id] = self._segment_read(_prefixed(row, "s_"))
+            if row.r_id is not None:
+                found[call_id].append(self._loaded_recording(_recording_row(row)))
         return open_ones, found
 
     def policies(self) -> dict[str, Months]:
@@ -782,16 +785,12 @@ class LiveCallRepository:
         rows = self._run(statement, params).all()
         if not rows:
             return None
-        first = rows[0]._mapping
+        first = rows[0]
         call, read = _call(_prefixed(first, "c_"))
         self._guard_call(call, read)
-        segment = _prefixed(first, "s_") if first["s_id"] is not None else None
-        found = []
-        for row in rows:
-            m = row._mapping
-            if m["r_id"] is not None:
-                found.append(_recording_row(m))
-        self._prefetch = (call.id, segment, first["open_id"], found)
+        segment = _prefixed(first, "s_") if first.s_id is not None else None
+        found = [_recording_row(row) for row in rows if row.r_id is not None]
+        self._prefetch = (call.id, segment, first.open_id, found)
         return call
 
     def _guard_call(self, call: CallSnap, read: dict[str, Any]) -> None:

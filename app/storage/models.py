@@ -79,6 +79,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return process
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        if dialect.driver == "asyncpg":
+            # asyncpg reads a timestamptz as UTC itself (its binary form is UTC), whatever
+            # the session's zone: nothing to convert, on every timestamp of every row read.
+            return None
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
 
