@@ -262,6 +262,8 @@ def _in_as_any(element: Any, **_kw: Any) -> Any:
         and element.operator is operators.in_op
         and isinstance(element.right, BindParameter)
         and element.right.expanding
+        # A row value or an array on the left has no array of its type to compare with.
+        and not isinstance(element.left.type, sa.types.TupleType | sa.ARRAY)
     ):
         return None
     given = element.right

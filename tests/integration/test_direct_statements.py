@@ -157,6 +157,10 @@ async def test_many_rows_expanding_in_and_updates(db: Database) -> None:
 
 
 LITERAL_LIST = sa.select(probe.c.label).where(probe.c.label.in_(["n0", "n2"]))
+# A row value's IN has no array to go as: it stays SQLAlchemy's expanding IN.
+BY_PAIRS = sa.select(probe.c.label).where(
+    sa.tuple_(probe.c.label, probe.c.flag).in_(sa.bindparam("pairs", expanding=True))
+)
 
 
 async def test_an_in_list_is_one_statement_whatever_its_length(
@@ -184,6 +188,9 @@ async def test_an_in_list_is_one_statement_whatever_its_length(
             out.append((ours, theirs))
         literal = sorted(r.label for r in direct.run(conn, LITERAL_LIST))
         out.append((literal, sorted(r.label for r in conn.execute(LITERAL_LIST))))
+        pairs = {"pairs": [("n1", False), ("n2", True), ("n3", False)]}
+        by_pairs = sorted(r.label for r in direct.run(conn, BY_PAIRS, pairs))
+        out.append((by_pairs, sorted(r.label for r in conn.execute(BY_PAIRS, pairs))))
         return out
 
     for engine in db.sync_engines:
@@ -203,6 +210,7 @@ async def test_an_in_list_is_one_statement_whatever_its_length(
         [long_label[:32], "n3"],
         [],
         ["n0", "n2"],
+        ["n1", "n3"],
     ]
     # Ours and SQLAlchemy's in turn: ours for each list.
     ours_sent = [s for s in heard if "WHERE" in s][: (len(lists) + 1) * 2 : 2]
