@@ -17,7 +17,8 @@ own ``construct_expanded_state``. A parameter with no value and no default raise
 SQLAlchemy. An INSERT given many rows with ``RETURNING`` goes as one statement with its
 ``VALUES`` group once per row, as SQLAlchemy would send it, its rows in no particular order.
 What goes through ``Connection.execute`` as before: such an INSERT whose parameters outside
-``VALUES`` differ between rows, many rows with an expanding ``IN``, a
+``VALUES`` differ between rows, many rows with an expanding ``IN`` (on SQLite, or an ``IN``
+left expanding on PostgreSQL), a
 Python-side column default that is neither a constant nor a function of nothing, and
 statements beyond the first 512 kept (a statement built on every call would otherwise be
 compiled and kept on every call: build hot-path statements once).
@@ -254,6 +255,9 @@ def array_of(item: Any) -> postgresql.ARRAY[Any]:
     return postgresql.ARRAY(item)
 
 
+_ARRAY_ITEMS = (sa.Uuid, sa.String, sa.Text, sa.Integer, sa.BigInteger)
+
+
 def _in_as_any(element: Any, **_kw: Any) -> Any:
     """``column IN (<expanding parameter>)`` as ``column = ANY(<array parameter>)``, the
     parameter keeping its name and value; None for anything else (left as it is)."""
@@ -262,8 +266,9 @@ def _in_as_any(element: Any, **_kw: Any) -> Any:
         and element.operator is operators.in_op
         and isinstance(element.right, BindParameter)
         and element.right.expanding
-        # A row value or an array on the left has no array of its type to compare with.
-        and not isinstance(element.left.type, sa.types.TupleType | sa.ARRAY)
+        # Plain types only: an array of them means what the list meant. A row value, an
+        # expression of no type, an Enum or a type of ours keeps SQLAlchemy's expanding IN.
+        and type(element.left.type) in _ARRAY_ITEMS
     ):
         return None
     given = element.right

@@ -22,6 +22,13 @@ def _in_utc(value: datetime) -> datetime:
     return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
+def _tagged_utc(value: datetime | None) -> datetime | None:
+    """A timestamp asyncpg read: as it is, tagged UTC where it came naive."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
 class EncodedJson(str):
     """A JSON document already encoded as text (``json.dumps``), stored as it is."""
 
@@ -81,8 +88,9 @@ class UTCDateTime(TypeDecorator[datetime]):
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
         if dialect.driver == "asyncpg":
             # asyncpg reads a timestamptz as UTC itself (its binary form is UTC), whatever
-            # the session's zone: nothing to convert, on every timestamp of every row read.
-            return None
+            # the session's zone; only ``infinity`` comes naive (``datetime.max``), from a
+            # row set by hand. One check per timestamp of every row read, no conversion.
+            return _tagged_utc
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
 

@@ -157,9 +157,13 @@ async def test_many_rows_expanding_in_and_updates(db: Database) -> None:
 
 
 LITERAL_LIST = sa.select(probe.c.label).where(probe.c.label.in_(["n0", "n2"]))
-# A row value's IN has no array to go as: it stays SQLAlchemy's expanding IN.
+# A row value's IN, and one over an expression of no type, have no array to go as: they
+# stay SQLAlchemy's expanding IN.
 BY_PAIRS = sa.select(probe.c.label).where(
     sa.tuple_(probe.c.label, probe.c.flag).in_(sa.bindparam("pairs", expanding=True))
+)
+BY_LOWER = sa.select(probe.c.label).where(
+    sa.func.lower(probe.c.label).in_(sa.bindparam("lowered", expanding=True))
 )
 
 
@@ -191,6 +195,9 @@ async def test_an_in_list_is_one_statement_whatever_its_length(
         pairs = {"pairs": [("n1", False), ("n2", True), ("n3", False)]}
         by_pairs = sorted(r.label for r in direct.run(conn, BY_PAIRS, pairs))
         out.append((by_pairs, sorted(r.label for r in conn.execute(BY_PAIRS, pairs))))
+        lowered = {"lowered": ["n0", "n3"]}
+        by_lower = sorted(r.label for r in direct.run(conn, BY_LOWER, lowered))
+        out.append((by_lower, sorted(r.label for r in conn.execute(BY_LOWER, lowered))))
         return out
 
     for engine in db.sync_engines:
@@ -211,6 +218,7 @@ async def test_an_in_list_is_one_statement_whatever_its_length(
         [],
         ["n0", "n2"],
         ["n1", "n3"],
+        ["n0", "n3"],
     ]
     # Ours and SQLAlchemy's in turn: ours for each list.
     ours_sent = [s for s in heard if "WHERE" in s][: (len(lists) + 1) * 2 : 2]

@@ -132,6 +132,26 @@ async def test_an_encoded_json_document_is_stored_as_sa_json_stores_its_value(
     assert "4111 1111" not in texts[0][1]
 
 
+async def test_an_infinite_timestamp_set_by_hand_reads_as_utc(database_url: str) -> None:
+    """``infinity`` (an operator's "keep forever", set by hand) comes from asyncpg naive; it
+    is read tagged UTC like every other timestamp, so comparing it with recgate's times
+    works."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no infinite timestamp")
+    engine = create_engine(database_url)
+    table = sa.Table("ts_forever", sa.MetaData(), sa.Column("at", UTCDateTime()))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(table.create)
+            await conn.execute(sa.text("INSERT INTO ts_forever VALUES ('infinity')"))
+            stored = (await conn.execute(sa.select(table.c.at))).scalar_one()
+            await conn.run_sync(table.drop)
+    finally:
+        await engine.dispose()
+    assert stored.tzinfo is UTC
+    assert stored > datetime.now(UTC)
+
+
 def test_naive_timestamps_are_refused() -> None:
     sqlite = sa.create_engine("sqlite://").dialect
     with pytest.raises(ValueError, match="naive"):
