@@ -354,9 +354,16 @@ class BatchApply:
         ]
         if not due:
             return
-        policies = batch.repo.policies()
+        # Each call's area's override as read with its live rows; every override, read
+        # once, for a call read without them (new in this batch) or whose area has changed.
+        policies: dict[str, Months] | None = None
         for call, recordings in due:
-            months = policies.get(call.service_area or "", self.rules.months)
+            known, override = batch.repo.read_policy(call)
+            if not known:
+                if policies is None:
+                    policies = batch.repo.policies()
+                override = policies.get(call.service_area or "")
+            months = self.rules.months if override is None else override
             call_facts.fill_deadlines(call, recordings, months, batch.changes)
 
 

@@ -435,18 +435,23 @@ _RECORDING = (
 def _live_rows() -> sa.Select[Any]:
     """For each of some calls: its latest open segment, and every recording of the call
     with its link to that segment; one row per recording (one with no recording when it has
-    none, and no segment columns when none is open)."""
+    none, and no segment columns when none is open). With each, the call's service area as
+    stored and that area's retention override, if it has one."""
     open_id = _open_segment_id()
     link = sa.and_(links.c.recording_id == recordings.c.id, links.c.segment_id == segments.c.id)
     return (
         sa.select(
             calls.c.id.label("of_call"),
+            calls.c.service_area.label("of_area"),
+            policies.c.media_months.label("area_media_months"),
+            policies.c.record_months.label("area_record_months"),
             *(c.label(f"s_{c.name}") for c in segments.c),
             *(c.label(f"r_{c.name}") for c in _RECORDING_SELECT),
             *_LINK_SELECT,
         )
         .select_from(
-            calls.outerjoin(segments, segments.c.id == open_id)
+            calls.outerjoin(policies, policies.c.service_area == calls.c.service_area)
+            .outerjoin(segments, segments.c.id == open_id)
             .outerjoin(recordings, recordings.c.call_id == calls.c.id)
             .outerjoin(links, link)
         )
@@ -599,6 +604,9 @@ class LiveCallRepository:
         # What each row held when read, to write back only what changed.
         self._loaded: dict[tuple[str, uuid.UUID], dict[str, Any]] = {}
         self._links: dict[tuple[uuid.UUID, uuid.UUID], dict[str, Any]] = {}
+        # By call, as :meth:`live_rows` read it: its service area and that area's retention
+        # override (:meth:`read_policy`).
+        self._area_policies: dict[uuid.UUID, tuple[str | None, Months | None]] = {}
         # Optimistic (PostgreSQL, ``Database.write(optimistic=True)``): outside a transaction,
         # a call is read, not locked, and the one write is guarded by the version read.
         self.optimistic = direct.optimistic(conn)
@@ -677,6 +685,11 @@ class LiveCallRepository:
             return open_ones, found
         for row in self._run(_LIVE_ROWS, {"call_ids": ids}):
             call_id = row.of_call
+            if call_id not in self._area_policies:
+                override = None
+                if row.area_media_months is not None:
+                    override = Months(row.area_media_months, row.area_record_months)
+                self._area_policies[call_id] = (row.of_area, override)
             if row.s_id is not None and call_id not in open_ones:
                 open_ones[call_id] = self._segment_read(_prefixed(row, "s_"))
             if row.r_id is not None:
@@ -687,6 +700,15 @@ class LiveCallRepository:
         """Every service area's retention override."""
         rows = self._run(_POLICIES)
         return {row.service_area: Months(row.media_months, row.record_months) for row in rows}
+
+    def read_policy(self, call: CallSnap) -> tuple[bool, Months | None]:
+        """The retention override of ``call``'s service area as :meth:`live_rows` read it
+        with the call (None: the area has none), and whether it did: not when the call was
+        not among them, nor when its area has changed since."""
+        found = self._area_policies.get(call.id)
+        if found is None or found[0] != call.service_area:
+            return False, None
+        return True, found[1]
 
     def resolve_names(
         self, provider: str, names: Iterable[str]

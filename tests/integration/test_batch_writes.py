@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from app.domain.retention import Months
+from app.domain.retention import Months, add_months
 from app.services.ingest_apply import (
     BatchApply,
     IngestResult,
@@ -222,12 +222,12 @@ async def _rows(db: Database, group: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 @contextmanager
-def executions(db: Database) -> Iterator[list[int]]:
-    """How many rows each statement sent carried: one, or an ``executemany``'s many."""
-    sent: list[int] = []
+def executions(db: Database) -> Iterator[list[tuple[str, int]]]:
+    """Each statement sent, and how many rows it carried: one, or an ``executemany``'s."""
+    sent: list[tuple[str, int]] = []
 
     def note(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
-        sent.append(len(params) if many else 1)
+        sent.append((" ".join(sql.split()), len(params) if many else 1))
 
     engines = db.sync_engines
     for engine in engines:
@@ -245,7 +245,7 @@ async def test_a_batch_stores_what_its_events_store_one_at_a_time(database_url: 
         for step, (type_, recording) in enumerate(STEPS):
             with executions(db) as in_batch:
                 together = await _apply(db, "b", step, together=True)
-            sent += in_batch
+            sent += [rows for _, rows in in_batch]
             alone = await _apply(db, "s", step, together=False)
             assert [_seen(o) for o in together] == [_seen(o) for o in alone], (type_, recording)
             batched, single = await _rows(db, "b"), await _rows(db, "s")
@@ -282,3 +282,82 @@ async def test_too_long_a_value_is_refused_in_a_batch_as_alone(database_url: str
             lambda conn: conn.execute(sa.select(sa.func.count()).select_from(live.recordings))
         )
         assert stored.scalar_one() == 0
+
+
+def _parsed(event_id: str, body: dict[str, Any]) -> Any:
+    parsed, payload = parse_event("generic", event_id, json.dumps(body).encode())
+    return parsed, stored_payload(payload)
+
+
+async def test_each_ended_call_gets_its_areas_retention_read_with_it_or_alone(
+    database_url: str,
+) -> None:
+    """A batch's deadlines follow each call's area's override: as read with the call's live
+    rows when the call was read and kept its area, and from the overrides read on their own
+    when it was not (new in the batch) or its area changed in the batch. Where every call
+    was read with its rows, the overrides are not read again."""
+    ended = T0 + timedelta(minutes=10)
+    council, benefits = Months(6, 24), Months(3, 12)
+    first = [
+        _parsed("a-1", event("call.started", "ret-a", at=T0.isoformat())),
+        _parsed("a-2", event("recording.started", "ret-a", "r-1", at=T0.isoformat())),
+        _parsed("b-1", event("call.started", "ret-b", at=T0.isoformat())),
+    ]
+    read_with_rows = [
+        _parsed("a-3", event("recording.stopped", "ret-a", "r-1", at=ended.isoformat())),
+        _parsed("a-4", event("call.ended", "ret-a", at=ended.isoformat())),
+    ]
+    alone = [
+        # Read with its rows as a council tax call, then learns it is about benefits.
+        _parsed("b-2", event("call.ended", "ret-b", at=ended.isoformat(), service_area="benefits")),
+        # New in the batch: never read with rows.
+        _parsed("c-1", event("call.started", "ret-c", at=T0.isoformat())),
+        _parsed("c-2", event("call.ended", "ret-c", at=ended.isoformat())),
+        # An area with no override: the defaults.
+        _parsed("d-1", event("call.started", "ret-d", at=T0.isoformat(), service_area="housing")),
+        _parsed("d-2", event("call.ended", "ret-d", at=ended.isoformat(), service_area="housing")),
+    ]
+    rules = IngestRules(
+        ("council_tax", "benefits", "housing"), timedelta(seconds=2), Months(18, 72)
+    )
+    apply = BatchApply(rules)
+
+    def standalone_reads(sent: list[tuple[str, int]]) -> int:
+        return sum(sql.startswith("SELECT retention_policies.service_area") for sql, _ in sent)
+
+    async with own_database(database_url) as db:
+        await db.write(
+            lambda conn: conn.execute(
+                sa.insert(live.policies),
+                [
+                    {"service_area": area, "media_months": m.media, "record_months": m.record}
+                    | {"updated_by": "test", "updated_at": T0}
+                    for area, m in (("council_tax", council), ("benefits", benefits))
+                ],
+            )
+        )
+        for items, reads in ((first, 0), (read_with_rows, 0), (alone, 1)):
+            with executions(db) as sent:
+                outcomes = await apply_in_order(db, apply, items, ended + timedelta(seconds=5))
+            assert all(isinstance(o, IngestResult) for o in outcomes), outcomes
+            assert standalone_reads(sent) == reads, sent
+
+        def deadlines(conn: sa.Connection) -> dict[str, tuple[Any, ...]]:
+            found = conn.execute(
+                sa.select(
+                    live.calls.c.provider_call_id,
+                    live.calls.c.record_retention_until,
+                    live.recordings.c.retention_until,
+                )
+                .select_from(live.calls.outerjoin(live.recordings))
+                .where(live.calls.c.provider_call_id.like("ret-%"))
+            )
+            return {row[0]: (row[1], row[2]) for row in found}
+
+        found = await db.write(deadlines)
+    assert found == {
+        "ret-a": (add_months(ended, council.record), add_months(ended, council.media)),
+        "ret-b": (add_months(ended, benefits.record), None),
+        "ret-c": (add_months(ended, council.record), None),
+        "ret-d": (add_months(ended, 72), None),
+    }
