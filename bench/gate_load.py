@@ -435,12 +435,15 @@ def measure_ingest(
 def prime(
     events: Events, site: Site, ports: list[int], cfg: Config, workdir: Path, guess: float
 ) -> float:
-    """Ingest into a new site's database for a while, unmeasured, then settle it: measured
-    rounds then find it as a contact centre's database is, holding calls, its tables
-    analysed while they did (``Site.settle``). Analysed empty, PostgreSQL's plans for the
-    hot statements were made for empty tables, and the first round measured those: its
-    server CPU per event about 60% above the later rounds' (docs/benchmarks.md). The
-    events/s it reached, for the record."""
+    """Ingest into a new site's database for a while, unmeasured, then settle it
+    (``Site.settle``: ``VACUUM ANALYZE`` when the server's autovacuum is off, which
+    otherwise analyses the tables itself): measured rounds then find the database as a
+    contact centre's is, holding calls. Analysed empty, PostgreSQL's plans for the hot
+    statements were made for empty tables, and the first round measured those: its server
+    CPU per event about 60% above the later rounds' (docs/benchmarks.md). The replica gets
+    this much more warm-up than the bare endpoint, whose process serves the whole run and
+    has no database; the first round's warm-up is the same for both. The events/s it
+    reached, for the record."""
     site.settle()
     primed = measure_ingest(
         events, ports, replace(cfg, duration=PRIME_S, warmup=0.0), workdir, "prime", guess

@@ -362,7 +362,8 @@ class BatchApply:
             if not known:
                 if policies is None:
                     policies = batch.repo.policies()
-                override = policies.get(call.service_area or "")
+                # No area, no override: the join that reads them with the rows matches none.
+                override = None if call.service_area is None else policies.get(call.service_area)
             months = self.rules.months if override is None else override
             call_facts.fill_deadlines(call, recordings, months, batch.changes)
 

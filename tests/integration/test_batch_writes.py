@@ -302,20 +302,28 @@ async def test_each_ended_call_gets_its_areas_retention_read_with_it_or_alone(
         _parsed("a-1", event("call.started", "ret-a", at=T0.isoformat())),
         _parsed("a-2", event("recording.started", "ret-a", "r-1", at=T0.isoformat())),
         _parsed("b-1", event("call.started", "ret-b", at=T0.isoformat())),
+        _parsed("e-1", event("call.started", "ret-e", at=T0.isoformat(), service_area=None)),
     ]
     read_with_rows = [
         _parsed("a-3", event("recording.stopped", "ret-a", "r-1", at=ended.isoformat())),
         _parsed("a-4", event("call.ended", "ret-a", at=ended.isoformat())),
+        # No area: no override, whatever the overrides hold.
+        _parsed("e-2", event("call.ended", "ret-e", at=ended.isoformat(), service_area=None)),
     ]
     alone = [
         # Read with its rows as a council tax call, then learns it is about benefits.
         _parsed("b-2", event("call.ended", "ret-b", at=ended.isoformat(), service_area="benefits")),
         # New in the batch: never read with rows.
         _parsed("c-1", event("call.started", "ret-c", at=T0.isoformat())),
-        _parsed("c-2", event("call.ended", "ret-c", at=ended.isoformat())),
+        _parsed("c-2", event("recording.started", "ret-c", "r-1", at=T0.isoformat())),
+        _parsed("c-3", event("recording.stopped", "ret-c", "r-1", at=ended.isoformat())),
+        _parsed("c-4", event("call.ended", "ret-c", at=ended.isoformat())),
         # An area with no override: the defaults.
         _parsed("d-1", event("call.started", "ret-d", at=T0.isoformat(), service_area="housing")),
         _parsed("d-2", event("call.ended", "ret-d", at=ended.isoformat(), service_area="housing")),
+        # No area, new in the batch: the defaults too.
+        _parsed("f-1", event("call.started", "ret-f", at=T0.isoformat(), service_area=None)),
+        _parsed("f-2", event("call.ended", "ret-f", at=ended.isoformat(), service_area=None)),
     ]
     rules = IngestRules(
         ("council_tax", "benefits", "housing"), timedelta(seconds=2), Months(18, 72)
@@ -332,13 +340,17 @@ async def test_each_ended_call_gets_its_areas_retention_read_with_it_or_alone(
                 [
                     {"service_area": area, "media_months": m.media, "record_months": m.record}
                     | {"updated_by": "test", "updated_at": T0}
-                    for area, m in (("council_tax", council), ("benefits", benefits))
+                    # An override for the empty area name, which a call without one never gets.
+                    for area, m in (("council_tax", council), ("benefits", benefits), ("", council))
                 ],
             )
         )
-        for items, reads in ((first, 0), (read_with_rows, 0), (alone, 1)):
+        applied_at = ended + timedelta(seconds=5)
+        outcomes = await apply_in_order(db, apply, first, applied_at)
+        assert all(isinstance(o, IngestResult) for o in outcomes), outcomes
+        for items, reads in ((read_with_rows, 0), (alone, 1)):
             with executions(db) as sent:
-                outcomes = await apply_in_order(db, apply, items, ended + timedelta(seconds=5))
+                outcomes = await apply_in_order(db, apply, items, applied_at)
             assert all(isinstance(o, IngestResult) for o in outcomes), outcomes
             assert standalone_reads(sent) == reads, sent
 
@@ -358,6 +370,8 @@ async def test_each_ended_call_gets_its_areas_retention_read_with_it_or_alone(
     assert found == {
         "ret-a": (add_months(ended, council.record), add_months(ended, council.media)),
         "ret-b": (add_months(ended, benefits.record), None),
-        "ret-c": (add_months(ended, council.record), None),
+        "ret-c": (add_months(ended, council.record), add_months(ended, council.media)),
         "ret-d": (add_months(ended, 72), None),
+        "ret-e": (add_months(ended, 72), None),
+        "ret-f": (add_months(ended, 72), None),
     }

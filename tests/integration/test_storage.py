@@ -402,12 +402,22 @@ async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock
         assert wal.stat().st_size <= grown, "the WAL was not checkpointed"
 
 
+def _literal(value: object) -> str:
+    """A parameter's value as SQL text, for a plan of a statement prepared by hand: an array
+    as PostgreSQL writes one."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, list | tuple):
+        return "'{" + ",".join(str(v) for v in value) + "}'"
+    return f"'{value}'"
+
+
 async def test_the_lean_indexes_serve_their_queries(database_url: str) -> None:
     """The partial indexes of alembic 0009 are the ones the planners use for the queries the
     service really sends: the upkeep's due and overlong segments, the gauges' open segments,
     the status page's failed pauses (a generic plan on PostgreSQL: what a bound parameter
-    would hide), and a call's recordings through the unique index that starts with the call's
-    id. A state added to the open ones without a migration of the index fails here (on
+    would hide), a call's recordings through the unique index that starts with the call's
+    id, and a batch's live rows by the calls' key and that index. A state added to the open ones without a migration of the index fails here (on
     SQLite, whose planner wants the very condition). On PostgreSQL ``enable_seqscan = off``
     shows the index can serve the query, not that the planner would pick it for a table of
     this size."""
@@ -432,7 +442,7 @@ async def test_the_lean_indexes_serve_their_queries(database_url: str) -> None:
         sync.exec_driver_sql("SET enable_seqscan = off")  # an index it can use, it then does
         sync.exec_driver_sql(f"PREPARE probe AS {sql}")
         try:
-            values = ", ".join("NULL" if v is None else f"'{v}'" for v in params)  # type: ignore[attr-defined]
+            values = ", ".join(_literal(v) for v in params)  # type: ignore[attr-defined]
             explain = f"EXPLAIN EXECUTE probe{f'({values})' if values else ''}"
             rows = sync.exec_driver_sql(explain).all()
         finally:
@@ -445,16 +455,16 @@ async def test_the_lean_indexes_serve_their_queries(database_url: str) -> None:
             return dict(sync.exec_driver_sql("SELECT name, sql FROM sqlite_master").all())
         return dict(sync.exec_driver_sql("SELECT indexname, indexdef FROM pg_indexes").all())
 
-    def recordings_key(sync: sa.Connection) -> str:
-        """The name plans give the unique (call, provider recording) index: SQLite's own, by
-        number, for a constraint's."""
+    def unique_index(sync: sa.Connection, table: str, columns: list[str], named: str) -> str:
+        """The name plans give the unique index of ``table`` on ``columns`` (``named`` on
+        PostgreSQL): SQLite's own, by number, for a constraint's or a primary key's."""
         if sync.dialect.name != "sqlite":
-            return "uq_recordings_key"
-        for _, name, *_ in sync.exec_driver_sql("PRAGMA index_list(recordings)").all():
-            columns = [row[2] for row in sync.exec_driver_sql(f"PRAGMA index_info({name})")]
-            if columns == ["call_id", "provider_recording_id"]:
+            return named
+        for _, name, *_ in sync.exec_driver_sql(f"PRAGMA index_list({table})").all():
+            found = [row[2] for row in sync.exec_driver_sql(f"PRAGMA index_info({name})")]
+            if found == columns:
                 return str(name)
-        raise AssertionError("no unique index of a call's recordings")
+        raise AssertionError(f"no unique index of {table} on {columns}")
 
     async def plans_of(work: Callable[[], object]) -> list[str]:
         sent.clear()
@@ -479,6 +489,12 @@ async def test_the_lean_indexes_serve_their_queries(database_url: str) -> None:
                     lambda sync: LiveCallRepository(sync).recordings(uuid.uuid4(), None)
                 )
 
+        async def live_rows() -> None:
+            async with engine.connect() as conn:
+                await conn.run_sync(
+                    lambda sync: LiveCallRepository(sync).live_rows([uuid.uuid4(), uuid.uuid4()])
+                )
+
         async def failed_pauses() -> None:
             async with session_factory(engine)() as session:
                 await SegmentRepository(session).count_pause_failures_since(now)
@@ -494,7 +510,13 @@ async def test_the_lean_indexes_serve_their_queries(database_url: str) -> None:
 
         async with engine.connect() as conn:
             indexes = await conn.run_sync(definitions)
-            key = await conn.run_sync(recordings_key)
+            key = await conn.run_sync(
+                unique_index,
+                "recordings",
+                ["call_id", "provider_recording_id"],
+                "uq_recordings_key",
+            )
+            call_key = await conn.run_sync(unique_index, "calls", ["id"], "calls_pkey")
         # Partial, as built by the migrations (alembic's comparison of the models does not
         # look at an index's WHERE).
         for name in (
@@ -511,5 +533,8 @@ async def test_the_lean_indexes_serve_their_queries(database_url: str) -> None:
         assert uses(await plans_of(failed_pauses), "ix_state_transitions_pause_failed")
         assert uses(await plans_of(open_segments), "ix_payment_segments_open")
         assert uses(await plans_of(recordings), key)
+        # A batch's live rows: its calls by their key, their recordings by the call's.
+        live = await plans_of(live_rows)
+        assert uses(live, call_key) and uses(live, key), live
     finally:
         await engine.dispose()
