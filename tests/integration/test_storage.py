@@ -417,10 +417,10 @@ async def test_the_lean_indexes_serve_their_queries(database_url: str) -> None:
     service really sends: the upkeep's due and overlong segments, the gauges' open segments,
     the status page's failed pauses (a generic plan on PostgreSQL: what a bound parameter
     would hide), a call's recordings through the unique index that starts with the call's
-    id, and a batch's live rows by the calls' key and that index. A state added to the open ones without a migration of the index fails here (on
-    SQLite, whose planner wants the very condition). On PostgreSQL ``enable_seqscan = off``
-    shows the index can serve the query, not that the planner would pick it for a table of
-    this size."""
+    id, and a batch's live rows by the calls' key and that index. A state added to the open
+    ones without a migration of the index fails here (on SQLite, whose planner wants the
+    very condition). On PostgreSQL ``enable_seqscan = off`` shows the index can serve the
+    query, not that the planner would pick it for a table of this size."""
     import uuid
 
     from app.storage.db import session_factory
