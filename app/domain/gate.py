@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
+from app.domain.row_ids import new_id
 from app.domain.snapshots import Changes, NewExposure, RecordingSnap, SegmentSnap
 from app.domain.states import (
     PROTECTED_SEGMENT_STATES,
@@ -104,7 +105,7 @@ def open_segment(
 ) -> SegmentSnap:
     """A new payment segment, pausing."""
     segment = SegmentSnap(
-        id=uuid.uuid4(),
+        id=new_id(),
         call_id=call_id,
         state=_S.PAUSING,
         pause_behavior=behavior,
@@ -318,7 +319,7 @@ def apply_pause(
         recording = by_provider_id.get(outcome.provider_recording_id)
         if recording is None:
             recording = RecordingSnap(
-                id=uuid.uuid4(),
+                id=new_id(),
                 call_id=segment.call_id,
                 provider_recording_id=outcome.provider_recording_id,
                 state=_R.PENDING,

@@ -29,6 +29,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from app.domain.callers import SEPARATORS, match_suffix, same_caller, to_e164
 from app.domain.clock import Clock
+from app.domain.row_ids import new_id
 from app.domain.scrub import scrub_fields
 from app.errors import Conflict, Forbidden, MalformedInput, NotFound
 from app.services.audit import Actor, AuditService
@@ -139,7 +140,7 @@ class DisclosureService:
             if recording.media_path is None or recording.media_sha256 is None:
                 raise Conflict("recgate holds no copy of this recording's media to disclose.")
             disclosure = Disclosure(
-                id=uuid.uuid4(),
+                id=new_id(),
                 recording_id=recording.id,
                 recipient=request.recipient,
                 recipient_name=name or "",

@@ -29,6 +29,7 @@ from app.config import Settings
 from app.domain import call_facts
 from app.domain.events import EventType, PbxEvent
 from app.domain.retention import Months
+from app.domain.row_ids import new_id
 from app.domain.scrub import scrub
 from app.domain.snapshots import CallSnap, Changes, RecordingSnap, SegmentSnap
 from app.domain.states import RecordingState
@@ -265,7 +266,7 @@ class BatchApply:
             if recording.provider_recording_id == name:
                 return recording
         recording = RecordingSnap(
-            id=uuid.uuid4(),
+            id=new_id(),
             call_id=call.id,
             provider_recording_id=name,
             state=RecordingState.PENDING,

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.domain.clock import Clock
+from app.domain.row_ids import new_id
 from app.domain.scrub import scrub_fields, scrub_phone_number
 from app.errors import AppError, Conflict, Forbidden, MalformedInput, NotFound
 from app.services.audit import Actor, AuditService
@@ -305,7 +306,7 @@ class RecordingService:
                         "caller right now; place the hold again shortly.",
                     )
             hold = LegalHold(
-                id=uuid.uuid4(),
+                id=new_id(),
                 recording_id=recording_id,
                 caller=caller,
                 reason=reason,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.domain.clock import Clock
 from app.domain.roles import Role
+from app.domain.row_ids import new_id
 from app.errors import Conflict, NotFound
 from app.storage.db import Database
 from app.storage.live import LiveCallRepository
@@ -65,7 +65,7 @@ class TokenService:
                 raise Conflict(f"A token named {name!r} exists already.")
             repo.add(
                 ApiToken(
-                    id=uuid.uuid4(),
+                    id=new_id(),
                     name=name,
                     role=role.value,
                     token_hash=hash_token(token),

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
 from app.domain.retention import Months
+from app.domain.row_ids import new_id
 from app.domain.snapshots import (
     CallSnap,
     Changes,
@@ -651,7 +652,7 @@ class LiveCallRepository:
     ) -> dict[tuple[str, str], CallSnap]:
         """The calls, created (``created``) where new, locked for the transaction. Keys are
         taken in order, so concurrent batches lock calls in the same order."""
-        new_ids = {key: uuid.uuid4() for key in keys}
+        new_ids = {key: new_id() for key in keys}
         rows = [
             {
                 "id": new_ids[key],
@@ -838,11 +839,11 @@ class LiveCallRepository:
             if found is None:
                 raise direct.NeedsTransaction("a new call")
             return found
-        new_id = uuid.uuid4()
+        made_id = new_id()
         row = self._run(
             self.sql.upsert_call,
             {
-                "id": new_id,
+                "id": made_id,
                 "provider": provider,
                 "provider_call_id": provider_call_id,
                 "state": CallState.IN_PROGRESS.value,
@@ -852,7 +853,7 @@ class LiveCallRepository:
             },
         ).one()
         call, read = _call(row)
-        call.created = call.id == new_id
+        call.created = call.id == made_id
         self._remember("call", call.id, read)
         return call
 
@@ -1131,7 +1132,7 @@ class LiveCallRepository:
                     _INSERT_EXPOSURE,
                     [
                         {
-                            "id": uuid.uuid4(),
+                            "id": new_id(),
                             "call_id": e.call_id,
                             "recording_id": e.recording_id,
                             "segment_id": e.segment_id,

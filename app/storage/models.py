@@ -12,6 +12,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from app.domain.row_ids import new_id
 from app.domain.states import OPEN_SEGMENT_STATES
 
 
@@ -120,7 +121,7 @@ class Base(DeclarativeBase):
 
 
 def _uuid() -> uuid.UUID:
-    return uuid.uuid4()
+    return new_id()
 
 
 class Call(Base):

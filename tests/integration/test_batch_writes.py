@@ -367,6 +367,18 @@ async def test_each_ended_call_gets_its_areas_retention_read_with_it_or_alone(
             return {row[0]: (row[1], row[2]) for row in found}
 
         found = await db.write(deadlines)
+
+        def ids(conn: sa.Connection) -> list[uuid.UUID]:
+            rows = conn.execute(
+                sa.select(live.calls.c.id, live.recordings.c.id)
+                .select_from(live.calls.outerjoin(live.recordings))
+                .where(live.calls.c.provider_call_id.like("ret-%"))
+            )
+            return [i for row in rows for i in row if i is not None]
+
+        made = await db.write(ids)
+    # Time-ordered (app/domain/row_ids.py): the batch's new rows' keys land side by side.
+    assert len(made) == 8 and {i.version for i in made} == {7}
     assert found == {
         "ret-a": (add_months(ended, council.record), add_months(ended, council.media)),
         "ret-b": (add_months(ended, benefits.record), None),
