@@ -11,7 +11,7 @@ What counts as card data:
   shorter or longer last group, Amex 4-6-5, Diners 4-6-4) and with a card issuer's prefix
   (2221–2720, 3, 4, 5, 6): dates, amounts, IP addresses, version strings and timestamps are
   written with those separators and must not add up to a card number. Digits inside a hex
-  identifier (a UUID with RFC 4122's variant, dashed or as ``uuid4().hex`` with a letter, or a
+  identifier (a UUID with RFC 4122's variant, dashed or as ``.hex`` with a letter, or a
   UUID-shaped run or 16 or more lower-case or 32 or more upper-case hex characters with two
   letters or more among them, such as a Twilio SID) belong to the identifier: nobody writes a card number into one by accident.
 * A security code: 3–4 digits next to a card word ("CVV 123", "security code: 999"), or the
@@ -84,7 +84,7 @@ _CARD_LAYOUTS = frozenset(
 # Issuer prefixes: Mastercard 2221–2720, then 3 (Amex, Diners, JCB), 4 (Visa), 5, 6. Years
 # (19xx, 20xx) and most other numbers in a dotted or slashed list do not start like this.
 _CARD_PREFIX = re.compile(r"[3-6]|222[1-9]|22[3-9]|2[3-6]|27[01]|2720")
-# Identifiers written in hex (UUIDs, uuid4().hex, Twilio SIDs, hashes) are random: a run of
+# Identifiers written in hex (UUIDs, a UUID's .hex, Twilio SIDs, hashes) are random: a run of
 # digits inside one is part of the identifier, not a card number (about one in 300 random UUIDs
 # would otherwise lose digits), and digits beside one do not run into it. Providers write them
 # in one case: lower-case hex from 16 characters (Twilio's "CA" + 32, rtpengine's 16-character
@@ -237,12 +237,14 @@ def _mask_hex_ids(text: str) -> str:
         # however few letters it drew: about one random UUID in 50,000 has fewer than two, and
         # its digits may add up like a card's.
         rfc_uuid = "-" in hex_id and hex_id[19] in "89abAB"
-        # The same written as uuid4().hex (a common webhook or message id): 32 lower-case
-        # characters with uuid4's version (4) and variant where it puts them, and a letter at
-        # least. About one in 100,000 of those has one letter only, and its digits may too.
+        # The same written as a UUID's .hex (a common webhook or message id, and recgate's
+        # own row ids, version 7): 32 lower-case characters with a version of RFC 9562 (1-8)
+        # and the variant where they go, and a letter at least. About one in 100,000 random
+        # ones has one letter only, and its digits may too; a version 7 id's first characters
+        # are the time, which for years at a stretch draws no letter.
         uuid_hex = (
             len(hex_id) == 32
-            and hex_id[12] == "4"
+            and hex_id[12] in "12345678"
             and hex_id[16] in "89ab"
             and _HEX_LETTER.search(hex_id) is not None
         )
