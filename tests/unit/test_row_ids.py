@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 
 import pytest
 
-from app.domain import row_ids
 from app.domain.row_ids import new_id
 from app.domain.scrub import scrub_text
 
@@ -38,7 +38,7 @@ def test_the_scrubber_reads_an_id_as_an_identifier(monkeypatch: pytest.MonkeyPat
     """Its random bits can make any digit run, but it is a UUID with RFC 4122's variant: it
     is stored and logged as it is, never mistaken for a card number, dashed or as hex, even
     at a time that gives its first twelve characters no letter."""
-    monkeypatch.setattr(row_ids.time, "time_ns", lambda: _DIGITS_ONLY_MS * 1_000_000)
+    monkeypatch.setattr(time, "time_ns", lambda: _DIGITS_ONLY_MS * 1_000_000)
     for _ in range(5_000):
         made = new_id()
         assert made.hex.startswith("019999999999")
@@ -51,10 +51,10 @@ def test_an_id_whose_hex_would_be_digits_only_is_drawn_again(
 ) -> None:
     """Digits only, its hex would read as a number (a card's, for the scrubber). With one
     letter it is an identifier: the fewest an id may have."""
-    monkeypatch.setattr(row_ids.time, "time_ns", lambda: _DIGITS_ONLY_MS * 1_000_000)
+    monkeypatch.setattr(time, "time_ns", lambda: _DIGITS_ONLY_MS * 1_000_000)
     # Random bits whose hex is all digits, then the same with one letter (the last).
     draws = iter([bytes.fromhex("12345678901234567890"), bytes.fromhex("1234567890123456789a")])
-    monkeypatch.setattr(row_ids.secrets, "token_bytes", lambda n: next(draws))
+    monkeypatch.setattr(secrets, "token_bytes", lambda n: next(draws))
     made = new_id()
     assert sum(c in "abcdef" for c in made.hex) == 1 and made.version == 7
     assert scrub_text(made.hex) == made.hex
