@@ -24,7 +24,7 @@ from typing import Any
 from app.config import Settings
 from app.domain.clock import Clock
 from app.domain.events import PbxEvent
-from app.domain.scrub import scrub, scrub_text
+from app.domain.scrub import scrub_text
 from app.domain.states import IllegalTransition
 from app.errors import IllegalStateTransition
 from app.logging import clear_context
@@ -200,7 +200,7 @@ class IngestService:
         """Keep a signed but malformed payload, scrubbed, for operators."""
         text = body.decode("utf-8", errors="replace")
         try:
-            stored = json.dumps(scrub(json.loads(text)))
+            stored: str = stored_payload(json.loads(text))
         except (json.JSONDecodeError, RecursionError):
             stored = scrub_text(text)
         values = {

@@ -120,15 +120,11 @@ class Base(DeclarativeBase):
     }
 
 
-def _uuid() -> uuid.UUID:
-    return new_id()
-
-
 class Call(Base):
     __tablename__ = "calls"
     __table_args__ = (sa.UniqueConstraint("provider", "provider_call_id", name="uq_calls_key"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     provider: Mapped[str] = mapped_column(sa.String(32))
     provider_call_id: Mapped[str] = mapped_column(sa.String(255))
     state: Mapped[str] = mapped_column(sa.String(16))
@@ -182,7 +178,7 @@ class Recording(Base):
         sa.UniqueConstraint("call_id", "provider_recording_id", name="uq_recordings_key"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     call_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("calls.id", ondelete="RESTRICT"))
     provider_recording_id: Mapped[str] = mapped_column(sa.String(255))
     # e.g. the Twilio conference a conference recording belongs to.
@@ -239,7 +235,7 @@ class LegalHold(Base):
 
     __tablename__ = "legal_holds"
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     recording_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("recordings.id", ondelete="CASCADE"), index=True
     )
@@ -261,7 +257,7 @@ class Disclosure(Base):
     __tablename__ = "disclosures"
     __table_args__ = (sa.Index("ix_disclosures_disclosed_at_id", "disclosed_at", "id"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     recording_id: Mapped[uuid.UUID] = mapped_column(
         sa.ForeignKey("recordings.id", ondelete="RESTRICT"), index=True
     )
@@ -365,7 +361,7 @@ class PaymentSegment(Base):
         ),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     call_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("calls.id", ondelete="RESTRICT"))
     state: Mapped[str] = mapped_column(sa.String(16))
     reference: Mapped[str | None] = mapped_column(sa.String(255))
@@ -450,7 +446,7 @@ class StateTransition(Base):
 class Exposure(Base):
     __tablename__ = "exposures"
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     call_id: Mapped[uuid.UUID] = mapped_column(
         sa.ForeignKey("calls.id", ondelete="RESTRICT"), index=True
     )
@@ -502,7 +498,7 @@ class DeadLetter(Base):
 class ApiToken(Base):
     __tablename__ = "api_tokens"
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(sa.String(128), unique=True)
     role: Mapped[str] = mapped_column(sa.String(16))
     token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
