@@ -20,9 +20,11 @@ def test_an_id_is_a_version_7_uuid_of_the_time_it_was_made() -> None:
     assert before <= made.int >> 80 <= after
 
 
-def test_ids_made_later_sort_later_as_uuids_and_as_text() -> None:
+def test_ids_made_later_sort_later_as_uuids_and_as_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_765_000_000_000_000_000]  # ns
+    monkeypatch.setattr(time, "time_ns", lambda: now[0])
     earlier = [new_id() for _ in range(50)]
-    time.sleep(0.002)  # the next millisecond at least
+    now[0] += 1_000_000  # the next millisecond
     later = [new_id() for _ in range(50)]
     assert max(earlier) < min(later)
     assert max(i.hex for i in earlier) < min(i.hex for i in later)  # as SQLite stores them
