@@ -262,8 +262,8 @@ class Settings(BaseSettings):
         description=(
             "Apply webhook batches in a child process of the service (the ingest worker, "
             "[gate.md](gate.md#webhook-ingest-group-commit-in-a-worker-process)), so they run "
-            "on a core of their own. PostgreSQL only: on SQLite, batches always run in the "
-            "service's process. `false` applies them there on PostgreSQL too"
+            "on a core of their own (PostgreSQL, or a SQLite file; an in-memory database "
+            "has none). `false` applies them in the service's process"
         ),
     )
 

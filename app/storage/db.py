@@ -84,7 +84,8 @@ def _sqlite_engine(url: URL, *, timeout_s: float, pool_size: int) -> Engine:
     )
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database ``url``; None for another database or an in-memory one."""
     parsed = make_url(url)
     if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
         return None
@@ -138,9 +139,9 @@ def _sqlite_setup(engine: Engine, *, inline: bool = False, polls: bool = False) 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """Create the async engine; for SQLite, make the directory and set the pragmas."""
-    sqlite_file = _sqlite_file(url)
-    if sqlite_file is not None:
-        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+    on_disk = sqlite_file(url)
+    if on_disk is not None:
+        on_disk.parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
         _sqlite_setup(engine.sync_engine)
