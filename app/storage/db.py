@@ -46,8 +46,8 @@ _IDLE_SINCE = "recgate_idle_since"
 _PING_AFTER_IDLE_S = 5.0
 # PostgreSQL: connections the gate's optimistic writes keep between writes, at most.
 KEPT_CONNECTIONS = 4
-# SQLite: after this many commits on the event loop's own connection, a thread of its own
-# checkpoints the WAL (that connection never does, so the loop never waits on the disk).
+# SQLite: after this many commits on the event loop's own connection and the writer
+# thread's, a thread of its own checkpoints the WAL (neither does, so no write waits for it).
 _CHECKPOINT_EVERY = 200
 # Starting the WAL again after a checkpoint: tries, the pause between them, and the copying
 # passes after which it is started again whatever was committed during the last.
@@ -115,7 +115,12 @@ def _sqlite_setup(engine: Engine, *, inline: bool = False, polls: bool = False) 
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={0 if inline or polls else _BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        if inline:
+        if inline or polls:
+            # Neither commits a checkpoint of its own (SQLite's default, once the WAL holds
+            # 1,000 pages: always, under load): the checkpoint thread does, every
+            # _CHECKPOINT_EVERY of their commits. On the writer thread such a checkpoint
+            # made a payment's write wait for every page another process had committed
+            # since the last one (the ingest worker, on SQLite) to be copied and flushed.
             cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
@@ -184,12 +189,13 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 class Database:
     """Short transactions for the hot paths, each a plain function of a Core ``Connection``.
 
-    On SQLite one writer thread runs every write transaction in turn: writers queue in
-    arrival order, and a transaction costs one hand-over between threads, not several per
-    statement; when another connection holds the lock, the thread tries for it every half
-    millisecond (not in SQLite's busy handler, whose sleeps grow to 25 ms and more). A read (a token check) runs in the
-    event loop itself: in WAL mode it never waits for a writer. On PostgreSQL each function runs in a pooled connection of the async
-    engine (``run_sync``), asyncpg underneath.
+    On SQLite one writer thread runs every write transaction of this process in turn:
+    writers queue in arrival order, and a transaction costs one hand-over between threads,
+    not several per statement; when another connection (another process's: the ingest
+    worker's) holds the lock, the thread tries for it every half millisecond (not in SQLite's
+    busy handler, whose sleeps grow to 25 ms and more). A read (a token check) runs in the
+    event loop itself: in WAL mode it never waits for a writer. On PostgreSQL each function
+    runs in a pooled connection of the async engine (``run_sync``), asyncpg underneath.
 
     A write given a ``deadline`` (the event loop's clock) that has not started by then is
     dropped; one that has started finishes, whoever still waits for it.
@@ -214,7 +220,7 @@ class Database:
         self._queued: Engine | None = None
         self._inline: Engine | None = None
         self._inline_conn: Connection | None = None
-        self._inline_commits = 0
+        self._commits = 0
         self._checkpointing = False
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._optimistic = engine.execution_options(
@@ -305,10 +311,14 @@ class Database:
             raise
         with transaction:
             result = work(conn)
-        self._inline_commits += 1
-        if self._inline_commits % _CHECKPOINT_EVERY == 0:
-            self._checkpoint_soon()
+        self._committed()
         return result
+
+    def _committed(self) -> None:
+        """One more commit on the loop's connection or the writer thread's (in the loop)."""
+        self._commits += 1
+        if self._commits % _CHECKPOINT_EVERY == 0:
+            self._checkpoint_soon()
 
     def _drop_inline(self, conn: Connection) -> None:
         """Forget the kept connection after a failed begin: closing the driver's connection
@@ -375,7 +385,9 @@ class Database:
                 return work(conn)
 
         async with asyncio.timeout_at(deadline):
-            return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+            result = await asyncio.get_running_loop().run_in_executor(self._writer, run)
+        self._committed()
+        return result
 
     async def _read(self, work: Callable[[Connection], T]) -> T:
         if self._sync is None:

@@ -40,7 +40,7 @@ class JsonDocument(TypeDecorator[Any]):
     """JSON, as ``sa.JSON`` stores and reads it, that also takes a document already encoded
     (:class:`EncodedJson`) and stores that text unchanged: the webhook inbox's payloads are
     scrubbed and encoded by the service's process as each webhook arrives, so the batch that
-    stores them (in the ingest worker, on PostgreSQL) does neither."""
+    stores them (in the ingest worker) does neither."""
 
     impl = sa.JSON
     cache_ok = True

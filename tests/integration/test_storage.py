@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -388,7 +389,7 @@ async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock
 
         # The loop's connection never checkpoints; a thread of its own does, now and then.
         wal = path.with_name(path.name + "-wal")
-        while db._inline_commits % 200 != 0:  # up to the 200th: the checkpoint runs
+        while db._commits % 200 != 0:  # up to the 200th: the checkpoint runs
             await db.write(grow_wal, inline=True)
         for _ in range(100):
             await asyncio.sleep(0.02)
@@ -400,6 +401,50 @@ async def test_sqlite_inline_write_runs_in_the_loop_or_queues_behind_a_held_lock
         for _ in range(100):
             await db.write(grow_wal, inline=True)
         assert wal.stat().st_size <= grown, "the WAL was not checkpointed"
+
+
+def _backfilled(path: Path) -> int:
+    """Frames of the WAL of the SQLite database at ``path`` copied into the database since it
+    last started again (``nBackfill`` in the ``-shm`` file, after the two copies of its
+    48-byte header)."""
+    shm = path.with_name(path.name + "-shm").read_bytes()
+    return int.from_bytes(shm[96:100], sys.byteorder)
+
+
+async def test_a_write_on_the_writer_thread_leaves_the_checkpoint_to_its_thread(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """A payment's write that met the lock (the ingest worker's batch) goes to the writer
+    thread. Its commit must not checkpoint the WAL itself, as SQLite does by default once the
+    WAL holds 1,000 pages (under load, always): the payment would wait for every page the
+    other process committed since the last checkpoint to be copied and flushed. Its commits
+    count towards the checkpoint thread's instead."""
+    import sqlite3
+
+    path = tmp_path / "w.db"
+    async with sqlite_database(sqlite_template, path) as db:
+        # The other process, connected throughout (the last connection to close removes the
+        # -shm file): 1,200 pages in the WAL.
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("PRAGMA wal_autocheckpoint=0")
+            other.execute("CREATE TABLE bulk (x BLOB)")
+            other.execute(
+                "INSERT INTO bulk WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL "
+                "SELECT i + 1 FROM n WHERE i < 1200) SELECT randomblob(4000) FROM n"
+            )
+            assert _backfilled(path) == 0
+            await db.write(grow_wal)  # not inline: the writer thread's
+            assert _backfilled(path) == 0, "the writer thread's commit checkpointed the WAL"
+            while db._commits % 200 != 0:  # the 200th starts the checkpoint thread
+                await db.write(grow_wal)
+            for _ in range(250):  # bounded: until the checkpoint thread is done
+                await asyncio.sleep(0.02)
+                if not db._checkpointing:
+                    break
+            assert _backfilled(path) > 1200, "its commits did not count towards a checkpoint"
+        finally:
+            other.close()
 
 
 def _literal(value: object) -> str:
