@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -569,33 +569,45 @@ async def test_a_webhook_waits_for_the_ivr_a_bounded_time(
         assert (await start).status_code == 200
 
 
-@pytest.mark.parametrize("webhook", [True, False], ids=["webhook", "event-stream"])
+@pytest.mark.parametrize(
+    ("webhook", "worker"),
+    [(True, False), (False, False), (True, True)],
+    ids=["webhook", "event-stream", "webhook-in-the-worker"],
+)
 async def test_a_batch_lets_the_ivr_go_first_unless_it_holds_a_streamed_event(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch, webhook: bool
+    make_harness: Callable[..., Any],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    webhook: bool,
+    worker: bool,
 ) -> None:
-    """A webhook's batch about to start in the service's process lets a payment being
-    answered go first (the webhook may have arrived before the payment did). Events from the
-    ARI and FreeSWITCH streams come one at a time, each awaited before the next: their
-    batches never wait, or a stream would crawl while payments are answered."""
-    if harness.services.ingest.worker is not None:
-        pytest.skip("the worker's batches run in a process of their own")
+    """A webhook's batch about to start lets a payment being answered go first (the webhook
+    may have arrived before the payment did): in the service's process it would hold the
+    event loop, and on SQLite, in the ingest worker too, the file's one write lock the
+    payment's next write needs. In the worker on PostgreSQL it locks only its own calls' rows
+    and goes at once. Events from the ARI and FreeSWITCH streams come one at a time, each
+    awaited before the next: their batches never wait, or a stream would crawl while
+    payments are answered."""
     monkeypatch.setattr(concurrency, "IVR_FIRST_S", 30.0)  # the test ends the wait sooner
     body = json.dumps(event("call.started", call_id="c-batch")).encode()
     parsed, payload = parse_event("generic", "msg-batch", body)
-    intake = harness.services.intake
-    with harness.services.gate.answering.one():
-        applied = asyncio.create_task(intake.accept(parsed, payload, body, webhook=webhook))
-        if webhook:
-            await _until_one_waits(harness, applied)
-            assert await harness.count("calls") == 0
-        else:  # applied while the payment is still being answered
-            async with asyncio.timeout(10):
-                await asyncio.shield(applied)
-            assert await harness.count("calls") == 1
-    async with asyncio.timeout(10):
-        result = await applied
-    assert not result.duplicate
-    assert await harness.count("calls") == 1
+    waits = webhook and (not worker or database_url.startswith("sqlite"))
+    async with make_harness(ingest_worker=worker) as harness:
+        assert (harness.services.ingest.worker is not None) == worker
+        intake = harness.services.intake
+        with harness.services.gate.answering.one():
+            applied = asyncio.create_task(intake.accept(parsed, payload, body, webhook=webhook))
+            if waits:
+                await _until_one_waits(harness, applied)
+                assert await harness.count("calls") == 0
+            else:  # applied while the payment is still being answered
+                async with asyncio.timeout(10):
+                    await asyncio.shield(applied)
+                assert await harness.count("calls") == 1
+        async with asyncio.timeout(10):
+            result = await applied
+        assert not result.duplicate
+        assert await harness.count("calls") == 1
 
 
 async def test_a_start_and_an_end_count_as_the_ivr_waiting_while_they_are_answered(

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from app.domain.events import PbxEvent
 from app.domain.states import IllegalTransition
 from app.errors import MalformedInput
-from app.services import concurrency, ingest_worker
+from app.services import ingest_worker
 from app.services.ingest_apply import (
     BatchApply,
     IngestResult,
@@ -183,40 +183,6 @@ async def test_a_worker_that_keeps_dying_is_restarted_after_a_pause_not_per_batc
     await _killed(worker)
     again = await h.send_event(event("call.answered", "wk-loop"))
     assert (again.status_code, again.json()) == (200, {"status": "applied"})
-
-
-async def test_a_webhooks_batch_lets_the_ivr_go_first_where_it_would_take_the_lock_it_needs(
-    worker_harness: Harness, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On SQLite the worker's batch takes the file's one write lock, which a payment being
-    answered needs for its next write: the service hands the worker no webhooks' batch until
-    the payment is answered (at most ``IVR_FIRST_S``). On PostgreSQL the batch locks only
-    its own calls' rows and goes at once."""
-    h = worker_harness
-    monkeypatch.setattr(concurrency, "IVR_FIRST_S", 30.0)  # the test ends the wait sooner
-    body = json.dumps(event("call.started", call_id="wk-ivr")).encode()
-    parsed, payload = parse_event("generic", "msg-wk-ivr", body)
-    answering = h.services.gate.answering
-    with answering.one():
-        applied = asyncio.create_task(h.services.intake.accept(parsed, payload, body, webhook=True))
-        if database_url.startswith("sqlite"):
-            for _ in range(1000):  # bounded: until the batch waits for the payment
-                if answering.waiting == 1:
-                    break
-                assert not applied.done(), "the batch went ahead of the payment"
-                await asyncio.sleep(0.01)
-            assert answering.waiting == 1
-            assert h.services.ingest.worker is not None
-            assert h.services.ingest.worker.in_flight == 0, "nothing was handed to the worker"
-            assert await h.count("calls") == 0
-        else:
-            async with asyncio.timeout(10):
-                await asyncio.shield(applied)
-            assert await h.count("calls") == 1
-    async with asyncio.timeout(10):
-        result = await applied
-    assert not result.duplicate
-    assert await h.count("calls") == 1
 
 
 async def test_the_worker_stops_with_the_service(make_harness: Callable[..., Any]) -> None:
