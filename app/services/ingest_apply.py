@@ -355,16 +355,8 @@ class BatchApply:
         ]
         if not due:
             return
-        # Each call's area's override as read with its live rows; every override, read
-        # once, for a call read without them (new in this batch) or whose area has changed.
-        policies: dict[str, Months] | None = None
         for call, recordings in due:
-            known, override = batch.repo.read_policy(call)
-            if not known:
-                if policies is None:
-                    policies = batch.repo.policies()
-                # No area, no override: the join that reads them with the rows matches none.
-                override = None if call.service_area is None else policies.get(call.service_area)
+            override = batch.repo.area_override(call)
             months = self.rules.months if override is None else override
             call_facts.fill_deadlines(call, recordings, months, batch.changes)
 

@@ -606,8 +606,9 @@ class LiveCallRepository:
         self._loaded: dict[tuple[str, uuid.UUID], dict[str, Any]] = {}
         self._links: dict[tuple[uuid.UUID, uuid.UUID], dict[str, Any]] = {}
         # By call, as :meth:`live_rows` read it: its service area and that area's retention
-        # override (:meth:`read_policy`).
+        # override (:meth:`area_override`); every area's, once read without the rows.
         self._area_policies: dict[uuid.UUID, tuple[str | None, Months | None]] = {}
+        self._every_policy: dict[str, Months] | None = None
         # Optimistic (PostgreSQL, ``Database.write(optimistic=True)``): outside a transaction,
         # a call is read, not locked, and the one write is guarded by the version read.
         self.optimistic = direct.optimistic(conn)
@@ -697,19 +698,22 @@ class LiveCallRepository:
                 found[call_id].append(self._loaded_recording(_recording_row(row)))
         return open_ones, found
 
-    def policies(self) -> dict[str, Months]:
-        """Every service area's retention override."""
-        rows = self._run(_POLICIES)
-        return {row.service_area: Months(row.media_months, row.record_months) for row in rows}
-
-    def read_policy(self, call: CallSnap) -> tuple[bool, Months | None]:
-        """The retention override of ``call``'s service area as :meth:`live_rows` read it
-        with the call (None: the area has none), and whether it did: not when the call was
-        not among them, nor when its area has changed since."""
+    def area_override(self, call: CallSnap) -> Months | None:
+        """The retention override of ``call``'s service area (None: it has none; nor has a
+        call with no area). As :meth:`live_rows` read it with the call; for a call not among
+        those (new in this transaction) or whose area has changed since, from every area's
+        overrides, read once in the transaction."""
         found = self._area_policies.get(call.id)
-        if found is None or found[0] != call.service_area:
-            return False, None
-        return True, found[1]
+        if found is not None and found[0] == call.service_area:
+            return found[1]
+        if call.service_area is None:
+            return None
+        if self._every_policy is None:
+            rows = self._run(_POLICIES)
+            self._every_policy = {
+                row.service_area: Months(row.media_months, row.record_months) for row in rows
+            }
+        return self._every_policy.get(call.service_area)
 
     def resolve_names(
         self, provider: str, names: Iterable[str]
