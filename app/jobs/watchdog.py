@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from app.services.container import Services
+from app.storage.db import KEEP_WARM_EVERY_S
 
 log = logging.getLogger("recgate.jobs")
 
@@ -20,6 +21,8 @@ def service_jobs(services: Services) -> list[Job]:
         # re-pauses, and segments whose driver died. Each due segment is driven on its own.
         ("gate-upkeep", 1.0, services.gate.run_due),
         ("overlong-pauses", 5.0, services.gate.alert_overlong_segments),
+        # PostgreSQL: the gate's kept connections opened and pinged here, not on the IVR's path.
+        ("database-keep-warm", KEEP_WARM_EVERY_S, services.db.keep_warm),
         ("media-copies", 60.0, services.media.fetch_due),
         ("redaction", 60.0, services.redaction.redact_due),
         # Several replicas may sweep at once: claims are leased rows, skipped when locked.

@@ -46,6 +46,9 @@ _IDLE_SINCE = "recgate_idle_since"
 _PING_AFTER_IDLE_S = 5.0
 # PostgreSQL: connections the gate's optimistic writes keep between writes, at most.
 KEPT_CONNECTIONS = 4
+# How often the service runs :meth:`Database.keep_warm`; a kept connection idle for half of
+# _PING_AFTER_IDLE_S is pinged then, so none reaches that age between two runs.
+KEEP_WARM_EVERY_S = 2.0
 # SQLite: after this many commits on the event loop's own connection and the writer
 # thread's, a thread of its own checkpoints the WAL (neither does, so no write waits for it).
 _CHECKPOINT_EVERY = 200
@@ -402,6 +405,22 @@ class Database:
             with reader.begin():
                 return work(reader)
 
+    async def keep_warm(self) -> int:
+        """PostgreSQL, every :data:`KEEP_WARM_EVERY_S`: keep the gate's kept connections ready
+        off the IVR's path. While the database is unused and none is kept (a fresh process, or
+        after the server dropped them) the few are opened now, not by the next payments; one
+        kept idle for half of :data:`_PING_AFTER_IDLE_S` is pinged now, so a payment after a
+        quiet spell finds it used lately and sends no ping first. How many were pinged or
+        opened."""
+        if self._sync is not None:
+            return 0
+        with _unreachable_as_such():
+            pool: Any = self.engine.sync_engine.pool
+            opened = 0
+            if isinstance(pool, sa.QueuePool) and pool.checkedout() == 0:
+                opened = await self._kept.fill()
+            return opened + await self._kept.refresh(_PING_AFTER_IDLE_S / 2)
+
     async def close(self) -> None:
         await self._kept.close()
         for executor in (self._writer, self._checkpointer):
@@ -504,6 +523,43 @@ class _KeptConnections:
                 await _drop(conn)
                 raise
         return await self._engine.connect()
+
+    async def fill(self) -> int:
+        """Open connections until the few are kept, when none is; how many were opened."""
+        if self._idle or self._closed:
+            return 0
+        opened = 0
+        for _ in range(self._most):
+            conn = await self._engine.connect()
+            await self._give_back(conn)
+            opened += 1
+        return opened
+
+    async def refresh(self, idle_s: float) -> int:
+        """Ping every connection kept idle for ``idle_s`` or longer and keep it again as just
+        used. One that fails its ping is dropped with every other idle one, as in
+        :meth:`_take` (the server has likely dropped them all). How many were pinged."""
+        now = time.monotonic()
+        stale = [conn for conn, since in self._idle if now - since >= idle_s]
+        if not stale:
+            return 0
+        self._idle = [(conn, since) for conn, since in self._idle if now - since < idle_s]
+        pinged = 0
+        while stale:
+            conn = stale.pop()
+            try:
+                await conn.run_sync(_ping)
+            except BaseException as exc:
+                for other in (conn, *stale):
+                    await _drop(other)
+                if not isinstance(exc, Exception):
+                    raise  # cancelled: nothing kept is lost
+                _log.info("a kept database connection failed its ping; dropping the idle ones")
+                await self._drop_idle()
+                return pinged
+            pinged += 1
+            await self._give_back(conn)
+        return pinged
 
     async def _give_back(self, conn: AsyncConnection) -> None:
         pool: Any = self._engine.sync_engine.pool

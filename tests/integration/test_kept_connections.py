@@ -257,3 +257,59 @@ async def test_a_few_connections_are_kept_and_none_after_close(pg: Database) -> 
     assert _checked_out(pg) == KEPT_CONNECTIONS
     await pg.close()
     assert _checked_out(pg) == 0
+
+
+async def test_a_fresh_process_opens_its_kept_connections_before_the_first_payment(
+    pg: Database,
+) -> None:
+    def slow(conn: sa.Connection) -> None:
+        direct.run(conn, sa.select(sa.func.pg_sleep(0.05)))
+
+    assert await pg.keep_warm() == KEPT_CONNECTIONS
+    assert _checked_out(pg) == KEPT_CONNECTIONS
+    with Heard(pg) as heard:
+        await asyncio.gather(*(pg.write(slow, optimistic=True) for _ in range(KEPT_CONNECTIONS)))
+    assert heard.checkouts == 0
+    # Kept already and used just now: nothing to open or ping.
+    assert await pg.keep_warm() == 0
+
+
+async def test_a_payment_after_a_quiet_spell_sends_no_ping(
+    pg: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper pings a connection kept idle for half the ping age, so the next write,
+    past that age since the connection's last work, goes straight to its statements."""
+    call_id = await _call(pg)
+    await pg.write(_noting(call_id, "kept"), optimistic=True)
+    pings: list[int] = []
+    ping = db_module._ping
+
+    def counted(conn: sa.Connection) -> None:
+        pings.append(1)
+        ping(conn)
+
+    monkeypatch.setattr(db_module, "_ping", counted)
+    monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 2.0)
+    await asyncio.sleep(1.1)
+    assert await pg.keep_warm() == 1
+    await asyncio.sleep(1.1)  # 2.2 s since the connection's last work: a ping before, once
+    with Heard(pg) as heard:
+        assert await pg.write(_noting(call_id, "after a quiet spell"), optimistic=True)
+    assert len(pings) == 1
+    assert heard.checkouts == 0
+
+
+async def test_the_keeper_finds_a_dropped_connection_before_a_payment_does(
+    pg: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlike a write within the ping age (the restart test above), the keeper's ping costs
+    no request its answer: the connection the server dropped is let go before it is used."""
+    call_id = await _call(pg)
+    first = await pg.write(_backend_pid, optimistic=True)
+    await pg.read(partial(_terminate, first))
+    monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 0.0)  # every kept one is due
+    assert await pg.keep_warm() == 0
+    assert _checked_out(pg) == 0
+    monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 5.0)  # no ping before the write
+    assert await pg.write(_noting(call_id, "after the drop"), optimistic=True)
+    assert await pg.write(_backend_pid, optimistic=True) != first
