@@ -527,12 +527,24 @@ def _serialise(request: httpx.Request) -> tuple[bytes, bytes | None]:
     return b"\r\n".join(lines) + b"\r\n\r\n", body
 
 
+# How long an idle provider connection is kept. A council's payments come seconds or minutes
+# apart per replica: after httpx's default of 5 s nearly every payment start would open a new
+# connection first (TCP and TLS: two or three more round trips to a cloud provider). Under
+# the 60 s idle timeout common to providers' load balancers, whose close the transport sees
+# (a closed connection is never reused; one closed as a request goes is a transient failure,
+# which the gate retries).
+PROVIDER_KEEPALIVE_S = 50.0
+
+
 def provider_client(timeout_s: float) -> httpx.AsyncClient:
     """The client every provider call shares: explicit timeouts, no redirects followed, at
-    most 100 connections (20 idle), on :class:`Http1Transport`. When the environment names a
-    proxy (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``) it keeps ``httpx``'s own
-    transport: ``httpx`` honours those only on a client given no transport."""
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    most 100 connections (20 idle, each for :data:`PROVIDER_KEEPALIVE_S`), on
+    :class:`Http1Transport`. When the environment names a proxy (``HTTP_PROXY``,
+    ``HTTPS_PROXY``, ``ALL_PROXY``) it keeps ``httpx``'s own transport: ``httpx`` honours
+    those only on a client given no transport."""
+    limits = httpx.Limits(
+        max_connections=100, max_keepalive_connections=20, keepalive_expiry=PROVIDER_KEEPALIVE_S
+    )
     proxied = any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies())
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s, connect=min(1.0, timeout_s)),

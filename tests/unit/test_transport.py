@@ -432,3 +432,53 @@ async def test_tls_is_verified(tmp_path: Path) -> None:
         async with client(base) as http:
             with pytest.raises(httpx.ConnectError):
                 await http.get("/c")
+
+
+def _idle_for(http: httpx.AsyncClient, seconds: float) -> None:
+    """Age the client's idle connections as if ``seconds`` had passed."""
+    transport = http._transport
+    assert isinstance(transport, Http1Transport)
+    for idle in transport._idle.values():
+        for conn in idle:
+            conn.idle_since -= seconds
+
+
+async def test_a_provider_connection_outlives_a_quiet_spell_between_payments() -> None:
+    """Payments come minutes apart: the connection a pause went on is reused by the next one
+    30 s later (httpx's own default would have dropped it after 5 s), not after 50 s."""
+    replies: list[Reply] = [ok(b"one"), ok(b"two"), ok(b"three")]
+    async with serving(replies) as (pbx, base):
+        http = provider_client(2.0)
+        try:
+            assert (await http.post(f"{base}/pause")).text == "one"
+            _idle_for(http, 30)
+            assert (await http.post(f"{base}/pause")).text == "two"
+            assert pbx.connections == 1
+            _idle_for(http, 51)
+            assert (await http.post(f"{base}/pause")).text == "three"
+            assert pbx.connections == 2
+        finally:
+            await http.aclose()
+
+
+async def test_a_connection_the_provider_closed_while_idle_is_not_reused() -> None:
+    async def answer_then_close(writer: asyncio.StreamWriter) -> None:
+        writer.write(ok(b"one"))
+        await writer.drain()
+        writer.close()
+
+    replies: list[Reply] = [answer_then_close, ok(b"two")]
+    async with serving(replies) as (pbx, base):
+        http = provider_client(2.0)
+        try:
+            assert (await http.post(f"{base}/pause")).text == "one"
+            for _ in range(50):  # until the transport has read the close
+                await asyncio.sleep(0.01)
+                transport = http._transport
+                assert isinstance(transport, Http1Transport)
+                if all(conn.closed for idle in transport._idle.values() for conn in idle):
+                    break
+            assert (await http.post(f"{base}/pause")).text == "two"
+            assert pbx.connections == 2
+        finally:
+            await http.aclose()
