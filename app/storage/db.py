@@ -92,7 +92,13 @@ def sqlite_file(url: str) -> Path | None:
     parsed = make_url(url)
     if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
         return None
-    return Path(parsed.database)
+    name = parsed.database
+    if parsed.query.get("uri") == "true" and name.startswith("file:"):
+        # A URI filename: ``file:/path/recgate.db?mode=rwc&uri=true``, or one held in memory.
+        if parsed.query.get("mode") == "memory":
+            return None
+        name = name.removeprefix("file:")
+    return Path(name)
 
 
 def _sqlite_setup(engine: Engine, *, inline: bool = False, polls: bool = False) -> None:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,7 +43,7 @@ from app.services.ingest_worker import (
     _encoded,
     worker_suits,
 )
-from app.storage.db import Database, DatabaseUnreachable, create_engine
+from app.storage.db import Database, DatabaseUnreachable, create_engine, sqlite_file
 from app.storage.models import EncodedJson
 from app.telephony.generic import parse_event
 from tests.conftest import Harness, event
@@ -221,6 +222,10 @@ def test_a_worker_only_for_a_database_another_process_can_open() -> None:
     assert worker_suits("sqlite+aiosqlite:////var/lib/recgate/recgate.db")
     assert not worker_suits("sqlite+aiosqlite:///:memory:")
     assert not worker_suits("sqlite+aiosqlite://")
+    assert not worker_suits("sqlite+aiosqlite:///file:shared?mode=memory&cache=shared&uri=true")
+    uri_file = "sqlite+aiosqlite:///file:/var/lib/recgate/recgate.db?mode=rwc&uri=true"
+    assert worker_suits(uri_file)
+    assert sqlite_file(uri_file) == Path("/var/lib/recgate/recgate.db")
 
 
 async def test_answers_reach_their_own_webhooks_with_batches_in_flight(
