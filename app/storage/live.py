@@ -465,9 +465,6 @@ _LIVE_ROWS = _live_rows()
 
 _POLICY_ALL = (policies.c.service_area, policies.c.media_months, policies.c.record_months)
 _POLICIES = sa.select(*_POLICY_ALL)
-_POLICY = sa.select(policies.c.media_months, policies.c.record_months).where(
-    policies.c.service_area == sa.bindparam("area")
-)
 _OPEN_EXPOSURE = (
     sa.select(exposures.c.id)
     .where(
@@ -990,12 +987,6 @@ class LiveCallRepository:
             },
         ).one_or_none()
         return None if row is None else self._loaded_recording(row)
-
-    def policy_months(self, service_area: str | None, default: Months) -> Months:
-        if service_area is None:
-            return default
-        row = self._run(_POLICY, {"area": service_area}).one_or_none()
-        return default if row is None else Months(row.media_months, row.record_months)
 
     def open_exposure(self, segment_id: uuid.UUID, recording_id: uuid.UUID) -> bool:
         params = {"segment_id": segment_id, "recording_id": recording_id}
