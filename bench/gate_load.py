@@ -735,12 +735,16 @@ def _ms(summary: dict[str, Any], key: str) -> str:
 
 
 def _start_rounds(row: Any, per: list[dict[str, Any]]) -> None:
-    """recgate's start p99 over the forwarder's in each payment round."""
+    """recgate's and the forwarder's start p99 in each payment round."""
+
+    def ms(value: float | None) -> str:
+        return "—" if value is None else f"{value:.1f}"
+
     row(
-        "the same, round by round (the first: most calls' first payment)",
+        "start p99 by round, recgate / forwarder ms (the first: most calls' first payment)",
         [
             ", ".join(
-                f"{a / b:.2f}"
+                f"{ms(a)} / {ms(b)}"
                 for a, b in zip(
                     r["payments"]["start_p99_rounds"],
                     r["forwarder"]["start_p99_rounds"],

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -28,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import asbool
 
 from app.storage import direct
 
@@ -46,9 +48,11 @@ _IDLE_SINCE = "recgate_idle_since"
 _PING_AFTER_IDLE_S = 5.0
 # PostgreSQL: connections the gate's optimistic writes keep between writes, at most.
 KEPT_CONNECTIONS = 4
-# How often the service runs :meth:`Database.keep_warm`; a kept connection idle for half of
-# _PING_AFTER_IDLE_S is pinged then, so none reaches that age between two runs.
+# How often the service runs :meth:`Database.keep_warm`.
 KEEP_WARM_EVERY_S = 2.0
+# Room for the job's own run and the event loop's lag: a connection is pinged once idle for
+# _PING_AFTER_IDLE_S - KEEP_WARM_EVERY_S - this (2 s), so none reaches 5 s before the next run.
+_KEEP_WARM_SLACK_S = 1.0
 # SQLite: after this many commits on the event loop's own connection and the writer
 # thread's, a thread of its own checkpoints the WAL (neither does, so no write waits for it).
 _CHECKPOINT_EVERY = 200
@@ -93,11 +97,13 @@ def sqlite_file(url: str) -> Path | None:
     if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
         return None
     name = parsed.database
-    if parsed.query.get("uri") == "true" and name.startswith("file:"):
-        # A URI filename: ``file:/path/recgate.db?mode=rwc&uri=true``, or one held in memory.
-        if parsed.query.get("mode") == "memory":
+    uri = parsed.query.get("uri")
+    if isinstance(uri, str) and asbool(uri) and name.startswith("file:"):
+        # A URI filename: ``file:/path/recgate.db?mode=rwc&uri=true``, or one held in memory
+        # (``mode=memory``, or SQLite's own ``file::memory:``).
+        name = urlsplit(name).path
+        if parsed.query.get("mode") == "memory" or name in ("", ":memory:"):
             return None
-        name = name.removeprefix("file:")
     return Path(name)
 
 
@@ -415,17 +421,23 @@ class Database:
         """PostgreSQL, every :data:`KEEP_WARM_EVERY_S`: keep the gate's kept connections ready
         off the IVR's path. While the database is unused and none is kept (a fresh process, or
         after the server dropped them) the few are opened now, not by the next payments; one
-        kept idle for half of :data:`_PING_AFTER_IDLE_S` is pinged now, so a payment after a
-        quiet spell finds it used lately and sends no ping first. How many were pinged or
-        opened."""
+        kept idle so long that it might reach :data:`_PING_AFTER_IDLE_S` before the next run
+        is pinged now, so a payment after a quiet spell finds it used lately and sends no ping
+        first. How many were pinged or opened; none while the database cannot be reached (the
+        readiness check says so; the next run tries again)."""
         if self._sync is not None:
             return 0
-        with _unreachable_as_such():
-            pool: Any = self.engine.sync_engine.pool
-            opened = 0
-            if isinstance(pool, sa.QueuePool) and pool.checkedout() == 0:
-                opened = await self._kept.fill()
-            return opened + await self._kept.refresh(_PING_AFTER_IDLE_S / 2)
+        idle_s = max(0.0, _PING_AFTER_IDLE_S - KEEP_WARM_EVERY_S - _KEEP_WARM_SLACK_S)
+        try:
+            with _unreachable_as_such():
+                pool: Any = self.engine.sync_engine.pool
+                opened = 0
+                if isinstance(pool, sa.QueuePool) and pool.checkedout() == 0:
+                    opened = await self._kept.fill()
+                return opened + await self._kept.refresh(idle_s)
+        except (DatabaseUnreachable, TimeoutError, OSError):
+            _log.debug("kept connections not kept warm: the database cannot be reached")
+            return 0
 
     async def close(self) -> None:
         await self._kept.close()
@@ -542,30 +554,32 @@ class _KeptConnections:
         return opened
 
     async def refresh(self, idle_s: float) -> int:
-        """Ping every connection kept idle for ``idle_s`` or longer and keep it again as just
-        used. One that fails its ping is dropped with every other idle one, as in
-        :meth:`_take` (the server has likely dropped them all). How many were pinged."""
-        now = time.monotonic()
-        stale = [conn for conn, since in self._idle if now - since >= idle_s]
-        if not stale:
-            return 0
-        self._idle = [(conn, since) for conn, since in self._idle if now - since < idle_s]
-        pinged = 0
-        while stale:
-            conn = stale.pop()
+        """Ping each connection kept idle for ``idle_s`` or longer and keep it again as just
+        used: one at a time, the longest idle first, the others kept meanwhile for any write
+        that comes. One that fails its ping (or gives no answer within the pool's timeout)
+        is dropped with every other idle one, as in :meth:`_take`: the server has likely
+        dropped them all. How many were pinged."""
+        pinged: set[int] = set()
+        while True:
+            now = time.monotonic()
+            due = [e for e in self._idle if now - e[1] >= idle_s and id(e[0]) not in pinged]
+            if not due:
+                return len(pinged)
+            entry = min(due, key=lambda e: e[1])
+            self._idle.remove(entry)
+            conn = entry[0]
             try:
-                await conn.run_sync(_ping)
+                async with asyncio.timeout(POOL_TIMEOUT_S):
+                    await conn.run_sync(_ping)
             except BaseException as exc:
-                for other in (conn, *stale):
-                    await _drop(other)
+                await _drop(conn)  # its state unknown: not given back to the pool as good
                 if not isinstance(exc, Exception):
-                    raise  # cancelled: nothing kept is lost
+                    raise  # cancelled: the others are still kept
                 _log.info("a kept database connection failed its ping; dropping the idle ones")
                 await self._drop_idle()
-                return pinged
-            pinged += 1
+                return len(pinged)
+            pinged.add(id(conn))
             await self._give_back(conn)
-        return pinged
 
     async def _give_back(self, conn: AsyncConnection) -> None:
         pool: Any = self._engine.sync_engine.pool

@@ -372,13 +372,25 @@ class Http1Transport(httpx.AsyncBaseTransport):
         head, body = _serialise(request)
         # The host as it goes on the wire (an international name in its IDNA form).
         host = request.url.raw_host.decode("ascii")
-        conn = await self._acquire((scheme, host, port), timeouts)
-        try:
-            await conn.send(head, body, request.stream, timeouts.get("write"), request.method)
-            await conn.head(timeouts.get("read"))
-        except BaseException:
-            self.release(conn, keep=False)
-            raise
+        origin, reuse = (scheme, host, port), True
+        while True:
+            conn, reused = await self._acquire(origin, timeouts, reuse=reuse)
+            try:
+                await conn.send(head, body, request.stream, timeouts.get("write"), request.method)
+                await conn.head(timeouts.get("read"))
+                break
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                unanswered = conn.exchange is not None and not conn.exchange.fed
+                self.release(conn, keep=False)
+                if not (reused and unanswered and body is not None):
+                    raise
+                # A kept connection the server closed as the request went (its own idle
+                # timeout ran out first): no byte of an answer came, so the request goes once
+                # more, whole, on a new connection. Provider commands bear repeating.
+                reuse = False
+            except BaseException:
+                self.release(conn, keep=False)
+                raise
         exchange = conn.exchange
         assert exchange is not None
         return httpx.Response(
@@ -392,22 +404,26 @@ class Http1Transport(httpx.AsyncBaseTransport):
             request=request,
         )
 
-    async def _acquire(self, origin: Origin, timeouts: dict[str, float | None]) -> _Connection:
+    async def _acquire(
+        self, origin: Origin, timeouts: dict[str, float | None], *, reuse: bool
+    ) -> tuple[_Connection, bool]:
+        """A connection to ``origin``, and whether it was kept from an earlier request: an
+        idle one when ``reuse``, else a new one as soon as there is room."""
         pool_s = timeouts.get("pool")
         loop = asyncio.get_running_loop()
         by = None if pool_s is None else loop.time() + pool_s
         while True:
             if self._closed:
                 raise httpx.ConnectError("the transport is closed")
-            conn = self._take_idle(origin)
+            conn = self._take_idle(origin) if reuse else None
             if conn is not None:
-                return conn
+                return conn, True
             if self._open < self.max_open or self._close_an_idle():
                 break
             await self._room(by)
         self._open += 1
         try:
-            return await self._connect(origin, timeouts.get("connect"))
+            return await self._connect(origin, timeouts.get("connect")), False
         except BaseException:
             self._open -= 1
             self._wake_one()

@@ -222,10 +222,20 @@ def test_a_worker_only_for_a_database_another_process_can_open() -> None:
     assert worker_suits("sqlite+aiosqlite:////var/lib/recgate/recgate.db")
     assert not worker_suits("sqlite+aiosqlite:///:memory:")
     assert not worker_suits("sqlite+aiosqlite://")
-    assert not worker_suits("sqlite+aiosqlite:///file:shared?mode=memory&cache=shared&uri=true")
-    uri_file = "sqlite+aiosqlite:///file:/var/lib/recgate/recgate.db?mode=rwc&uri=true"
-    assert worker_suits(uri_file)
-    assert sqlite_file(uri_file) == Path("/var/lib/recgate/recgate.db")
+    # URI filenames: held in memory (no worker), or a file named by its path.
+    for in_memory in (
+        "file:shared?mode=memory&cache=shared&uri=true",
+        "file::memory:?uri=true",
+        "file::memory:?cache=shared&uri=1",
+    ):
+        assert not worker_suits(f"sqlite+aiosqlite:///{in_memory}"), in_memory
+    for on_disk in (
+        "file:/var/lib/recgate/recgate.db?mode=rwc&uri=true",
+        "file://localhost/var/lib/recgate/recgate.db?uri=yes",
+    ):
+        url = f"sqlite+aiosqlite:///{on_disk}"
+        assert worker_suits(url), on_disk
+        assert sqlite_file(url) == Path("/var/lib/recgate/recgate.db"), on_disk
 
 
 async def test_answers_reach_their_own_webhooks_with_batches_in_flight(

@@ -292,6 +292,7 @@ async def test_a_payment_after_a_quiet_spell_sends_no_ping(
     monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 2.0)
     await asyncio.sleep(1.1)
     assert await pg.keep_warm() == 1
+    assert len(pings) == 1
     await asyncio.sleep(1.1)  # 2.2 s since the connection's last work: a ping before, once
     with Heard(pg) as heard:
         assert await pg.write(_noting(call_id, "after a quiet spell"), optimistic=True)
@@ -313,3 +314,53 @@ async def test_the_keeper_finds_a_dropped_connection_before_a_payment_does(
     monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 5.0)  # no ping before the write
     assert await pg.write(_noting(call_id, "after the drop"), optimistic=True)
     assert await pg.write(_backend_pid, optimistic=True) != first
+
+
+async def test_a_write_during_the_keepers_pings_finds_a_kept_connection(
+    pg: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper pings one connection at a time: the others stay kept meanwhile, so a write
+    that comes then opens nothing."""
+    assert await pg.keep_warm() == KEPT_CONNECTIONS
+    call_id = await _call(pg)
+
+    def slow_ping(conn: sa.Connection) -> None:
+        direct.run(conn, sa.select(sa.func.pg_sleep(0.1)))
+
+    monkeypatch.setattr(db_module, "_ping", slow_ping)
+    monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 0.0)  # every kept one is due
+    keeping = asyncio.create_task(pg.keep_warm())
+    await asyncio.sleep(0.05)
+    with Heard(pg) as heard:
+        assert await pg.write(_noting(call_id, "during the pings"), optimistic=True)
+    assert heard.checkouts == 0
+    assert await keeping >= KEPT_CONNECTIONS
+    assert _checked_out(pg) == KEPT_CONNECTIONS
+
+
+async def test_a_ping_with_no_answer_drops_the_kept_connections(
+    pg: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    call_id = await _call(pg)
+    await pg.write(_noting(call_id, "kept"), optimistic=True)
+
+    def hanging_ping(conn: sa.Connection) -> None:
+        direct.run(conn, sa.select(sa.func.pg_sleep(5)))
+
+    monkeypatch.setattr(db_module, "_ping", hanging_ping)
+    monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 0.0)
+    monkeypatch.setattr(db_module, "POOL_TIMEOUT_S", 0.2)
+    assert await pg.keep_warm() == 0
+    assert _checked_out(pg) == 0
+    assert await pg.write(_noting(call_id, "on a fresh one"), optimistic=True)
+
+
+async def test_the_keeper_waits_out_a_database_it_cannot_reach() -> None:
+    url = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"  # nothing listens on port 1
+    engine = create_engine(url)
+    db = Database(engine, url)
+    try:
+        assert await db.keep_warm() == 0
+    finally:
+        await db.close()
+        await engine.dispose()

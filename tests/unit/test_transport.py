@@ -472,13 +472,50 @@ async def test_a_connection_the_provider_closed_while_idle_is_not_reused() -> No
         http = provider_client(2.0)
         try:
             assert (await http.post(f"{base}/pause")).text == "one"
-            for _ in range(50):  # until the transport has read the close
-                await asyncio.sleep(0.01)
-                transport = http._transport
-                assert isinstance(transport, Http1Transport)
+            transport = http._transport
+            assert isinstance(transport, Http1Transport)
+            for _ in range(100):  # until the transport has read the close
                 if all(conn.closed for idle in transport._idle.values() for conn in idle):
                     break
+                await asyncio.sleep(0.01)
+            else:
+                pytest.fail("the provider's close was never seen")
             assert (await http.post(f"{base}/pause")).text == "two"
             assert pbx.connections == 2
+            assert len(pbx.requests) == 2  # the closed one was not written to
         finally:
             await http.aclose()
+
+
+async def test_a_kept_connection_closed_as_the_request_goes_is_tried_once_more() -> None:
+    """The provider's own idle timeout ran out as the pause went: no byte of an answer came
+    on the kept connection, so the request goes again, whole, on a new one."""
+    replies: list[Reply] = [ok(b"one"), None, ok(b"two")]
+    async with serving(replies) as (pbx, base), client(base) as http:
+        assert (await http.post("/pause", json={"behavior": "silence"})).text == "one"
+        second = await http.post("/pause", json={"behavior": "silence"})
+    assert second.text == "two"
+    assert pbx.connections == 2
+    assert [body for _, body in pbx.requests] == [b'{"behavior":"silence"}'] * 3
+
+
+async def test_a_new_connection_closed_without_an_answer_is_not_tried_again() -> None:
+    replies: list[Reply] = [None, ok(b"never asked for")]
+    async with serving(replies) as (pbx, base), client(base) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.post("/pause", json={"behavior": "silence"})
+    assert pbx.connections == 1 and len(pbx.requests) == 1
+
+
+async def test_a_kept_connection_that_began_an_answer_is_not_tried_again() -> None:
+    async def half_a_head(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-len")
+        await writer.drain()
+        writer.close()
+
+    replies: list[Reply] = [ok(b"one"), half_a_head, ok(b"never asked for")]
+    async with serving(replies) as (pbx, base), client(base) as http:
+        assert (await http.get("/calls/a")).text == "one"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get("/calls/a")
+    assert len(pbx.requests) == 2
