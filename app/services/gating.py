@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -158,7 +158,8 @@ class _Seen:
     """The rows a transaction left behind, and the call's live version it left them at."""
 
     version: int
-    segment: SegmentSnap
+    # None: no segment of the call's was read or written (rows an ingest handed back).
+    segment: SegmentSnap | None
     recordings: list[RecordingSnap]
     call: CallSnap
     # These were all of the call's live rows at ``version`` (``LiveCallRepository.whole``):
@@ -213,12 +214,14 @@ class _Recorded:
     seen: _Seen | None = None
 
 
+def _copied_recordings(recordings: Iterable[RecordingSnap]) -> list[RecordingSnap]:
+    return [replace(r, link=None if r.link is None else replace(r.link)) for r in recordings]
+
+
 def _copied(
     segment: SegmentSnap, recordings: list[RecordingSnap]
 ) -> tuple[SegmentSnap, list[RecordingSnap]]:
-    return replace(segment), [
-        replace(r, link=None if r.link is None else replace(r.link)) for r in recordings
-    ]
+    return replace(segment), _copied_recordings(recordings)
 
 
 def _plan_and_write(
@@ -582,7 +585,8 @@ class PaymentGate:
         lease: datetime,
     ) -> _Answer | _Busy | _Fly:
         repo = LiveCallRepository(conn)
-        self._assume_known(repo, provider, provider_call_id)
+        # Rows an ingest handed back hold no segment: nothing to end from them.
+        self._assume_known(repo, provider, provider_call_id, with_segment=True)
         now = self.clock()
         changes = Changes(now)
         call = repo.call_by_key(provider, provider_call_id)
@@ -641,7 +645,7 @@ class PaymentGate:
             raise DatabaseUnreachable("the segment's planning write is gone")
         # Still all of the call's live rows once written, if they were when planned.
         whole = False
-        if seen is not None and call.live_version == seen.version + 1:
+        if seen is not None and seen.segment is not None and call.live_version == seen.version + 1:
             # Nobody has touched the call's live rows since this command was planned. Copies:
             # a run of this that writes nothing (optimistic, beaten) leaves them as they were.
             segment, recordings = _copied(seen.segment, seen.recordings)
@@ -866,7 +870,14 @@ class PaymentGate:
 
     # ---- shared -----------------------------------------------------------------------
 
-    def _assume_known(self, repo: LiveCallRepository, provider: str, provider_call_id: str) -> None:
+    def _assume_known(
+        self,
+        repo: LiveCallRepository,
+        provider: str,
+        provider_call_id: str,
+        *,
+        with_segment: bool = False,
+    ) -> None:
         """Give ``repo`` the call's rows as this process last left them. A work that runs
         again in a transaction (what it took as read had changed, or its writes need one)
         reads, and so does every later one until a command leaves the rows known again."""
@@ -878,14 +889,36 @@ class PaymentGate:
         if not repo.optimistic or time.monotonic() - since > _KNOWN_FOR_S:
             del self._known[key]
             return
-        segment, recordings = _copied(known.segment, known.recordings)
+        if with_segment and known.segment is None:
+            return
+        segment = None if known.segment is None else replace(known.segment)
+        recordings = _copied_recordings(known.recordings)
         repo.assume(known.call, known.version, segment, recordings)  # the call: copied there
 
     def _keep_known(self, fly: _Fly, seen: _Seen | None) -> None:
         key = (fly.provider, fly.provider_call_id)
-        self._known.pop(key, None)
+        kept = self._known.pop(key, None)
         if seen is None or not seen.whole:
             return
+        if kept is not None and kept[0].version > seen.version:
+            seen = kept[0]  # an ingest has handed back newer rows meanwhile
+        self._remember(key, seen)
+
+    def learn(self, call: CallSnap, recordings: tuple[RecordingSnap, ...]) -> None:
+        """An ingest batch started a recording on ``call`` and wrote these, all of the
+        call's live rows, at its version; no payment is open on it. The call's next start
+        takes them as read (PostgreSQL: its one write guarded by that version), so a call's
+        first payment needs no read before its claim."""
+        if self.db.is_sqlite:
+            return  # no round trip to save
+        key = (call.provider, call.provider_call_id)
+        kept = self._known.get(key)
+        if kept is not None and kept[0].version >= call.live_version:
+            return
+        self._known.pop(key, None)
+        self._remember(key, _Seen(call.live_version, None, list(recordings), call, whole=True))
+
+    def _remember(self, key: tuple[str, str], seen: _Seen) -> None:
         self._known[key] = (seen, time.monotonic())
         if len(self._known) > _KNOWN_CALLS:
             del self._known[next(iter(self._known))]  # the one kept longest

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from app.config import Settings
 from app.domain.clock import Clock
 from app.domain.events import PbxEvent
 from app.domain.scrub import scrub_text
+from app.domain.snapshots import CallSnap, RecordingSnap
 from app.domain.states import IllegalTransition
 from app.errors import IllegalStateTransition
 from app.logging import clear_context
@@ -94,6 +96,9 @@ class IngestService:
         self._ivr_first = self.worker is None or db.is_sqlite
         self._pending: list[_Pending] = []
         self._in_flight = 0
+        # Told a call's live rows as a batch left them when a recording started on it
+        # (``IngestResult.rows``): the payment gate's :meth:`~PaymentGate.learn`.
+        self.on_rows: Callable[[CallSnap, tuple[RecordingSnap, ...]], None] | None = None
 
     async def start(self) -> None:
         """Start the ingest worker, if batches are applied there (a webhook waits for it
@@ -179,6 +184,8 @@ class IngestService:
                 )
             if isinstance(outcome, IngestResult):
                 self._count(pending.event, outcome)
+                if outcome.rows is not None and self.on_rows is not None:
+                    self.on_rows(*outcome.rows)
                 if not pending.future.done():
                     pending.future.set_result(outcome)
             elif not pending.future.done():

@@ -18,7 +18,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -32,7 +32,7 @@ from app.domain.retention import Months
 from app.domain.row_ids import new_id
 from app.domain.scrub import scrub
 from app.domain.snapshots import CallSnap, Changes, RecordingSnap, SegmentSnap
-from app.domain.states import RecordingState
+from app.domain.states import CallState, RecordingState
 from app.storage.db import Database, DatabaseUnreachable
 from app.storage.live import LiveCallRepository
 from app.storage.models import EncodedJson
@@ -51,6 +51,10 @@ class IngestResult:
     media_ready: uuid.UUID | None = None
     # Exposures the event revealed: (kind, recording id).
     exposures: tuple[tuple[str, uuid.UUID | None], ...] = ()
+    # A recording started on a call with no payment open: the call's live rows as its batch
+    # wrote them (the call, every recording), for the payment gate to take as read
+    # (``IngestRules.hand_back_rows``; :meth:`PaymentGate.learn`).
+    rows: tuple[CallSnap, tuple[RecordingSnap, ...]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,9 @@ class IngestRules:
     months: Months
     # Providers whose call-level pause pauses every recording of the call (not just one).
     call_level_covers_all: frozenset[str] = frozenset()
+    # PostgreSQL: hand back a call's rows when a recording starts on it (IngestResult.rows),
+    # so its first payment start need not read them (a round trip on the IVR's path).
+    hand_back_rows: bool = False
 
     @classmethod
     def of(cls, settings: Settings, call_level_covers_all: frozenset[str]) -> IngestRules:
@@ -71,6 +78,7 @@ class IngestRules:
             skew=timedelta(milliseconds=settings.pbx_clock_skew_ms),
             months=Months(settings.retention_media_months, settings.retention_record_months),
             call_level_covers_all=call_level_covers_all,
+            hand_back_rows=not settings.database_url.startswith("sqlite"),
         )
 
 
@@ -180,7 +188,42 @@ class BatchApply:
         if batch.changes.deadlines_for:
             self._fill_deadlines(batch, calls)
         repo.write(batch.changes)
+        if self.rules.hand_back_rows:
+            merged = {m.source for m in plan.merges} | {m.target for m in plan.merges}
+            self._hand_back_rows(
+                batch, calls, merged, [(i, keys[i], items[i][0]) for i in todo], results
+            )
         return results
+
+    @staticmethod
+    def _hand_back_rows(
+        batch: _Batch,
+        calls: dict[tuple[str, str], CallSnap],
+        merged: set[tuple[str, str]],
+        applied: list[tuple[int, tuple[str, str], PbxEvent]],
+        results: list[IngestResult],
+    ) -> None:
+        """Give the result of the last event that started a recording on a call the call's
+        live rows as written, when they are all of them (read, or the call new in this
+        batch), no payment is open on it and the call goes on. Each row as the batch left it
+        is what the database holds at the call's version (nothing else writes them in the
+        transaction), which the gate's write is guarded by."""
+        last: dict[uuid.UUID, tuple[int, CallSnap]] = {}
+        for index, key, event in applied:
+            call = calls.get(key)
+            if (
+                event.type != EventType.RECORDING_STARTED
+                or key in merged
+                or call is None
+                or call.state == CallState.ENDED
+                or call.id in batch.segments
+                or call.id not in batch.recordings
+            ):
+                continue
+            last[call.id] = (index, call)
+        for index, call in last.values():
+            rows = (call, tuple(batch.recordings[call.id]))
+            results[index] = replace(results[index], rows=rows)
 
     @staticmethod
     def _known_names(

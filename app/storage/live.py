@@ -617,7 +617,7 @@ class LiveCallRepository:
             tuple[uuid.UUID, dict[str, Any] | None, uuid.UUID | None, list[Any]] | None
         ) = None
         # Optimistic: rows this process wrote last, taken as read instead of reading (:meth:`assume`).
-        self._assumed: tuple[CallSnap, int, SegmentSnap, list[RecordingSnap]] | None = None
+        self._assumed: tuple[CallSnap, int, SegmentSnap | None, list[RecordingSnap]] | None = None
         if self.optimistic:
             self._run = self._run_optimistic
 
@@ -753,7 +753,7 @@ class LiveCallRepository:
         self,
         call: CallSnap,
         version: int,
-        segment: SegmentSnap,
+        segment: SegmentSnap | None,
         recordings: list[RecordingSnap],
     ) -> None:
         """Optimistic: the call's rows as this process wrote them last, at the call's live
@@ -769,12 +769,15 @@ class LiveCallRepository:
         known, version, segment, recordings = self._assumed
         self._assumed = None
         call = self._guard_seen(known, version)
-        latest = {
-            "id": segment.id,
-            "call_id": segment.call_id,
-            **_values(segment, _SEGMENT_COLUMNS),
-        }
-        open_id = segment.id if segment.state in OPEN_SEGMENT_STATES else None
+        latest = None
+        open_id = None
+        if segment is not None:
+            latest = {
+                "id": segment.id,
+                "call_id": segment.call_id,
+                **_values(segment, _SEGMENT_COLUMNS),
+            }
+            open_id = segment.id if segment.state in OPEN_SEGMENT_STATES else None
         self._prefetch = (call.id, latest, open_id, [_recording_values(r) for r in recordings])
         direct.note_unchecked_read(self.conn)
         return call

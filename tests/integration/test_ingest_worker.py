@@ -116,6 +116,25 @@ async def test_the_worker_applies_batches_as_the_service_would(worker_harness: H
     assert await h.count("inbound_events") == 20 * len(LIFECYCLE) + 1
 
 
+async def test_the_worker_hands_back_a_calls_rows_when_its_recording_starts(
+    worker_harness: Harness,
+) -> None:
+    """PostgreSQL: the rows come over the worker's pipe to the payment gate (SQLite: none,
+    a read there costs no round trip)."""
+    h = worker_harness
+    for type_, recording in (("call.started", None), ("recording.started", "r-1")):
+        response = await h.send_event(event(type_, "wk-rows", recording))
+        assert response.status_code == 200
+    known = h.services.gate._known.get(("generic", "wk-rows"))
+    if h.services.db.is_sqlite:
+        assert known is None
+        return
+    assert known is not None
+    seen, _ = known
+    assert seen.segment is None and seen.call.provider_call_id == "wk-rows"
+    assert [r.provider_recording_id for r in seen.recordings] == ["r-1"]
+
+
 async def test_a_worker_that_dies_costs_its_batch_a_503_and_the_next_starts_another(
     worker_harness: Harness,
 ) -> None:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import respx
@@ -62,16 +63,49 @@ async def _pay(h: Harness, path: str, expected: int = 200) -> dict[str, object]:
     return body
 
 
+async def test_a_calls_first_payment_takes_the_rows_its_recording_left(
+    harness: Harness, answering_pbx: respx.MockRouter
+) -> None:
+    """The batch that started the call's recording handed the call's rows back: its first
+    start claims from them, with no read, and pauses that recording."""
+    await live_call(harness)
+    with reads_of_calls(harness) as reads:
+        body = await _pay(harness, START)
+    assert not reads
+    assert body["safe_to_collect"] is True
+    recordings = body["recordings"]
+    assert isinstance(recordings, list)
+    assert [(r["provider_recording_id"], r["state"]) for r in recordings] == [("r-1", "paused")]
+    call = await get_call(harness)
+    assert [r["state"] for r in call["recordings"]] == ["paused"]
+
+
+async def test_a_recording_the_handed_back_rows_lack_is_paused_all_the_same(
+    harness: Harness, answering_pbx: respx.MockRouter
+) -> None:
+    """r-2 is first reported resumed (its start comes late): live, and no rows handed back
+    for it, so the rows handed back with r-1 are a version behind. The guard refuses them
+    and the start, run again reading, pauses both."""
+    await live_call(harness)
+    resumed = await harness.send_event(event("recording.resumed", recording_id="r-2"))
+    assert resumed.status_code == 200
+    body = await _pay(harness, START)
+    assert body["safe_to_collect"] is True
+    recordings = body["recordings"]
+    assert isinstance(recordings, list)
+    assert sorted(r["provider_recording_id"] for r in recordings) == ["r-1", "r-2"]
+    assert {r["state"] for r in recordings} == {"paused"}
+
+
 async def test_an_end_and_the_next_start_take_the_kept_rows_as_read(
     harness: Harness, answering_pbx: respx.MockRouter
 ) -> None:
     await live_call(harness)
     with reads_of_calls(harness) as reads:
         await _pay(harness, START)
-        assert len(reads) == 1, "the first start reads the call"
         await _pay(harness, END)
         second = await _pay(harness, START)
-        assert len(reads) == 1, "the end and the next start took the kept rows"
+    assert not reads, "the rows the recording left, then each command's, taken as read"
     assert second["safe_to_collect"] is True
     call = await get_call(harness)
     assert [s["state"] for s in call["segments"]] == ["closed", "paused"]
@@ -254,3 +288,46 @@ async def test_rows_read_are_whole_only_with_the_latest_segment_and_no_other_ope
         assert await whole_for(latest) == (True, True)
         assert await whole_for(older) == (False, True), "not the latest"
         assert await whole_for(None) == (True, True)
+
+
+async def test_rows_handed_back_are_what_the_database_holds_at_that_version(
+    harness: Harness,
+) -> None:
+    """What the gate takes as read for a call's first payment must be the call's rows as
+    stored, field by field, at the version its write is guarded by."""
+    from dataclasses import fields
+
+    from app.domain.snapshots import CallSnap, RecordingSnap
+    from app.storage import live
+
+    await live_call(harness)
+    assert (
+        await harness.send_event(event("recording.started", recording_id="r-2"))
+    ).status_code == 200
+    known, _ = harness.services.gate._known[("generic", "c-123")]
+    assert known.segment is None and known.whole
+
+    def stored(conn: sa.Connection) -> tuple[Any, Any]:
+        call = conn.execute(
+            sa.select(live.calls).where(live.calls.c.provider_call_id == "c-123")
+        ).one()
+        rows = conn.execute(
+            sa.select(live.recordings)
+            .where(live.recordings.c.call_id == call.id)
+            .order_by(live.recordings.c.created_at, live.recordings.c.id)
+        ).all()
+        return call, rows
+
+    call_row, recording_rows = await harness.services.db.read(stored)
+    assert known.version == call_row.live_version
+    for f in fields(CallSnap):
+        if f.name != "created":
+            assert getattr(known.call, f.name) == getattr(call_row, f.name), f.name
+    assert [r.provider_recording_id for r in known.recordings] == ["r-1", "r-2"]
+    for snap, row in zip(known.recordings, recording_rows, strict=True):
+        for f in fields(RecordingSnap):
+            if f.name in ("created", "link"):
+                continue
+            column = "provider_container_id" if f.name == "container_id" else f.name
+            assert getattr(snap, f.name) == getattr(row, column), f.name
+        assert snap.link is None
