@@ -80,7 +80,7 @@ class Services:
             frozenset(name for name, c in controllers.items() if c.call_level_covers_all),
             ivr=gate.answering,
         )
-        ingest.on_rows = gate.learn
+        ingest.on_rows, ingest.on_unreachable = gate.learn, gate.forget_known
         media = MediaService(
             sessions, settings, clock, build_media_store(settings), controllers, tasks
         )

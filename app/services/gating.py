@@ -288,6 +288,10 @@ class PaymentGate:
         # Forgotten all at once when the database is unreachable (a failover may have lost
         # commits, and with them the versions these were kept at).
         self._known: dict[tuple[str, str], tuple[_Seen, float]] = {}
+        # The same, as an ingest batch that started a recording left them (``learn``): kept
+        # apart, so calls that never pay cannot push out the rows of payments under way. A
+        # call's rows are in one of the two at most.
+        self._learned: dict[tuple[str, str], tuple[_Seen, float]] = {}
         # The IVR's starts and ends being answered right now.
         self.answering = Answering()
 
@@ -882,12 +886,12 @@ class PaymentGate:
         again in a transaction (what it took as read had changed, or its writes need one)
         reads, and so does every later one until a command leaves the rows known again."""
         key = (provider, provider_call_id)
-        kept = self._known.get(key)
+        kept = self._known.get(key) or self._learned.get(key)
         if kept is None:
             return
         known, since = kept
         if not repo.optimistic or time.monotonic() - since > _KNOWN_FOR_S:
-            del self._known[key]
+            self._forget(key)
             return
         if with_segment and known.segment is None:
             return
@@ -897,12 +901,15 @@ class PaymentGate:
 
     def _keep_known(self, fly: _Fly, seen: _Seen | None) -> None:
         key = (fly.provider, fly.provider_call_id)
-        kept = self._known.pop(key, None)
+        kept = self._forget(key)
         if seen is None or not seen.whole:
             return
-        if kept is not None and kept[0].version > seen.version:
-            seen = kept[0]  # an ingest has handed back newer rows meanwhile
-        self._remember(key, seen)
+        if kept is not None:
+            table, (newer, _) = kept
+            if newer.call.id == seen.call.id and newer.version > seen.version:
+                table[key] = kept[1]  # newer rows came meanwhile (an ingest's): kept
+                return
+        self._put(self._known, key, seen)
 
     def learn(self, call: CallSnap, recordings: tuple[RecordingSnap, ...]) -> None:
         """An ingest batch started a recording on ``call`` and wrote these, all of the
@@ -912,16 +919,42 @@ class PaymentGate:
         if self.db.is_sqlite:
             return  # no round trip to save
         key = (call.provider, call.provider_call_id)
-        kept = self._known.get(key)
-        if kept is not None and kept[0].version >= call.live_version:
-            return
-        self._known.pop(key, None)
-        self._remember(key, _Seen(call.live_version, None, list(recordings), call, whole=True))
+        kept = self._known.get(key) or self._learned.get(key)
+        if kept is not None and kept[0].call.id == call.id:
+            if kept[0].version > call.live_version:
+                return  # these are older than what is kept
+            if kept[0].version == call.live_version:
+                # Two sets of rows at one version: commits were lost (a failover), and the
+                # version alone cannot tell which are stored. Neither is taken as read.
+                self._forget(key)
+                return
+        self._forget(key)
+        seen = _Seen(call.live_version, None, list(recordings), call, whole=True)
+        self._put(self._learned, key, seen)
 
-    def _remember(self, key: tuple[str, str], seen: _Seen) -> None:
-        self._known[key] = (seen, time.monotonic())
-        if len(self._known) > _KNOWN_CALLS:
-            del self._known[next(iter(self._known))]  # the one kept longest
+    def forget_known(self) -> None:
+        """Take no kept rows as read from now on (the database was unreachable: a failover may
+        have lost commits, and with them the versions rows were kept at)."""
+        self._known.clear()
+        self._learned.clear()
+
+    def _forget(
+        self, key: tuple[str, str]
+    ) -> tuple[dict[tuple[str, str], tuple[_Seen, float]], tuple[_Seen, float]] | None:
+        """Drop the call's kept rows; where they were, and they, if any."""
+        for table in (self._known, self._learned):
+            kept = table.pop(key, None)
+            if kept is not None:
+                return table, kept
+        return None
+
+    @staticmethod
+    def _put(
+        table: dict[tuple[str, str], tuple[_Seen, float]], key: tuple[str, str], seen: _Seen
+    ) -> None:
+        table[key] = (seen, time.monotonic())
+        if len(table) > _KNOWN_CALLS:
+            del table[next(iter(table))]  # the one kept longest
 
     def _lease(self, deadline: float) -> datetime:
         """Wall-clock end of a claim taken now for a command bounded by ``deadline``."""
@@ -944,7 +977,7 @@ class PaymentGate:
                 work, deadline=deadline, inline=True, durable=durable, optimistic=True
             )
         except DatabaseUnreachable:
-            self._known.clear()
+            self.forget_known()
             raise
         except IllegalTransition as exc:
             raise IllegalStateTransition(

@@ -42,7 +42,7 @@ from app.services.ingest_apply import (
 )
 from app.services.ingest_worker import PIPELINE, IngestWorker, worker_suits
 from app.services.metrics import Metrics
-from app.storage.db import Database
+from app.storage.db import Database, DatabaseUnreachable
 from app.storage.live import insert_dead_letter
 from app.storage.models import EncodedJson
 
@@ -99,6 +99,9 @@ class IngestService:
         # Told a call's live rows as a batch left them when a recording started on it
         # (``IngestResult.rows``): the payment gate's :meth:`~PaymentGate.learn`.
         self.on_rows: Callable[[CallSnap, tuple[RecordingSnap, ...]], None] | None = None
+        # Told when a batch found the database unreachable: the gate's
+        # :meth:`~PaymentGate.forget_known` (a failover may have lost what it was told).
+        self.on_unreachable: Callable[[], None] | None = None
 
     async def start(self) -> None:
         """Start the ingest worker, if batches are applied there (a webhook waits for it
@@ -174,6 +177,10 @@ class IngestService:
             outcomes = [exc] * len(batch)
         self._in_flight -= 1
         self._dispatch()
+        if self.on_unreachable is not None and any(
+            isinstance(o, DatabaseUnreachable) for o in outcomes
+        ):
+            self.on_unreachable()
         for pending, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, IllegalTransition):
                 outcome = IllegalStateTransition(

@@ -125,7 +125,7 @@ async def test_the_worker_hands_back_a_calls_rows_when_its_recording_starts(
     for type_, recording in (("call.started", None), ("recording.started", "r-1")):
         response = await h.send_event(event(type_, "wk-rows", recording))
         assert response.status_code == 200
-    known = h.services.gate._known.get(("generic", "wk-rows"))
+    known = h.services.gate._learned.get(("generic", "wk-rows"))
     if h.services.db.is_sqlite:
         assert known is None
         return

@@ -56,6 +56,11 @@ def reads_of_calls(h: Harness) -> Iterator[list[str]]:
             sa.event.remove(engine, "before_cursor_execute", statement)
 
 
+async def _another_live_call(h: Harness, call_id: str) -> None:
+    for type_, recording in (("call.started", None), ("recording.started", "r-1")):
+        assert (await h.send_event(event(type_, call_id, recording))).status_code == 200
+
+
 async def _pay(h: Harness, path: str, expected: int = 200) -> dict[str, object]:
     response = await h.client.post(path, headers=h.auth(Role.IVR))
     assert response.status_code == expected, response.text
@@ -304,7 +309,7 @@ async def test_rows_handed_back_are_what_the_database_holds_at_that_version(
     assert (
         await harness.send_event(event("recording.started", recording_id="r-2"))
     ).status_code == 200
-    known, _ = harness.services.gate._known[("generic", "c-123")]
+    known, _ = harness.services.gate._learned[("generic", "c-123")]
     assert known.segment is None and known.whole
 
     def stored(conn: sa.Connection) -> tuple[Any, Any]:
@@ -331,3 +336,57 @@ async def test_rows_handed_back_are_what_the_database_holds_at_that_version(
             column = "provider_container_id" if f.name == "container_id" else f.name
             assert getattr(snap, f.name) == getattr(row, column), f.name
         assert snap.link is None
+
+
+async def test_two_sets_of_rows_at_one_version_are_neither_taken_as_read(
+    harness: Harness, answering_pbx: respx.MockRouter
+) -> None:
+    """Rows handed back at the version already kept can only mean commits were lost (a
+    failover): which set is stored cannot be told, so the call's next start reads."""
+    from dataclasses import replace
+
+    await live_call(harness)
+    gate_ = harness.services.gate
+    known, _ = gate_._learned[("generic", "c-123")]
+    other = replace(known.recordings[0], id=uuid.uuid4(), provider_recording_id="r-lost")
+    gate_.learn(known.call, (other,))
+    assert ("generic", "c-123") not in gate_._learned
+    with reads_of_calls(harness) as reads:
+        body = await _pay(harness, START)
+    assert len(reads) == 1
+    assert body["safe_to_collect"] is True
+
+
+async def test_a_batch_that_finds_the_database_unreachable_forgets_every_kept_row(
+    harness: Harness, answering_pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.storage.db import DatabaseUnreachable
+
+    await live_call(harness)
+    await _pay(harness, START)
+    await _another_live_call(harness, "c-456")
+    gate_ = harness.services.gate
+    assert gate_._known and gate_._learned
+
+    async def unreachable(items: list[Any]) -> list[Any]:
+        return [DatabaseUnreachable("failing over")] * len(items)
+
+    monkeypatch.setattr(harness.services.ingest, "_applied", unreachable)
+    response = await harness.send_event(event("call.answered", call_id="c-789"))
+    assert response.status_code == 503
+    assert not gate_._known and not gate_._learned
+
+
+async def test_rows_handed_back_never_push_out_a_payment_s(
+    harness: Harness, answering_pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gating, "_KNOWN_CALLS", 1)
+    await live_call(harness)
+    await _pay(harness, START)
+    for n in range(3):
+        await _another_live_call(harness, f"c-other-{n}")
+    assert list(harness.services.gate._known) == [("generic", "c-123")]
+    assert list(harness.services.gate._learned) == [("generic", "c-other-2")]
+    with reads_of_calls(harness) as reads:
+        await _pay(harness, END)
+    assert not reads
