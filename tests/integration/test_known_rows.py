@@ -61,6 +61,16 @@ async def _another_live_call(h: Harness, call_id: str) -> None:
         assert (await h.send_event(event(type_, call_id, recording))).status_code == 200
 
 
+async def _start_pauses_both(h: Harness) -> None:
+    """A payment start answers safe with r-1 and r-2 both paused."""
+    body = await _pay(h, START)
+    assert body["safe_to_collect"] is True
+    recordings = body["recordings"]
+    assert isinstance(recordings, list)
+    assert sorted(r["provider_recording_id"] for r in recordings) == ["r-1", "r-2"]
+    assert {r["state"] for r in recordings} == {"paused"}
+
+
 async def _pay(h: Harness, path: str, expected: int = 200) -> dict[str, object]:
     response = await h.client.post(path, headers=h.auth(Role.IVR))
     assert response.status_code == expected, response.text
@@ -94,12 +104,7 @@ async def test_a_recording_the_handed_back_rows_lack_is_paused_all_the_same(
     await live_call(harness)
     resumed = await harness.send_event(event("recording.resumed", recording_id="r-2"))
     assert resumed.status_code == 200
-    body = await _pay(harness, START)
-    assert body["safe_to_collect"] is True
-    recordings = body["recordings"]
-    assert isinstance(recordings, list)
-    assert sorted(r["provider_recording_id"] for r in recordings) == ["r-1", "r-2"]
-    assert {r["state"] for r in recordings} == {"paused"}
+    await _start_pauses_both(harness)
 
 
 async def test_an_end_and_the_next_start_take_the_kept_rows_as_read(
@@ -119,20 +124,16 @@ async def test_an_end_and_the_next_start_take_the_kept_rows_as_read(
 async def test_a_recording_reported_since_is_paused_by_the_next_start(
     harness: Harness, answering_pbx: respx.MockRouter
 ) -> None:
-    """The webhook moved the call's version on: the kept rows (one recording) are refused by
-    the guard, nothing is written from them, and the start reads and covers both."""
+    """The webhook moved the call's version on past the rows the end left (one recording)
+    and handed back the call's rows as it left them: the start takes those and covers
+    both."""
     await live_call(harness)
     await _pay(harness, START)
     await _pay(harness, END)
     reported = await harness.send_event(event("recording.started", recording_id="r-2"))
     assert reported.status_code == 200
-    body = await _pay(harness, START)
-    assert body["safe_to_collect"] is True
-    recordings = body["recordings"]
-    assert isinstance(recordings, list)
-    assert sorted(r["provider_recording_id"] for r in recordings) == ["r-1", "r-2"]
-    assert {r["state"] for r in recordings} == {"paused"}
-    # That start ran in a transaction; the end reads, and what it leaves is known again.
+    await _start_pauses_both(harness)
+    # What the start and the end leave is known again.
     await _pay(harness, END)
     with reads_of_calls(harness) as reads:
         await _pay(harness, START)
