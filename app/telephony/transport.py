@@ -546,9 +546,9 @@ def _serialise(request: httpx.Request) -> tuple[bytes, bytes | None]:
 # How long an idle provider connection is kept. A council's payments come seconds or minutes
 # apart per replica: after httpx's default of 5 s nearly every payment start would open a new
 # connection first (TCP and TLS: two or three more round trips to a cloud provider). Under
-# the 60 s idle timeout common to providers' load balancers, whose close the transport sees
-# (a closed connection is never reused; one closed as a request goes is a transient failure,
-# which the gate retries).
+# the 60 s idle timeout common to providers' load balancers. A connection whose close the
+# transport has read is not reused; one closed as a request goes on it (a provider whose own
+# timeout is shorter) sends the request again on a new one (handle_async_request).
 PROVIDER_KEEPALIVE_S = 50.0
 
 
