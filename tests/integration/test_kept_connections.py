@@ -73,6 +73,12 @@ def _terminate(pid: int, conn: sa.Connection) -> None:
     assert direct.run(conn, sa.select(sa.func.pg_terminate_backend(pid, 5000))).one()[0]
 
 
+def _idle_for(db: Database, seconds: float) -> None:
+    """Age the connections ``db`` keeps as if ``seconds`` had passed."""
+    kept = db._kept
+    kept._idle = [(conn, since - seconds) for conn, since in kept._idle]
+
+
 def _checked_out(db: Database) -> int:
     pool: Any = db.engine.sync_engine.pool
     count: int = pool.checkedout()
@@ -277,8 +283,8 @@ async def test_a_fresh_process_opens_its_kept_connections_before_the_first_payme
 async def test_a_payment_after_a_quiet_spell_sends_no_ping(
     pg: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The keeper pings a connection kept idle for half the ping age, so the next write,
-    past that age since the connection's last work, goes straight to its statements."""
+    """The keeper pings a connection kept idle for 2 s, so the next write, more than the 5 s
+    ping age after the connection's last work, goes straight to its statements."""
     call_id = await _call(pg)
     await pg.write(_noting(call_id, "kept"), optimistic=True)
     pings: list[int] = []
@@ -289,11 +295,10 @@ async def test_a_payment_after_a_quiet_spell_sends_no_ping(
         ping(conn)
 
     monkeypatch.setattr(db_module, "_ping", counted)
-    monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 2.0)
-    await asyncio.sleep(1.1)
+    _idle_for(pg, 3.0)
     assert await pg.keep_warm() == 1
     assert len(pings) == 1
-    await asyncio.sleep(1.1)  # 2.2 s since the connection's last work: a ping before, once
+    _idle_for(pg, 3.0)  # 6 s since the connection's last work, 3 s since the keeper's ping
     with Heard(pg) as heard:
         assert await pg.write(_noting(call_id, "after a quiet spell"), optimistic=True)
     assert len(pings) == 1
@@ -324,13 +329,16 @@ async def test_a_write_during_the_keepers_pings_finds_a_kept_connection(
     assert await pg.keep_warm() == KEPT_CONNECTIONS
     call_id = await _call(pg)
 
+    pinging = asyncio.Event()
+
     def slow_ping(conn: sa.Connection) -> None:
+        pinging.set()  # in the event loop's thread: run_sync's greenlet
         direct.run(conn, sa.select(sa.func.pg_sleep(0.1)))
 
     monkeypatch.setattr(db_module, "_ping", slow_ping)
     monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 0.0)  # every kept one is due
     keeping = asyncio.create_task(pg.keep_warm())
-    await asyncio.sleep(0.05)
+    await pinging.wait()
     with Heard(pg) as heard:
         assert await pg.write(_noting(call_id, "during the pings"), optimistic=True)
     assert heard.checkouts == 0
