@@ -285,13 +285,15 @@ class PaymentGate:
         # PostgreSQL: each call's rows as this process's last command on it left them, when
         # they were all of its live rows; its next start or end takes them as read instead of
         # reading, its write guarded by their version (``LiveCallRepository.assume``).
-        # Forgotten all at once when the database is unreachable (a failover may have lost
-        # commits, and with them the versions these were kept at).
+        # Forgotten all at once when the database is unreachable, or when one of its
+        # connections has been found gone (a failover may have lost commits, and with them
+        # the versions these were kept at): ``_current``.
         self._known: dict[tuple[str, str], tuple[_Seen, float]] = {}
         # The same, as an ingest batch that started a recording left them (``learn``): kept
         # apart, so calls that never pay cannot push out the rows of payments under way. A
         # call's rows are in one of the two at most.
         self._learned: dict[tuple[str, str], tuple[_Seen, float]] = {}
+        self._lost_seen = db.connections_lost
         # The IVR's starts and ends being answered right now.
         self.answering = Answering()
 
@@ -784,6 +786,7 @@ class PaymentGate:
                     fly.provider,
                     result.reason,
                 )
+            lost = self.db.connections_lost
             recorded = await self._write(
                 partial(
                     self._record_txn,
@@ -797,7 +800,7 @@ class PaymentGate:
             if recorded.exposures:
                 self.metrics.exposures.inc(recorded.exposures, kind="pause_failed")
             if recorded.next is None:
-                self._keep_known(fly, recorded.seen)
+                self._keep_known(fly, recorded.seen, lost)
                 return recorded.outcome
             fly = _Fly(
                 recorded.next, fly.call_id, fly.provider, fly.provider_call_id, recorded.seen
@@ -885,6 +888,7 @@ class PaymentGate:
         """Give ``repo`` the call's rows as this process last left them. A work that runs
         again in a transaction (what it took as read had changed, or its writes need one)
         reads, and so does every later one until a command leaves the rows known again."""
+        self._current()
         key = (provider, provider_call_id)
         kept = self._known.get(key) or self._learned.get(key)
         if kept is None:
@@ -899,11 +903,12 @@ class PaymentGate:
         recordings = _copied_recordings(known.recordings)
         repo.assume(known.call, known.version, segment, recordings)  # the call: copied there
 
-    def _keep_known(self, fly: _Fly, seen: _Seen | None) -> None:
+    def _keep_known(self, fly: _Fly, seen: _Seen | None, lost: int) -> None:
+        """Keep ``seen``, written while the database had lost ``lost`` connections."""
         key = (fly.provider, fly.provider_call_id)
         kept = self._forget(key)
-        if seen is None or not seen.whole:
-            return
+        if seen is None or not seen.whole or self.db.connections_lost != lost:
+            return  # a connection found gone meanwhile: the write may be lost with a failover
         if kept is not None:
             table, (newer, _) = kept
             if newer.call.id == seen.call.id and newer.version > seen.version:
@@ -918,6 +923,7 @@ class PaymentGate:
         first payment needs no read before its claim."""
         if self.db.is_sqlite:
             return  # no round trip to save
+        self._current()
         key = (call.provider, call.provider_call_id)
         kept = self._known.get(key) or self._learned.get(key)
         if kept is not None and kept[0].call.id == call.id:
@@ -931,6 +937,17 @@ class PaymentGate:
         self._forget(key)
         seen = _Seen(call.live_version, None, list(recordings), call, whole=True)
         self._put(self._learned, key, seen)
+
+    def _current(self) -> None:
+        """Forget every kept row once one of the database's connections has been found
+        gone since (``Database.connections_lost``): the server restarted or failed over, and
+        a failover may lose commits with no write of this process's failing, its pool
+        opening fresh connections to the new server. The versions rows were kept at may
+        then be held by other rows; a row kept from before is never taken as read."""
+        lost = self.db.connections_lost
+        if lost != self._lost_seen:
+            self._lost_seen = lost
+            self.forget_known()
 
     def forget_known(self) -> None:
         """Take no kept rows as read from now on (the database was unreachable: a failover may

@@ -153,6 +153,7 @@ class IngestService:
         # A batch holds many webhooks: its lines carry their own ids, not the first request's.
         clear_context()
         batch: list[_Pending] = []
+        lost = self.db.connections_lost
         try:
             if self._ivr_first and all(p.can_wait for p in self._pending[:MAX_BATCH]):
                 # In this process, a batch started while the IVR waits would hold the loop,
@@ -191,8 +192,11 @@ class IngestService:
                 )
             if isinstance(outcome, IngestResult):
                 self._count(pending.event, outcome)
-                if outcome.rows is not None and self.on_rows is not None:
-                    self.on_rows(*outcome.rows)
+                # Not when a connection was found gone meanwhile: the batch may have been
+                # written to a server that failed over since, and lost with it.
+                rows = outcome.rows if self.db.connections_lost == lost else None
+                if rows is not None and self.on_rows is not None:
+                    self.on_rows(*rows)
                 if not pending.future.done():
                     pending.future.set_result(outcome)
             elif not pending.future.done():

@@ -242,6 +242,13 @@ class Database:
             isolation_level="AUTOCOMMIT", **{direct.OPTIMISTIC: True}
         )
         self._kept = _KeptConnections(self._optimistic)
+        # How many of the engine's connections were found gone (a failed ping, a dropped
+        # connection, one given up after a deadline): a server restart or a failover shows
+        # here first, often with no write of the caller's failing (the pool opens fresh
+        # ones). What was kept from before (the gate's kept rows) compares its count.
+        self.connections_lost = 0
+        if not self.is_sqlite:
+            event.listen(engine.sync_engine, "invalidate", self._connection_lost)
         if self.is_sqlite:
             sync_url = make_url(url).set(drivername="sqlite")
             self._sync = _sqlite_engine(sync_url, timeout_s=30, pool_size=4)
@@ -252,6 +259,9 @@ class Database:
             self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="recgate-db-checkpoint")
             self._inline = _sqlite_engine(sync_url, timeout_s=0, pool_size=1)
             _sqlite_setup(self._inline, inline=True)
+
+    def _connection_lost(self, *_: Any) -> None:
+        self.connections_lost += 1
 
     @property
     def sync_engines(self) -> list[Engine]:

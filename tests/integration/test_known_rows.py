@@ -4,7 +4,7 @@ After a command, the gate keeps the call's rows as it wrote them, with the call'
 call's next start or end takes them as read instead of reading, and its one write is guarded
 by that version. These pin what must hold: a change made since by anyone (a webhook, another
 replica, the call ending) is never overlooked, an answer given without writing is read again,
-and what is kept stays bounded.
+nothing kept survives a sign of a failover, and what is kept stays bounded.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from app.domain.states import PauseBehavior, SegmentState
 from app.services import gating
 from app.storage.db import Database
 from app.storage.live import LiveCallRepository
+from app.storage.models import Recording
 from tests.api.test_gating_replicas import END, START, replica
 from tests.api.test_payment_gating import get_call, live_call
 from tests.conftest import Harness, event, own_database
+from tests.integration.test_kept_connections import _idle_for
 
 
 @pytest.fixture(autouse=True)
@@ -231,6 +233,86 @@ async def test_an_unreachable_database_forgets_every_kept_row(
     with reads_of_calls(harness) as reads:
         await _pay(harness, END)
     assert len(reads) == 1
+
+
+def _a_second_recording_at_the_same_version(conn: sa.Connection) -> None:
+    """r-2, live, as r-1 is, written without moving the call's version on: what a server
+    that lost commits in a failover can hold at a version the gate kept rows at."""
+    r1 = conn.execute(sa.select(Recording.__table__)).mappings().one()
+    conn.execute(
+        sa.insert(Recording).values({**r1, "id": uuid.uuid4(), "provider_recording_id": "r-2"})
+    )
+
+
+def _end_every_other_connection(conn: sa.Connection) -> None:
+    conn.execute(
+        sa.text(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    )
+
+
+async def test_a_connection_found_gone_forgets_every_kept_row(
+    harness: Harness, answering_pbx: respx.MockRouter
+) -> None:
+    """A failover first shows as connections the server dropped, found by a ping: the pool
+    opens fresh ones to the new server, and no write of recgate's fails. Commits may have
+    been lost in it, so what the server holds at a kept version need not be the rows kept:
+    here a second live recording. The next start reads, and pauses both."""
+    await live_call(harness)
+    await _pay(harness, START)
+    await _pay(harness, END)
+    db = harness.services.db
+    await db.write(_a_second_recording_at_the_same_version)
+    await db.write(_end_every_other_connection)
+    _idle_for(db, 60.0)
+    await db.keep_warm()  # its pings find the kept connections gone
+    with reads_of_calls(harness) as reads:
+        await _start_pauses_both(harness)
+    assert len(reads) == 1
+
+
+async def test_rows_written_before_a_connection_was_found_gone_are_not_kept(
+    harness: Harness, answering_pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection found gone while the start's answer was being written: that write may
+    be on a server that failed over since, so its rows are not kept; the end reads."""
+    await live_call(harness)
+    db = harness.services.db
+    real = db.write
+
+    async def then_a_connection_found_gone(*args: Any, **kwargs: Any) -> Any:
+        done = await real(*args, **kwargs)
+        db.connections_lost += 1
+        return done
+
+    monkeypatch.setattr(db, "write", then_a_connection_found_gone)
+    await _pay(harness, START)
+    monkeypatch.setattr(db, "write", real)
+    with reads_of_calls(harness) as reads:
+        await _pay(harness, END)
+    assert len(reads) == 1
+
+
+async def test_rows_a_batch_wrote_before_a_connection_was_found_gone_are_not_handed_back(
+    harness: Harness, answering_pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest = harness.services.ingest
+    real = ingest._applied
+
+    async def then_a_connection_found_gone(items: list[Any]) -> list[Any]:
+        done = await real(items)
+        harness.services.db.connections_lost += 1
+        return done
+
+    monkeypatch.setattr(ingest, "_applied", then_a_connection_found_gone)
+    await live_call(harness)
+    monkeypatch.setattr(ingest, "_applied", real)
+    with reads_of_calls(harness) as reads:
+        body = await _pay(harness, START)
+    assert len(reads) == 1
+    assert body["safe_to_collect"] is True
 
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
