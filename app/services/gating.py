@@ -64,7 +64,7 @@ from app.errors import (
 from app.logging import bind, log_provider_command
 from app.services.concurrency import Answering, BackgroundTasks
 from app.services.metrics import Metrics
-from app.storage.db import Database, DatabaseUnreachable
+from app.storage.db import Database, DatabaseUnreachable, server_of
 from app.storage.live import LiveCallRepository
 from app.telephony.base import (
     ControlTarget,
@@ -165,6 +165,9 @@ class _Seen:
     # These were all of the call's live rows at ``version`` (``LiveCallRepository.whole``):
     # the call's next start or end may take them as read (``PaymentGate._known``).
     whole: bool = False
+    # The server they were read or written through (``server_of``): taken as read through
+    # that server only.
+    server: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +242,7 @@ def _plan_and_write(
     repo.write(changes)
     if command is None:
         return _Answer(_outcome(segment, recordings))
-    seen = _Seen(call.live_version, segment, recordings, call, whole)
+    seen = _Seen(call.live_version, segment, recordings, call, whole, server_of(repo.conn))
     return _Fly(command, call.id, call.provider, call.provider_call_id, seen)
 
 
@@ -285,15 +288,14 @@ class PaymentGate:
         # PostgreSQL: each call's rows as this process's last command on it left them, when
         # they were all of its live rows; its next start or end takes them as read instead of
         # reading, its write guarded by their version (``LiveCallRepository.assume``).
-        # Forgotten all at once when the database is unreachable, or when one of its
-        # connections has been found gone (a failover may have lost commits, and with them
-        # the versions these were kept at): ``_current``.
+        # Forgotten all at once when the database is unreachable (a failover may have lost
+        # commits, and with them the versions these were kept at); taken as read only
+        # through the server they were read or written through (``_Seen.server``).
         self._known: dict[tuple[str, str], tuple[_Seen, float]] = {}
         # The same, as an ingest batch that started a recording left them (``learn``): kept
         # apart, so calls that never pay cannot push out the rows of payments under way. A
         # call's rows are in one of the two at most.
         self._learned: dict[tuple[str, str], tuple[_Seen, float]] = {}
-        self._lost_seen = db.connections_lost
         # The IVR's starts and ends being answered right now.
         self.answering = Answering()
 
@@ -640,7 +642,10 @@ class PaymentGate:
         now = self.clock()
         changes = Changes(now)
         command = fly.command
-        seen = fly.seen
+        server = server_of(conn)
+        # Planned through another server (a failover, a restart since): read what this one
+        # holds; the planning write may be lost.
+        seen = fly.seen if fly.seen is None or fly.seen.server == server else None
         # Optimistic (PostgreSQL): the call as planning left it is not read again; the write
         # lands only if nobody has changed it since.
         call = repo.call_by_id(
@@ -669,7 +674,7 @@ class PaymentGate:
         if result is _AGAIN:
             next_command = gate.plan(segment, recordings, changes, lease_until=lease)
             repo.write(changes)
-            seen = _Seen(call.live_version, segment, recordings, call, whole)
+            seen = _Seen(call.live_version, segment, recordings, call, whole, server)
             return _Recorded(_outcome(segment, recordings), next_command, 0, seen)
         if isinstance(result, _Failure):
             if command.action == "pause":
@@ -694,7 +699,7 @@ class PaymentGate:
                 next_command = gate.plan(segment, recordings, changes, lease_until=lease)
             exposed_now = len(changes.exposures)
             repo.write(changes)
-            seen = _Seen(call.live_version, segment, recordings, call, whole)
+            seen = _Seen(call.live_version, segment, recordings, call, whole, server)
             return _Recorded(_outcome(segment, recordings), next_command, exposed_now, seen)
         if command.action == "pause":
             gate.apply_pause(segment, recordings, result, changes)
@@ -724,7 +729,7 @@ class PaymentGate:
             _outcome(segment, recordings),
             next_command,
             exposed_now,
-            _Seen(call.live_version, segment, recordings, call, whole),
+            _Seen(call.live_version, segment, recordings, call, whole, server),
         )
 
     # ---- the command loop -------------------------------------------------------------
@@ -786,7 +791,6 @@ class PaymentGate:
                     fly.provider,
                     result.reason,
                 )
-            lost = self.db.connections_lost
             recorded = await self._write(
                 partial(
                     self._record_txn,
@@ -800,7 +804,7 @@ class PaymentGate:
             if recorded.exposures:
                 self.metrics.exposures.inc(recorded.exposures, kind="pause_failed")
             if recorded.next is None:
-                self._keep_known(fly, recorded.seen, lost)
+                self._keep_known(fly, recorded.seen)
                 return recorded.outcome
             fly = _Fly(
                 recorded.next, fly.call_id, fly.provider, fly.provider_call_id, recorded.seen
@@ -888,13 +892,16 @@ class PaymentGate:
         """Give ``repo`` the call's rows as this process last left them. A work that runs
         again in a transaction (what it took as read had changed, or its writes need one)
         reads, and so does every later one until a command leaves the rows known again."""
-        self._current()
         key = (provider, provider_call_id)
         kept = self._known.get(key) or self._learned.get(key)
         if kept is None:
             return
         known, since = kept
-        if not repo.optimistic or time.monotonic() - since > _KNOWN_FOR_S:
+        if (
+            not repo.optimistic
+            or time.monotonic() - since > _KNOWN_FOR_S
+            or known.server != server_of(repo.conn)
+        ):
             self._forget(key)
             return
         if with_segment and known.segment is None:
@@ -903,12 +910,11 @@ class PaymentGate:
         recordings = _copied_recordings(known.recordings)
         repo.assume(known.call, known.version, segment, recordings)  # the call: copied there
 
-    def _keep_known(self, fly: _Fly, seen: _Seen | None, lost: int) -> None:
-        """Keep ``seen``, written while the database had lost ``lost`` connections."""
+    def _keep_known(self, fly: _Fly, seen: _Seen | None) -> None:
         key = (fly.provider, fly.provider_call_id)
         kept = self._forget(key)
-        if seen is None or not seen.whole or self.db.connections_lost != lost:
-            return  # a connection found gone meanwhile: the write may be lost with a failover
+        if seen is None or not seen.whole:
+            return
         if kept is not None:
             table, (newer, _) = kept
             if newer.call.id == seen.call.id and newer.version > seen.version:
@@ -916,14 +922,13 @@ class PaymentGate:
                 return
         self._put(self._known, key, seen)
 
-    def learn(self, call: CallSnap, recordings: tuple[RecordingSnap, ...]) -> None:
+    def learn(self, call: CallSnap, recordings: tuple[RecordingSnap, ...], server: object) -> None:
         """An ingest batch started a recording on ``call`` and wrote these, all of the
-        call's live rows, at its version; no payment is open on it. The call's next start
-        takes them as read (PostgreSQL: its one write guarded by that version), so a call's
-        first payment needs no read before its claim."""
+        call's live rows, at its version, through ``server``; no payment is open on it. The
+        call's next start takes them as read (PostgreSQL: its one write guarded by that
+        version), so a call's first payment needs no read before its claim."""
         if self.db.is_sqlite:
             return  # no round trip to save
-        self._current()
         key = (call.provider, call.provider_call_id)
         kept = self._known.get(key) or self._learned.get(key)
         if kept is not None and kept[0].call.id == call.id:
@@ -935,19 +940,8 @@ class PaymentGate:
                 self._forget(key)
                 return
         self._forget(key)
-        seen = _Seen(call.live_version, None, list(recordings), call, whole=True)
+        seen = _Seen(call.live_version, None, list(recordings), call, True, server)
         self._put(self._learned, key, seen)
-
-    def _current(self) -> None:
-        """Forget every kept row once one of the database's connections has been found
-        gone since (``Database.connections_lost``): the server restarted or failed over, and
-        a failover may lose commits with no write of this process's failing, its pool
-        opening fresh connections to the new server. The versions rows were kept at may
-        then be held by other rows; a row kept from before is never taken as read."""
-        lost = self.db.connections_lost
-        if lost != self._lost_seen:
-            self._lost_seen = lost
-            self.forget_known()
 
     def forget_known(self) -> None:
         """Take no kept rows as read from now on (the database was unreachable: a failover may

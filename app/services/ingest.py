@@ -98,7 +98,7 @@ class IngestService:
         self._in_flight = 0
         # Told a call's live rows as a batch left them when a recording started on it
         # (``IngestResult.rows``): the payment gate's :meth:`~PaymentGate.learn`.
-        self.on_rows: Callable[[CallSnap, tuple[RecordingSnap, ...]], None] | None = None
+        self.on_rows: Callable[[CallSnap, tuple[RecordingSnap, ...], object], None] | None = None
         # Told when a batch found the database unreachable: the gate's
         # :meth:`~PaymentGate.forget_known` (a failover may have lost what it was told).
         self.on_unreachable: Callable[[], None] | None = None
@@ -153,7 +153,6 @@ class IngestService:
         # A batch holds many webhooks: its lines carry their own ids, not the first request's.
         clear_context()
         batch: list[_Pending] = []
-        lost = self.db.connections_lost
         try:
             if self._ivr_first and all(p.can_wait for p in self._pending[:MAX_BATCH]):
                 # In this process, a batch started while the IVR waits would hold the loop,
@@ -192,11 +191,8 @@ class IngestService:
                 )
             if isinstance(outcome, IngestResult):
                 self._count(pending.event, outcome)
-                # Not when a connection was found gone meanwhile: the batch may have been
-                # written to a server that failed over since, and lost with it.
-                rows = outcome.rows if self.db.connections_lost == lost else None
-                if rows is not None and self.on_rows is not None:
-                    self.on_rows(*rows)
+                if outcome.rows is not None and self.on_rows is not None:
+                    self.on_rows(*outcome.rows)
                 if not pending.future.done():
                     pending.future.set_result(outcome)
             elif not pending.future.done():

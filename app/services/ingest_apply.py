@@ -33,7 +33,7 @@ from app.domain.row_ids import new_id
 from app.domain.scrub import scrub
 from app.domain.snapshots import CallSnap, Changes, RecordingSnap, SegmentSnap
 from app.domain.states import CallState, RecordingState
-from app.storage.db import Database, DatabaseUnreachable
+from app.storage.db import Database, DatabaseUnreachable, server_of
 from app.storage.live import LiveCallRepository
 from app.storage.models import EncodedJson
 
@@ -52,9 +52,10 @@ class IngestResult:
     # Exposures the event revealed: (kind, recording id).
     exposures: tuple[tuple[str, uuid.UUID | None], ...] = ()
     # A recording started on a call with no payment open: the call's live rows as its batch
-    # wrote them (the call, every recording), for the payment gate to take as read
-    # (``IngestRules.hand_back_rows``; :meth:`PaymentGate.learn`).
-    rows: tuple[CallSnap, tuple[RecordingSnap, ...]] | None = None
+    # wrote them (the call, every recording), and the server it wrote them through
+    # (``server_of``), for the payment gate to take as read (``IngestRules.hand_back_rows``;
+    # :meth:`PaymentGate.learn`).
+    rows: tuple[CallSnap, tuple[RecordingSnap, ...], object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +191,8 @@ class BatchApply:
         repo.write(batch.changes)
         if self.rules.hand_back_rows:
             merged = {m.source for m in plan.merges} | {m.target for m in plan.merges}
-            self._hand_back_rows(
-                batch, calls, merged, [(i, keys[i], items[i][0]) for i in todo], results
-            )
+            applied = [(i, keys[i], items[i][0]) for i in todo]
+            self._hand_back_rows(batch, calls, merged, applied, results, server_of(conn))
         return results
 
     @staticmethod
@@ -202,6 +202,7 @@ class BatchApply:
         merged: set[tuple[str, str]],
         applied: list[tuple[int, tuple[str, str], PbxEvent]],
         results: list[IngestResult],
+        server: object,
     ) -> None:
         """Give the result of the last event that started a recording on a call the call's
         live rows as written, when they are all of them (read, or the call new in this
@@ -222,7 +223,7 @@ class BatchApply:
                 continue
             last[call.id] = (index, call)
         for index, call in last.values():
-            rows = (call, tuple(batch.recordings[call.id]))
+            rows = (call, tuple(batch.recordings[call.id]), server)
             results[index] = replace(results[index], rows=rows)
 
     @staticmethod

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.util import asbool
+from sqlalchemy.util import asbool, await_
 
 from app.storage import direct
 
@@ -175,7 +175,30 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     )
     engine = create_async_engine(url, **kwargs)
     _ping_when_idle(engine.sync_engine)
+    _know_the_server(engine.sync_engine)
     return engine
+
+
+# Which server (PostgreSQL) a connection reached, in its pool record's ``info``: the time the
+# server started. A restarted server, or another one after a failover, gives another.
+_SERVER = "recgate_server"
+_SERVER_QUERY = "SELECT pg_postmaster_start_time()"
+
+
+def _know_the_server(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        record.info[_SERVER] = await_(driver.fetchval(_SERVER_QUERY))
+
+
+def server_of(conn: Connection) -> object:
+    """The server ``conn`` is connected to, as it was when the connection opened (None on
+    SQLite). Rows read or written through one server are no guide to what another holds: a
+    failover may lose commits, so the versions rows were kept at may hold other rows there,
+    and a server that restarted after a crash has lost its commits not waited to disk. A
+    failover behind a proxy that keeps recgate's connections open is not seen here."""
+    return conn.connection.info.get(_SERVER)
 
 
 def _ping_when_idle(engine: Engine) -> None:
@@ -242,13 +265,6 @@ class Database:
             isolation_level="AUTOCOMMIT", **{direct.OPTIMISTIC: True}
         )
         self._kept = _KeptConnections(self._optimistic)
-        # How many of the engine's connections were found gone (a failed ping, a dropped
-        # connection, one given up after a deadline): a server restart or a failover shows
-        # here first, often with no write of the caller's failing (the pool opens fresh
-        # ones). What was kept from before (the gate's kept rows) compares its count.
-        self.connections_lost = 0
-        if not self.is_sqlite:
-            event.listen(engine.sync_engine, "invalidate", self._connection_lost)
         if self.is_sqlite:
             sync_url = make_url(url).set(drivername="sqlite")
             self._sync = _sqlite_engine(sync_url, timeout_s=30, pool_size=4)
@@ -259,9 +275,6 @@ class Database:
             self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="recgate-db-checkpoint")
             self._inline = _sqlite_engine(sync_url, timeout_s=0, pool_size=1)
             _sqlite_setup(self._inline, inline=True)
-
-    def _connection_lost(self, *_: Any) -> None:
-        self.connections_lost += 1
 
     @property
     def sync_engines(self) -> list[Engine]:

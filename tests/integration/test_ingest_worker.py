@@ -43,7 +43,7 @@ from app.services.ingest_worker import (
     _encoded,
     worker_suits,
 )
-from app.storage.db import Database, DatabaseUnreachable, create_engine, sqlite_file
+from app.storage.db import Database, DatabaseUnreachable, create_engine, server_of, sqlite_file
 from app.storage.models import EncodedJson
 from app.telephony.generic import parse_event
 from tests.conftest import Harness, event
@@ -133,6 +133,9 @@ async def test_the_worker_hands_back_a_calls_rows_when_its_recording_starts(
     seen, _ = known
     assert seen.segment is None and seen.call.provider_call_id == "wk-rows"
     assert [r.provider_recording_id for r in seen.recordings] == ["r-1"]
+    # With the server the worker wrote them through: the service's own connections reach it.
+    server = await h.services.db.read(server_of)
+    assert seen.server is not None and seen.server == server
 
 
 async def test_a_worker_that_dies_costs_its_batch_a_503_and_the_next_starts_another(
