@@ -643,8 +643,8 @@ class PaymentGate:
         changes = Changes(now)
         command = fly.command
         server = server_of(conn)
-        # Planned through another server (a failover, a restart since): read what this one
-        # holds; the planning write may be lost.
+        # Planned through another server (a failover, a crash since): read what this one
+        # holds; the planning write (not waited to disk) may be lost.
         seen = fly.seen if fly.seen is None or fly.seen.server == server else None
         # Optimistic (PostgreSQL): the call as planning left it is not read again; the write
         # lands only if nobody has changed it since.

@@ -179,26 +179,33 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
-# Which server (PostgreSQL) a connection reached, in its pool record's ``info``: the time the
-# server started. A restarted server, or another one after a failover, gives another.
+# Which server (PostgreSQL) a connection reached, in its pool record's ``info``: when the
+# server started, and when its shared statistics were last reset. Another server (a failover)
+# started at another time; a server that recovered from a crash in place (the postmaster
+# ending every backend, replaying the WAL and going on, as by default) keeps its start time
+# but discards its statistics, resetting them then. A reset by hand only costs reads.
 _SERVER = "recgate_server"
-_SERVER_QUERY = "SELECT pg_postmaster_start_time()"
+_SERVER_QUERY = "SELECT pg_postmaster_start_time(), (SELECT stats_reset FROM pg_stat_archiver)"
 
 
 def _know_the_server(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, record: Any) -> None:
         driver = dbapi_connection.driver_connection
-        record.info[_SERVER] = await_(driver.fetchval(_SERVER_QUERY))
+        row = await_(driver.fetchrow(_SERVER_QUERY, timeout=POOL_TIMEOUT_S))
+        record.info[_SERVER] = tuple(row)
 
 
 def server_of(conn: Connection) -> object:
     """The server ``conn`` is connected to, as it was when the connection opened (None on
-    SQLite). Rows read or written through one server are no guide to what another holds: a
-    failover may lose commits, so the versions rows were kept at may hold other rows there,
-    and a server that restarted after a crash has lost its commits not waited to disk. A
-    failover behind a proxy that keeps recgate's connections open is not seen here."""
-    return conn.connection.info.get(_SERVER)
+    SQLite; on PostgreSQL, a connection opened without asking is like no other). Rows read
+    or written through one server are no guide to what another holds: a failover may lose
+    commits, so the versions rows were kept at may hold other rows there, and a server that
+    recovered from a crash has lost its commits not waited to disk. A failover behind a
+    proxy that keeps recgate's connections open is not seen here."""
+    if conn.dialect.name == "sqlite":
+        return None
+    return conn.connection.info.get(_SERVER) or object()
 
 
 def _ping_when_idle(engine: Engine) -> None:

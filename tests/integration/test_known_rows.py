@@ -251,7 +251,7 @@ async def _another_server(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     here on every connection is pinged before use, so recgate's pools find the old ones gone
     and open new ones without any write failing, as after a while of quiet."""
     monkeypatch.setattr(
-        db_module, "_SERVER_QUERY", "SELECT pg_postmaster_start_time() + interval '1 day'"
+        db_module, "_SERVER_QUERY", "SELECT pg_postmaster_start_time() + interval '1 day', NULL"
     )
     monkeypatch.setattr(db_module, "_PING_AFTER_IDLE_S", 0.0)
     # From outside recgate's pools, so that none of its connections survives.
