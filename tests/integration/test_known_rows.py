@@ -278,21 +278,25 @@ async def test_rows_kept_through_another_server_are_not_taken_as_read(
     await live_call(harness)
     await _pay(harness, START)
     await _pay(harness, END)
-    await harness.services.db.write(_a_second_recording_at_the_same_version)
-    await _another_server(harness, monkeypatch)
-    with reads_of_calls(harness) as reads:
-        await _start_pauses_both(harness)
-    assert len(reads) == 1
+    await _through_another_server_the_start_reads(harness, monkeypatch)
 
 
 async def test_rows_handed_back_through_another_server_are_not_taken_as_read(
     harness: Harness, answering_pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await live_call(harness)
-    await harness.services.db.write(_a_second_recording_at_the_same_version)
-    await _another_server(harness, monkeypatch)
-    with reads_of_calls(harness) as reads:
-        await _start_pauses_both(harness)
+    await _through_another_server_the_start_reads(harness, monkeypatch)
+
+
+async def _through_another_server_the_start_reads(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new server holds a second live recording at the version the rows were kept at:
+    the next start reads, and pauses both."""
+    await h.services.db.write(_a_second_recording_at_the_same_version)
+    await _another_server(h, monkeypatch)
+    with reads_of_calls(h) as reads:
+        await _start_pauses_both(h)
     assert len(reads) == 1
 
 
