@@ -192,7 +192,10 @@ def _know_the_server(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, record: Any) -> None:
         driver = dbapi_connection.driver_connection
-        row = await_(driver.fetchrow(_SERVER_QUERY, timeout=POOL_TIMEOUT_S))
+        try:
+            row = await_(driver.fetchrow(_SERVER_QUERY, timeout=POOL_TIMEOUT_S))
+        except TimeoutError as exc:  # a server that answers nothing is one that cannot be used
+            raise ConnectionError("the database did not say which server it is") from exc
         record.info[_SERVER] = tuple(row)
 
 

@@ -321,6 +321,22 @@ async def test_a_command_planned_through_another_server_is_recorded_from_what_is
     assert body["safe_to_collect"] is True
 
 
+async def test_a_server_that_will_not_say_which_it_is_gets_a_503(
+    harness: Harness, answering_pbx: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each new connection asks which server it reached, within the pool's timeout; a
+    server that answers the handshake and then nothing is unavailable: the webhook is not
+    acknowledged (the PBX sends it again) and the IVR hears "not safe"."""
+    await live_call(harness)
+    await _another_server(harness, monkeypatch)
+    monkeypatch.setattr(db_module, "_SERVER_QUERY", "SELECT pg_sleep(5), NULL")
+    monkeypatch.setattr(db_module, "POOL_TIMEOUT_S", 0.2)
+    response = await harness.send_event(event("call.answered", call_id="c-456"))
+    assert response.status_code == 503, response.text
+    body = await _pay(harness, START, expected=503)
+    assert body["safe_to_collect"] is False
+
+
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
 
